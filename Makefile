@@ -1,0 +1,41 @@
+# axonseg: two set-up commands, `make serve` and `make test`; both create/update .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PORT ?= 8000
+WORKDIR ?= ./work
+# CPU pins by default; see README "GPU install" for CUDA machines.
+CONSTRAINTS ?= requirements/constraints-cpu.txt
+BIN := $(VENV)/bin
+
+.PHONY: serve test lint weights clean-work
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs whenever the project's dependency files change.
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/activate
+	$(BIN)/pip install --upgrade -c $(CONSTRAINTS) -e ".[test]"
+	touch $@
+
+serve: $(VENV)/.installed
+	@if [ ! -d "$(WORKDIR)/datastore" ]; then \
+		mkdir -p "$(WORKDIR)/datastore" && cp -r sample_data/*.tif sample_data/*.h5 sample_data/*.nrrd "$(WORKDIR)/datastore/" && \
+		echo "seeded $(WORKDIR)/datastore with the sample volumes"; fi
+	MONAILABEL_PYEXE="$(abspath $(BIN))/python" $(BIN)/monailabel start_server --app apps/axonseg --studies "$(WORKDIR)/datastore" \
+		--host 127.0.0.1 --port $(PORT) --conf workdir "$(abspath $(WORKDIR))"
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check apps tests benchmarks
+	$(BIN)/python -m pytest tests
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check apps tests benchmarks
+	$(BIN)/ruff format --check apps tests benchmarks
+
+# Retrain the shipped weights from their recipes on ../shared/data (see apps/axonseg/model/*.md).
+weights: $(VENV)/.installed
+	for m in synapse membrane axon mitochondria; do \
+		PYTHONPATH=apps/axonseg $(BIN)/python -m lib.trainers.cli $$m --data-dir ../shared/data --val-every 4 || exit 1; done
+
+clean-work:
+	rm -rf "$(WORKDIR)"

@@ -1,0 +1,1 @@
+"""axonseg: MONAI Label app library (configs, infers, trainers, transforms, datastore)."""

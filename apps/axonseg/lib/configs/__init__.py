@@ -1,0 +1,1 @@
+"""One module per structure; each defines SPEC (what the model is) and its TaskConfig."""

@@ -1,0 +1,33 @@
+"""Mitochondria in isotropic FIB-SEM (Lucchi++)."""
+
+from .spec import DataSource, Recipe, StructureSpec
+from .task_config import StructureTaskConfig
+
+_LUCCHI = "lucchi_pp_train.h5"
+
+SPEC = StructureSpec(
+    name="mitochondria",
+    label_name="mitochondria",
+    modality="electron microscopy (FIB-SEM)",
+    description="Mitochondria in isotropic EM (3D residual U-Net)",
+    label_map={0: 0, 1: 1},
+    kernels=((3, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)),
+    strides=((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2)),
+    filters=(8, 16, 32, 64),
+    patch_size=(32, 96, 96),
+    min_size=200,
+    recipe=Recipe(
+        # Hold out the last 32 z-slices as validation slab.
+        train=(DataSource(_LUCCHI, "labels/mito", region=((0, 133), (None, None), (None, None))),),
+        val=(DataSource(_LUCCHI, "labels/mito", region=((133, 165), (None, None), (None, None))),),
+        epochs=16,
+        iterations_per_epoch=30,
+        batch_size=2,
+        learning_rate=3e-3,
+        foreground_fraction=0.5,
+    ),
+)
+
+
+class MitochondriaConfig(StructureTaskConfig):
+    spec = SPEC

@@ -1,0 +1,87 @@
+"""What a structure model is: network geometry, label mapping, patching, post-processing, recipe.
+
+A :class:`StructureSpec` is plain data. Infer, train and the model card all read it, so a model
+is described in exactly one place (one module per structure in this package).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A labelled volume in an HDF5 file, cropped to a region (z, y, x slices as [start, stop))."""
+
+    file: str
+    label: str
+    raw: str = "raw"
+    region: tuple[tuple[int | None, int | None], ...] = (
+        (None, None),
+        (None, None),
+        (None, None),
+    )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the shipped weights were trained; ``train``/``val`` are relative to the data folder."""
+
+    train: tuple[DataSource, ...]
+    val: tuple[DataSource, ...]
+    epochs: int = 20
+    iterations_per_epoch: int = 40
+    batch_size: int = 2
+    learning_rate: float = 2e-3
+    foreground_fraction: float = 0.5  # share of patches centred on a foreground voxel
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StructureSpec:
+    """Everything that differs between the four structures.
+
+    Attributes:
+        name: model and trainer name served over the API.
+        label_name: the single foreground class; the served label value is 1.
+        modality: imaging modality the model was trained on.
+        label_map: raw label value → training target (1 foreground, 0 background); values not in
+            the map are ignored by the loss (sparse annotation, e.g. TRAILMAP's 0 = unlabelled).
+        kernels / strides: per U-Net level, (z, y, x); anisotropic for ssTEM.
+        filters: channels per level.
+        patch_size: training patch and sliding-window ROI, (z, y, x).
+        threshold: probability above which a voxel is foreground.
+        min_size: connected components smaller than this (voxels) are removed.
+    """
+
+    name: str
+    label_name: str
+    modality: str
+    description: str
+    label_map: dict[int, int]
+    kernels: tuple[tuple[int, int, int], ...]
+    strides: tuple[tuple[int, int, int], ...]
+    filters: tuple[int, ...]
+    patch_size: tuple[int, int, int]
+    recipe: Recipe
+    threshold: float = 0.5
+    min_size: int = 0
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    overlap: float = 0.25
+    dropout: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return {self.label_name: 1}
+
+    def network_args(self) -> dict:
+        return {
+            "kernels": [list(k) for k in self.kernels],
+            "strides": [list(s) for s in self.strides],
+            "filters": list(self.filters),
+            "dropout": self.dropout,
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,34 @@
+"""Synapses in anisotropic ssTEM (Drosophila VNC)."""
+
+from .spec import DataSource, Recipe, StructureSpec
+from .task_config import StructureTaskConfig
+
+_VNC = "drosophila_vnc_stack1_xlt512.h5"
+
+SPEC = StructureSpec(
+    name="synapse",
+    label_name="synapse",
+    modality="electron microscopy (ssTEM)",
+    description="Synaptic densities in anisotropic ssTEM (3D residual U-Net, 2D kernels at full resolution)",
+    label_map={0: 0, 1: 1},
+    # ssTEM has ~10x coarser z: in-plane kernels and no z-downsampling until the deepest level.
+    kernels=((1, 3, 3), (1, 3, 3), (3, 3, 3), (3, 3, 3)),
+    strides=((1, 1, 1), (1, 2, 2), (1, 2, 2), (2, 2, 2)),
+    filters=(8, 16, 32, 64),
+    patch_size=(8, 160, 160),
+    min_size=50,
+    recipe=Recipe(
+        # Hold out the slab y >= 768 (a quarter of the stack, full depth).
+        train=(DataSource(_VNC, "labels/synapse", region=((None, None), (0, 768), (None, None))),),
+        val=(DataSource(_VNC, "labels/synapse", region=((None, None), (768, 1024), (None, None))),),
+        epochs=16,
+        iterations_per_epoch=30,
+        batch_size=2,
+        learning_rate=3e-3,
+        foreground_fraction=0.7,
+    ),
+)
+
+
+class SynapseConfig(StructureTaskConfig):
+    spec = SPEC

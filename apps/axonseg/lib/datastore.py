@@ -1,0 +1,192 @@
+"""The microscopy datastore: MONAI Label's local datastore, extended for microscopy formats.
+
+- Accepts TIFF, HDF5, Zarr, N5, NRRD and NIfTI; originals are kept byte for byte.
+- Slicer picks a reader by file extension and cannot open most of these, so ``get_image_uri``
+  serves a NRRD *view* (same array, real voxel size) written once next to the datastore.
+  NRRD/NIfTI originals are served as they are.
+- Every upload and label is read and checked before it is stored, and files appear atomically,
+  so a bad or interrupted request leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Any
+
+from filelock import FileLock
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+
+from .errors import InvalidRequest, NotFound, VolumeError
+from .transforms.io import (
+    FORMATS,
+    Volume,
+    copy_atomic,
+    read_volume,
+    remove_path,
+    volume_extension,
+    write_volume,
+)
+
+logger = logging.getLogger(__name__)
+
+IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SERVED_FORMATS = ("nrrd", "nifti")  # formats 3D Slicer opens with real geometry
+
+
+def check_image_id(image_id: str) -> str:
+    """Reject ids that are not plain names (``../../etc/passwd``, absolute paths, empty)."""
+    if not isinstance(image_id, str) or not IMAGE_ID.match(image_id) or ".." in image_id:
+        raise InvalidRequest(
+            f"invalid image id {image_id!r}: use letters, digits, '.', '_' or '-' (no path separators), "
+            "at most 128 characters"
+        )
+    return image_id
+
+
+def _geometry(volume: Volume) -> dict[str, Any]:
+    return {"shape": list(volume.shape), "spacing_um": list(volume.spacing), "dtype": str(volume.array.dtype)}
+
+
+class MicroscopyDatastore(LocalDatastore):
+    """Local datastore for microscopy volumes.
+
+    Args:
+        datastore_path: folder holding the original images (and ``labels/``).
+        views_path: folder for the NRRD views served to Slicer.
+        dataset: default dataset path inside HDF5/Zarr/N5 uploads (found automatically if None).
+    """
+
+    def __init__(self, datastore_path: str, views_path: str, dataset: str | None = None):
+        self._views_path = views_path
+        self._dataset = dataset
+        os.makedirs(views_path, exist_ok=True)
+        super().__init__(datastore_path, extensions=[f"*{ext}" for ext in FORMATS], auto_reload=False)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def _original_uri(self, image_id: str) -> str:
+        return super().get_image_uri(image_id)
+
+    def get_image_uri(self, image_id: str) -> str:
+        """Path of the file served for ``image_id`` (a NRRD view for non-Slicer formats), or ""."""
+        original = self._original_uri(image_id)
+        if not original:
+            return ""
+        ext = volume_extension(original)
+        if FORMATS.get(ext) in SERVED_FORMATS:
+            return original
+        view = os.path.join(self._views_path, f"{image_id}.nrrd")
+        if not os.path.exists(view) or os.path.getmtime(view) < os.path.getmtime(original):
+            write_volume(view, read_volume(original, self._dataset_of(image_id)))
+        return view
+
+    def get_image_info(self, image_id: str) -> dict[str, Any]:
+        """Image info with ``path``/``name`` of the *served* file (MONAI Label's next-sample reply
+        copies these, and Slicer chooses its reader by ``name``), plus format, shape and voxel size.
+        """
+        info = super().get_image_info(image_id)
+        if not info:
+            return info
+        served = self.get_image_uri(image_id)
+        if "shape" not in info:  # images found on disk rather than uploaded: describe them once
+            volume = read_volume(served)
+            described = {"format": FORMATS[volume_extension(info["path"])], **_geometry(volume)}
+            self.update_image_info(image_id, described)
+            info.update(described)
+        return {**info, "original_path": info["path"], "path": served, "name": os.path.basename(served)}
+
+    def _dataset_of(self, image_id: str) -> str | None:
+        obj = self._datastore.objects.get(image_id)
+        return (obj.image.info.get("dataset") if obj else None) or self._dataset
+
+    def datalist(self, full_path: bool = True) -> list[dict[str, Any]]:
+        """Image/label pairs for training; images are the served files, so geometry matches labels."""
+        items = super().datalist(full_path=True)
+        for item in items:
+            image_id = self._to_id(os.path.basename(item["image"]))[0]
+            item["image"] = self.get_image_uri(image_id)
+        return items
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        """Validate and store an uploaded volume; raises a 4xx error and stores nothing if bad."""
+        ext = volume_extension(image_filename)
+        if not ext:
+            raise VolumeError(
+                f"unsupported file type '{os.path.basename(image_filename)}'; expected one of: {', '.join(FORMATS)}"
+            )
+        image_id = check_image_id(image_id or self._to_id(os.path.basename(image_filename))[0])
+        if image_id in self._datastore.objects:
+            raise InvalidRequest(f"image '{image_id}' already exists; delete it first or upload under another id")
+        image_info = dict(image_info or {})
+        volume = read_volume(image_filename, image_info.get("dataset") or self._dataset)
+        dest = os.path.join(self._datastore.image_path(), f"{image_id}{ext}")
+        with FileLock(self._lock_file):
+            try:
+                copy_atomic(image_filename, dest)
+                image_info.update(
+                    ts=int(time.time()),
+                    name=os.path.basename(dest),
+                    format=volume.source_format,
+                    dataset=volume.meta.get("dataset", image_info.get("dataset")),
+                    **_geometry(volume),
+                )
+                self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=image_info, ext=ext))
+                if FORMATS[ext] not in SERVED_FORMATS:
+                    write_volume(os.path.join(self._views_path, f"{image_id}.nrrd"), volume)
+                self._update_datastore_file(lock=False)
+            except Exception:
+                self._datastore.objects.pop(image_id, None)
+                remove_path(dest)
+                remove_path(os.path.join(self._views_path, f"{image_id}.nrrd"))
+                raise
+        logger.info(f"Added image {image_id}: {volume.source_format} {volume.shape} spacing {volume.spacing} µm")
+        return image_id
+
+    def save_label(
+        self,
+        image_id: str,
+        label_filename: str,
+        label_tag: str,
+        label_info: dict[str, Any],
+    ) -> str:
+        """Validate a label against its image (same shape) and store it atomically."""
+        check_image_id(image_id)
+        obj = self._datastore.objects.get(image_id)
+        if not obj:
+            raise NotFound(f"image '{image_id}' is not in the datastore")
+        ext = volume_extension(label_filename)
+        if FORMATS.get(ext) not in SERVED_FORMATS + ("tiff", "hdf5"):
+            raise VolumeError(
+                f"labels must be NRRD, NIfTI, TIFF or HDF5 files, got '{os.path.basename(label_filename)}'"
+            )
+        label = read_volume(label_filename)
+        image_shape = tuple(obj.image.info.get("shape") or read_volume(self.get_image_uri(image_id)).shape)
+        if label.shape != image_shape:
+            raise VolumeError(f"label shape {label.shape} does not match image '{image_id}' shape {image_shape}")
+        label_dir = self._datastore.label_path(label_tag)
+        os.makedirs(label_dir, exist_ok=True)
+        dest = os.path.join(label_dir, f"{image_id}{ext}")
+        with FileLock(self._lock_file):
+            copy_atomic(label_filename, dest)
+            # A label saved under another extension before must not shadow this one.
+            old = obj.labels.get(label_tag)
+            if old and old.ext != ext:
+                remove_path(os.path.join(label_dir, f"{image_id}{old.ext}"))
+            info = dict(label_info or {}, ts=int(time.time()), name=os.path.basename(dest))
+            obj.labels[label_tag] = DataModel(info=info, ext=ext)
+            self._update_datastore_file(lock=False)
+        return image_id
+
+    def remove_image(self, image_id: str) -> None:
+        check_image_id(image_id)
+        if image_id not in self._datastore.objects:
+            raise NotFound(f"image '{image_id}' is not in the datastore")
+        # LocalDatastore removes files only; Zarr/N5 originals are folders, gone before it refreshes.
+        remove_path(self._original_uri(image_id))
+        remove_path(os.path.join(self._views_path, f"{image_id}.nrrd"))
+        super().remove_image(image_id)

@@ -1,0 +1,1 @@
+"""Inference: sliding-window prediction, post-processing and the MONAI Label infer task."""

@@ -1,0 +1,111 @@
+"""HTTP hardening for the MONAI Label FastAPI server: clear 4xx errors and an upload size limit.
+
+monailabel builds its FastAPI app before it loads ours, so these are attached to the running app
+once, when the server switches the app into server mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException, MONAILabelException
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import AxonSegError
+
+logger = logging.getLogger(__name__)
+
+
+class UploadLimit:
+    """Reject request bodies over ``max_bytes`` with 413 before they are written anywhere.
+
+    Checks ``Content-Length`` up front and counts streamed (chunked) bodies as they arrive.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and int(length) > self.max_bytes:
+            await self._reject(send, int(length))
+            return
+        received, too_large = 0, False
+
+        async def counting_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                too_large = True
+                raise _TooLarge(received)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not too_large:  # the app's own reply to the aborted body is replaced by our 413
+                await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large:
+            await self._reject(send, received)
+
+    async def _reject(self, send: Send, size: int) -> None:
+        response = JSONResponse(
+            status_code=413,
+            content={
+                "detail": f"upload of {size / 1e6:.1f} MB exceeds the server limit of {self.max_bytes / 1e6:.1f} MB "
+                "(set it with --conf max_upload_mb)"
+            },
+        )
+        await response({"type": "http"}, _no_receive, send)
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int):
+        self.size = size
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+async def _axonseg_error(request: Request, exc: Exception) -> JSONResponse:
+    status = getattr(exc, "status_code", 400)
+    logger.info(f"{request.method} {request.url.path}: {status} {exc}")
+    return JSONResponse(status_code=status, content={"detail": str(exc)})
+
+
+async def _monailabel_error(request: Request, exc: Exception) -> JSONResponse:
+    status = 404 if isinstance(exc, (ImageNotFoundException, LabelNotFoundException)) else 400
+    return JSONResponse(status_code=status, content={"detail": getattr(exc, "msg", str(exc))})
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error(f"{request.method} {request.url.path} failed:\n{traceback.format_exc()}")
+    return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}: {exc}"})
+
+
+def install_http_guards(app: FastAPI, max_upload_bytes: int) -> None:
+    """Map axonseg/MONAI Label errors to 4xx JSON replies and cap upload size (idempotent)."""
+    if getattr(app.state, "axonseg_guards", False):
+        return
+    app.add_exception_handler(AxonSegError, _axonseg_error)
+    app.add_exception_handler(MONAILabelException, _monailabel_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.user_middleware.insert(0, Middleware(UploadLimit, max_bytes=max_upload_bytes))
+    # Starlette builds its middleware stack on the first event (lifespan); rebuild it on the next
+    # request so the handlers and the limit above take effect.
+    app.middleware_stack = None
+    app.state.axonseg_guards = True

@@ -1,0 +1,1 @@
+"""Training: data loading, the plain training loop, the MONAI Label train task and the CLI."""

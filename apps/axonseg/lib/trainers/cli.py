@@ -1,0 +1,97 @@
+"""Train a structure's shipped weights from its recipe on the shared data.
+
+    PYTHONPATH=apps/axonseg python -m lib.trainers.cli mitochondria --data-dir ../shared/data
+
+Writes ``<model-dir>/<name>.pt`` plus history JSON, learning-curve PNG and model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+import torch
+
+from ..configs.registry import SPECS
+from .data import load_source
+from .report import plot_learning_curve, write_history, write_model_card
+from .supervised import train_segmentation
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=sorted(SPECS))
+    parser.add_argument("--data-dir", default=os.path.join("..", "shared", "data"))
+    parser.add_argument("--model-dir", default=os.path.join("apps", "axonseg", "model"))
+    parser.add_argument("--epochs", type=int, help="override the recipe")
+    parser.add_argument("--iterations", type=int, help="iterations per epoch; overrides the recipe")
+    parser.add_argument("--val-every", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    spec = SPECS[args.model]
+    recipe = spec.recipe
+    epochs = args.epochs or recipe.epochs
+    iterations = args.iterations or recipe.iterations_per_epoch
+    train = [load_source(args.data_dir, s, spec) for s in recipe.train]
+    val = [load_source(args.data_dir, s, spec) for s in recipe.val]
+    print(
+        f"{spec.name}: {len(train)} training volumes, {len(val)} validation volumes",
+        flush=True,
+    )
+
+    os.makedirs(args.model_dir, exist_ok=True)
+    weights = os.path.join(args.model_dir, f"{spec.name}.pt")
+    history: list[dict] = []
+
+    def on_epoch(stats) -> None:
+        history.append(stats.to_dict())
+        val_text = f" val F1 {stats.validation['f1']:.3f}" if stats.validation else ""
+        print(
+            f"epoch {stats.epoch}/{stats.total_epochs} loss {stats.loss:.4f}{val_text} ({stats.seconds:.0f} s)",
+            flush=True,
+        )
+
+    command = "PYTHONPATH=apps/axonseg .venv/bin/python -m lib.trainers.cli " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    train_segmentation(
+        spec,
+        train,
+        val,
+        weights,
+        epochs=epochs,
+        iterations_per_epoch=iterations,
+        batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate,
+        foreground_fraction=recipe.foreground_fraction,
+        seed=recipe.seed,
+        val_every=args.val_every,
+        device=args.device,
+        meta={"name": spec.name, "recipe": "reference", "command": command},
+        on_epoch=on_epoch,
+    )
+    write_history(os.path.join(args.model_dir, f"{spec.name}.history.json"), history)
+    plot_learning_curve(
+        os.path.join(args.model_dir, f"{spec.name}.learning_curve.png"),
+        history,
+        f"{spec.name}: training on {args.device}",
+    )
+    write_model_card(
+        os.path.join(args.model_dir, f"{spec.name}.md"),
+        spec,
+        args.data_dir,
+        history,
+        command,
+        weights,
+        iterations,
+    )
+    print(f"wrote {weights} ({os.path.getsize(weights) / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Training volumes and random patch sampling.
+
+A :class:`TrainingVolume` holds a normalised image, a binary target and a loss mask. Patches are
+drawn either uniformly or centred on a foreground voxel, then flipped / rotated in-plane.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..configs.spec import DataSource, StructureSpec
+from ..transforms.intensity import normalize_percentiles
+from ..transforms.io import read_volume
+from ..transforms.labels import map_labels
+
+
+@dataclass
+class TrainingVolume:
+    name: str
+    image: np.ndarray  # float32, normalised to [0, 1]
+    target: np.ndarray  # uint8 0/1
+    mask: np.ndarray  # bool, voxels the loss sees
+
+    @property
+    def labelled_voxels(self) -> int:
+        return int(self.mask.sum())
+
+
+def _crop(array: np.ndarray, region) -> np.ndarray:
+    return array[tuple(slice(a, b) for a, b in region)]
+
+
+def load_source(data_dir: str, source: DataSource, spec: StructureSpec) -> TrainingVolume:
+    """Load a recipe :class:`DataSource` (HDF5 raw + label datasets, cropped to its region)."""
+    path = os.path.join(data_dir, source.file)
+    raw = read_volume(path, source.raw).array
+    label = read_volume(path, source.label).array
+    # Normalise on the whole volume, as inference does, then crop.
+    image = _crop(normalize_percentiles(raw, spec.percentiles), source.region)
+    target, mask = map_labels(_crop(label, source.region), spec.label_map)
+    return TrainingVolume(f"{source.file}:{source.label}{list(source.region)}", image, target, mask)
+
+
+def load_pair(image_path: str, label_path: str, spec: StructureSpec) -> TrainingVolume:
+    """Load an (image, label) pair from the datastore; the label holds served values (1 = fg)."""
+    image = read_volume(image_path)
+    label = read_volume(label_path)
+    if image.shape != label.shape:
+        raise ValueError(f"label {label.shape} does not match image {image.shape} for {image_path}")
+    target = (label.array == 1).astype(np.uint8)
+    # Annotators label the whole volume they submit, so every voxel counts.
+    mask = np.ones(label.shape, dtype=bool)
+    return TrainingVolume(
+        os.path.basename(image_path),
+        normalize_percentiles(image.array, spec.percentiles),
+        target,
+        mask,
+    )
+
+
+class PatchSampler:
+    """Random training patches of a fixed size from a list of volumes."""
+
+    def __init__(
+        self,
+        volumes: list[TrainingVolume],
+        patch_size,
+        foreground_fraction: float,
+        seed: int,
+        flip_z: bool,
+    ):
+        self.volumes = [v for v in volumes if v.labelled_voxels > 0]
+        if not self.volumes:
+            raise ValueError("no labelled voxels in the training data")
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.foreground_fraction = foreground_fraction
+        self.rng = np.random.default_rng(seed)
+        self.flip_z = flip_z
+        # Flat indices of labelled foreground voxels per volume, for foreground-centred sampling;
+        # labelled voxels are listed only for sparse masks (dense ones sample uniformly).
+        self._foreground = [np.flatnonzero((v.target > 0) & v.mask) for v in self.volumes]
+        self._labelled = [None if v.mask.all() else np.flatnonzero(v.mask) for v in self.volumes]
+        weights = np.array([v.labelled_voxels for v in self.volumes], dtype=float)
+        self._volume_p = weights / weights.sum()
+
+    def _corner(self, shape, centre) -> tuple[int, ...]:
+        return tuple(int(np.clip(c - p // 2, 0, max(s - p, 0))) for c, p, s in zip(centre, self.patch_size, shape))
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One ``(image, target, mask)`` patch, each shaped like ``patch_size`` (zero-padded)."""
+        i = int(self.rng.choice(len(self.volumes), p=self._volume_p))
+        volume = self.volumes[i]
+        use_fg = len(self._foreground[i]) and self.rng.random() < self.foreground_fraction
+        # Centre on a labelled voxel so sparse annotations (a few z-slices) are always in view.
+        pool = self._foreground[i] if use_fg else self._labelled[i]
+        if pool is None:
+            centre = tuple(int(self.rng.integers(s)) for s in volume.image.shape)
+        else:
+            centre = np.unravel_index(int(pool[self.rng.integers(len(pool))]), volume.image.shape)
+        corner = self._corner(volume.image.shape, centre)
+        region = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size))
+        arrays = [volume.image[region], volume.target[region], volume.mask[region]]
+        pad = [(0, p - s) for p, s in zip(self.patch_size, arrays[0].shape)]
+        if any(after for _, after in pad):
+            arrays = [np.pad(a, pad) for a in arrays]  # padded voxels are masked out (mask pads with 0)
+        return self._augment(*arrays)
+
+    def _augment(self, image, target, mask):
+        axes = [1, 2] + ([0] if self.flip_z else [])
+        for axis in axes:
+            if self.rng.random() < 0.5:
+                image, target, mask = (np.flip(a, axis) for a in (image, target, mask))
+        if self.patch_size[1] == self.patch_size[2]:
+            k = int(self.rng.integers(4))
+            image, target, mask = (np.rot90(a, k, axes=(1, 2)) for a in (image, target, mask))
+        return tuple(np.ascontiguousarray(a) for a in (image, target, mask))
+
+    def batch(self, size: int):
+        patches = [self.sample() for _ in range(size)]
+        return tuple(np.stack([p[j] for p in patches])[:, None] for j in range(3))

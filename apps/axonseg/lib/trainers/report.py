@@ -1,0 +1,152 @@
+"""Training artefacts a person reads: history JSON, learning-curve PNG, model card."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+
+import h5py
+
+from ..configs.spec import StructureSpec
+
+
+def write_history(path: str, history: list[dict]) -> None:
+    with open(path, "w") as f:
+        json.dump(history, f, indent=1)
+
+
+def plot_learning_curve(path: str, history: list[dict], title: str) -> None:
+    """Loss per epoch and validation F1 / foreground IoU where measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(
+        epochs,
+        [h["loss"] for h in history],
+        "o-",
+        color="tab:blue",
+        label="train loss (BCE+Dice)",
+    )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss", color="tab:blue")
+    validated = [h for h in history if h.get("validation")]
+    if validated:
+        ax2 = ax.twinx()
+        ve = [h["epoch"] for h in validated]
+        ax2.plot(
+            ve,
+            [h["validation"]["f1"] for h in validated],
+            "s-",
+            color="tab:red",
+            label="val F1",
+        )
+        ax2.plot(
+            ve,
+            [h["validation"]["foreground_iou"] for h in validated],
+            "^--",
+            color="tab:orange",
+            label="val fg IoU",
+        )
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("validation score", color="tab:red")
+        ax2.legend(loc="center right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _licences(data_dir: str, files: set[str]) -> list[tuple[str, str, str]]:
+    out = []
+    for name in sorted(files):
+        with h5py.File(os.path.join(data_dir, name), "r") as f:
+            out.append(
+                (
+                    name,
+                    str(f.attrs.get("what", "")),
+                    str(f.attrs.get("license", "unknown")),
+                )
+            )
+    return out
+
+
+def write_model_card(
+    path: str,
+    spec: StructureSpec,
+    data_dir: str,
+    history: list[dict],
+    command: str,
+    weights_path: str,
+    iterations_per_epoch: int,
+) -> None:
+    """Markdown card: data and licences, recipe, held-out metrics, machine, reproduce command."""
+    recipe = spec.recipe
+    best = max(
+        (h for h in history if h.get("validation")),
+        key=lambda h: h["validation"]["f1"],
+        default=None,
+    )
+    files = {s.file for s in recipe.train + recipe.val}
+    rows = "\n".join(f"| `{n}` | {w} | {lic} |" for n, w, lic in _licences(data_dir, files))
+
+    def regions(sources):
+        return "\n".join(f"- `{s.file}` `{s.label}` z,y,x region `{list(map(list, s.region))}`" for s in sources)
+
+    metrics = "not measured"
+    if best:
+        v = best["validation"]
+        metrics = (
+            f"| voxel precision | voxel recall | voxel F1 (Dice) | foreground IoU | voxels scored |\n"
+            f"|---|---|---|---|---|\n"
+            f"| {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['foreground_iou']:.3f} "
+            f"| {v['voxels']:,} |\n\n"
+            f"Best epoch {best['epoch']} of {len(history)}; threshold {spec.threshold}, "
+            f"components under {spec.min_size} voxels removed."
+        )
+    total = history[-1]["total_time"] if history else 0
+    text = f"""# Model card: `{spec.name}`
+
+{spec.description}. Output label: `{spec.label_name}` = 1, background = 0.
+
+## Training data and licences
+| file | what | licence |
+|---|---|---|
+{rows}
+
+Training regions:
+{regions(recipe.train)}
+
+Held-out validation regions (never seen in training):
+{regions(recipe.val)}
+
+Label mapping (raw value → target; values not listed are ignored by the loss): `{spec.label_map}`
+
+## Recipe
+- Network: MONAI `DynUNet`, residual blocks, instance norm; kernels `{[list(k) for k in spec.kernels]}`,
+  strides `{[list(s) for s in spec.strides]}`, filters `{list(spec.filters)}`.
+- Input: percentile normalisation ({spec.percentiles[0]}–{spec.percentiles[1]} % → 0–1) on the whole volume.
+- Patches {list(spec.patch_size)} (z, y, x), {int(recipe.foreground_fraction * 100)} % centred on foreground;
+  random flips and in-plane 90° rotations.
+- Loss: BCE + soft Dice over labelled voxels. AdamW, lr {recipe.learning_rate}, cosine schedule,
+  {len(history)} epochs × {iterations_per_epoch} iterations × batch {recipe.batch_size}, seed {recipe.seed}.
+- Inference: Gaussian-weighted sliding window, overlap {spec.overlap}.
+
+## Validation metrics (held-out regions above, post-processed prediction)
+{metrics}
+
+These come from a short first run on CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores,
+{total / 60:.0f} min in all); quality tuning is tracked separately. Learning curve:
+`{os.path.basename(weights_path).replace(".pt", ".learning_curve.png")}`.
+
+## Reproduce
+```
+{command}
+```
+"""
+    with open(path, "w") as f:
+        f.write(text)

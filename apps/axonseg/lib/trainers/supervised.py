@@ -1,0 +1,152 @@
+"""The supervised training loop as a plain function: volumes in, best weights file out.
+
+Loss is BCE + soft Dice over the voxels the mask allows, so sparse labels (TRAILMAP) only teach
+what was annotated. The best epoch by validation F1 is written atomically to ``output_path``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..configs.spec import StructureSpec
+from ..infers.predict import postprocess, sliding_window_probabilities
+from ..metrics import voxel_scores
+from ..networks import build_network, load_weights, save_weights
+from .data import PatchSampler, TrainingVolume
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    total_epochs: int
+    loss: float
+    seconds: float
+    total_time: float
+    validation: dict[str, float] = field(default_factory=dict)
+    best_metric: float = -1.0
+    best_epoch: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TrainingStopped(Exception):
+    """Raised inside the loop when ``should_stop`` returns True."""
+
+
+def masked_bce_dice(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice over masked voxels only."""
+    weight = mask.float()
+    denom = weight.sum().clamp_min(1.0)
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum() / denom
+    prob = torch.sigmoid(logits) * weight
+    tgt = target * weight
+    dice = 1 - (2 * (prob * tgt).sum() + 1.0) / (prob.sum() + tgt.sum() + 1.0)
+    return bce + dice
+
+
+def validate(network, volumes: list[TrainingVolume], spec: StructureSpec, device) -> dict[str, float]:
+    """Voxel scores of the post-processed prediction, pooled over all validation volumes."""
+    preds, targets = [], []
+    for volume in volumes:
+        probabilities = sliding_window_probabilities(network, volume.image, spec, device)
+        preds.append(postprocess(probabilities, spec.threshold, spec.min_size)[volume.mask])
+        targets.append(volume.target[volume.mask])
+    return voxel_scores(np.concatenate(preds), np.concatenate(targets))
+
+
+def train_segmentation(
+    spec: StructureSpec,
+    train: list[TrainingVolume],
+    val: list[TrainingVolume],
+    output_path: str,
+    *,
+    epochs: int,
+    iterations_per_epoch: int,
+    batch_size: int,
+    learning_rate: float,
+    foreground_fraction: float = 0.5,
+    seed: int = 0,
+    val_every: int = 1,
+    init_weights: str | None = None,
+    device: str = "cpu",
+    meta: dict | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> EpochStats:
+    """Train ``spec``'s network and keep the best validation-F1 weights at ``output_path``.
+
+    Args:
+        init_weights: start from this weights file (fine-tuning) instead of random weights.
+        on_epoch: called after every epoch with its :class:`EpochStats` (progress reporting).
+        should_stop: polled every iteration; True raises :class:`TrainingStopped` and keeps the
+            best weights written so far.
+    Returns:
+        stats of the last epoch (``best_metric`` / ``best_epoch`` say which one was kept).
+    """
+    torch.manual_seed(seed)
+    if init_weights:
+        network, _ = load_weights(init_weights, device)
+    else:
+        network = build_network(**spec.network_args()).to(device)
+    anisotropic = spec.kernels[0][0] == 1
+    sampler = PatchSampler(train, spec.patch_size, foreground_fraction, seed, flip_z=not anisotropic)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * iterations_per_epoch)
+    best_metric, best_epoch, started = -1.0, 0, time.time()
+    stats = EpochStats(0, epochs, 0.0, 0.0, 0.0)
+    for epoch in range(1, epochs + 1):
+        network.train()
+        epoch_start, losses = time.time(), []
+        for _ in range(iterations_per_epoch):
+            if should_stop and should_stop():
+                raise TrainingStopped(f"stopped in epoch {epoch}")
+            image, target, mask = (torch.from_numpy(a).to(device) for a in sampler.batch(batch_size))
+            loss = masked_bce_dice(network(image), target.float(), mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+        validation: dict[str, float] = {}
+        if val and (epoch % val_every == 0 or epoch == epochs):
+            validation = validate(network, val, spec, device)
+            if validation["f1"] > best_metric:
+                best_metric, best_epoch = validation["f1"], epoch
+                save_weights(
+                    output_path,
+                    network,
+                    spec.network_args(),
+                    {
+                        **(meta or {}),
+                        "epoch": epoch,
+                        "validation": validation,
+                        "trained_at": time.time(),
+                    },
+                )
+        stats = EpochStats(
+            epoch,
+            epochs,
+            float(np.mean(losses)),
+            time.time() - epoch_start,
+            time.time() - started,
+            validation,
+            best_metric,
+            best_epoch,
+        )
+        if on_epoch:
+            on_epoch(stats)
+    if not val:  # nothing to select on: keep the last epoch
+        save_weights(
+            output_path,
+            network,
+            spec.network_args(),
+            {**(meta or {}), "epoch": epochs, "trained_at": time.time()},
+        )
+    return stats

@@ -1,0 +1,1 @@
+"""Microscopy readers/writers and array transforms."""
