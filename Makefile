@@ -1,8 +1,7 @@
 # axonseg: two set-up commands, `make serve` and `make test`; both create/update .venv first.
 PYTHON ?= python3
 VENV ?= .venv
-PORT ?= 8000
-WORKDIR ?= ./work
+include server_config/embedded.mk
 # CPU pins by default; see README "GPU install" for CUDA machines.
 CONSTRAINTS ?= requirements/constraints-cpu.txt
 BIN := $(VENV)/bin
@@ -19,10 +18,10 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/activate
 
 serve: $(VENV)/.installed
 	@if [ ! -d "$(WORKDIR)/datastore" ]; then \
-		mkdir -p "$(WORKDIR)/datastore" && cp -r sample_data/*.tif sample_data/*.h5 sample_data/*.nrrd "$(WORKDIR)/datastore/" && \
+		mkdir -p "$(WORKDIR)/datastore" && cp sample_data/*.tif sample_data/*.h5 sample_data/*.nrrd "$(WORKDIR)/datastore/" && \
 		echo "seeded $(WORKDIR)/datastore with the sample volumes"; fi
 	MONAILABEL_PYEXE="$(abspath $(BIN))/python" $(BIN)/monailabel start_server --app apps/axonseg --studies "$(WORKDIR)/datastore" \
-		--host 127.0.0.1 --port $(PORT) --conf workdir "$(abspath $(WORKDIR))"
+		--host 127.0.0.1 --port $(PORT) --conf workdir "$(abspath $(WORKDIR))" --conf max_upload_mb $(MAX_UPLOAD_MB)
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check apps tests benchmarks

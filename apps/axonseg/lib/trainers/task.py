@@ -69,6 +69,8 @@ class SegmentationTrainer(TrainTask):
         train, val = (volumes[:-1], volumes[-1:]) if len(volumes) >= 4 else (volumes, volumes)
         device = params["device"] if params["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         candidate = f"{self.weights.trained_path}.candidate"
+        if os.path.exists(candidate):  # left by a run that was stopped: never published, safe to drop
+            os.remove(candidate)
         started = time.time()
 
         def on_epoch(stats: EpochStats) -> None:

@@ -217,9 +217,9 @@ def _pick_dataset(names: Sequence[str], dataset: str | None, path: str) -> str:
 
 def _spacing_from_attrs(attrs: dict, xyz: bool = False) -> tuple[float, float, float]:
     """Voxel size from the attribute conventions in use (CREMI, ilastik, our data, N5 viewers)."""
-    if "voxel_size_zyx_nm" in attrs:
-        value = attrs["voxel_size_zyx_nm"]
-        value = json.loads(value) if isinstance(value, str) else value
+    value = attrs.get("voxel_size_zyx_nm")
+    value = json.loads(value) if isinstance(value, str) else value
+    if value is not None:  # our shared data; "null" where the source never said
         return tuple(float(v) * 1e-3 for v in value)  # type: ignore[return-value]
     if "element_size_um" in attrs:
         return tuple(float(v) for v in attrs["element_size_um"])  # type: ignore[return-value]
