@@ -8,6 +8,7 @@ Writes ``<model-dir>/<name>.pt`` plus history JSON, learning-curve PNG and model
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -15,6 +16,8 @@ import sys
 import torch
 
 from ..configs.registry import SPECS
+from ..machine import describe_machine
+from ..networks import load_weights
 from .data import load_source
 from .report import plot_learning_curve, write_history, write_model_card
 from .supervised import train_segmentation
@@ -30,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-every", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--card-only", action="store_true", help="re-render the model card from the saved history")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -37,6 +41,16 @@ def main(argv: list[str] | None = None) -> None:
     recipe = spec.recipe
     epochs = args.epochs or recipe.epochs
     iterations = args.iterations or recipe.iterations_per_epoch
+    weights = os.path.join(args.model_dir, f"{spec.name}.pt")
+    history_path = os.path.join(args.model_dir, f"{spec.name}.history.json")
+    card = os.path.join(args.model_dir, f"{spec.name}.md")
+    if args.card_only:
+        _, meta = load_weights(weights)
+        with open(history_path) as f:
+            history = json.load(f)
+        write_model_card(card, spec, args.data_dir, history, meta["command"], weights, iterations,
+                         meta.get("machine") or describe_machine(args.device))  # fmt: skip
+        return
     train = [load_source(args.data_dir, s, spec) for s in recipe.train]
     val = [load_source(args.data_dir, s, spec) for s in recipe.val]
     print(
@@ -45,8 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     os.makedirs(args.model_dir, exist_ok=True)
-    weights = os.path.join(args.model_dir, f"{spec.name}.pt")
     history: list[dict] = []
+    machine = describe_machine(args.device)
 
     def on_epoch(stats) -> None:
         history.append(stats.to_dict())
@@ -72,10 +86,10 @@ def main(argv: list[str] | None = None) -> None:
         seed=recipe.seed,
         val_every=args.val_every,
         device=args.device,
-        meta={"name": spec.name, "recipe": "reference", "command": command},
+        meta={"name": spec.name, "recipe": "reference", "command": command, "machine": machine},
         on_epoch=on_epoch,
     )
-    write_history(os.path.join(args.model_dir, f"{spec.name}.history.json"), history)
+    write_history(history_path, history)
     plot_learning_curve(
         os.path.join(args.model_dir, f"{spec.name}.learning_curve.png"),
         history,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 
 import h5py
 
@@ -83,6 +82,7 @@ def write_model_card(
     command: str,
     weights_path: str,
     iterations_per_epoch: int,
+    machine: str,
 ) -> None:
     """Markdown card: data and licences, recipe, held-out metrics, machine, reproduce command."""
     recipe = spec.recipe
@@ -105,8 +105,8 @@ def write_model_card(
             f"|---|---|---|---|---|\n"
             f"| {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['foreground_iou']:.3f} "
             f"| {v['voxels']:,} |\n\n"
-            f"Best epoch {best['epoch']} of {len(history)}; threshold {spec.threshold}, "
-            f"components under {spec.min_size} voxels removed."
+            f"Best epoch {best['epoch']} of {len(history)}; threshold {spec.threshold}"
+            + (f", components under {spec.min_size} voxels removed." if spec.min_size else ".")
         )
     total = history[-1]["total_time"] if history else 0
     text = f"""# Model card: `{spec.name}`
@@ -139,8 +139,8 @@ Label mapping (raw value → target; values not listed are ignored by the loss):
 ## Validation metrics (held-out regions above, post-processed prediction)
 {metrics}
 
-These come from a short first run on CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores,
-{total / 60:.0f} min in all); quality tuning is tracked separately. Learning curve:
+Measured on the held-out regions after a short first training run on {machine}
+({total / 60:.0f} min in all); quality tuning is tracked separately. Learning curve:
 `{os.path.basename(weights_path).replace(".pt", ".learning_curve.png")}`.
 
 ## Reproduce
