@@ -64,6 +64,13 @@ class AxonSegApp(MONAILabelApp):
     def init_strategies(self):
         return {"random": Random(), "first": First()}
 
+    def info(self):
+        """Most recently started training first: Slicer's progress bar shows only the first entry."""
+        meta = super().info()
+        stats = meta["train_stats"]
+        meta["train_stats"] = dict(sorted(stats.items(), key=lambda kv: -float(kv[1].get("start_ts", 0))))
+        return meta
+
     def infer(self, request, datastore=None):
         """Resolve the image strictly: a datastore id, or a file the infer endpoint just uploaded.
 

@@ -59,10 +59,19 @@ def postprocess(probabilities: np.ndarray, threshold: float, min_size: int = 0) 
     return binary.astype(np.uint8)
 
 
-def segment(network: torch.nn.Module, array: np.ndarray, spec: StructureSpec, device="cpu") -> np.ndarray:
-    """Label volume (uint8, 1 = ``spec.label_name``) for a raw (z, y, x) volume."""
+def segment(
+    network: torch.nn.Module,
+    array: np.ndarray,
+    spec: StructureSpec,
+    device: str | torch.device = "cpu",
+    threshold: float | None = None,
+    min_size: int | None = None,
+) -> np.ndarray:
+    """Label volume (uint8, 1 = ``spec.label_name``) for a raw (z, y, x) volume; ``threshold`` and
+    ``min_size`` default to the spec's."""
+    probabilities = predict_probabilities(network, array, spec, device)
     return postprocess(
-        predict_probabilities(network, array, spec, device),
-        spec.threshold,
-        spec.min_size,
+        probabilities,
+        spec.threshold if threshold is None else threshold,
+        spec.min_size if min_size is None else min_size,
     )

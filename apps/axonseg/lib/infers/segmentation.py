@@ -16,7 +16,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from ..configs.spec import StructureSpec
 from ..networks import load_weights
 from ..transforms.io import Volume, read_volume, write_volume
-from .predict import postprocess, predict_probabilities
+from .predict import segment
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +90,13 @@ class SegmentationInfer(InferTask):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         network, meta, path = self.weights.load(device)
         start = time.time()
-        probabilities = predict_probabilities(network, volume.array, self.spec, device)
-        label = postprocess(
-            probabilities,
-            float(request.get("threshold", self.spec.threshold)),
-            int(request.get("min_size", self.spec.min_size)),
+        label = segment(
+            network,
+            volume.array,
+            self.spec,
+            device,
+            threshold=float(request.get("threshold", self.spec.threshold)),
+            min_size=int(request.get("min_size", self.spec.min_size)),
         )
         elapsed = time.time() - start
         params = {
