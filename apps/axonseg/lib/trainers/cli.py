@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-every", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--card-only", action="store_true", help="re-render the model card from the saved history")
+    parser.add_argument(
+        "--card-only", action="store_true", help="re-render the model card and plot from the saved history"
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -44,12 +46,17 @@ def main(argv: list[str] | None = None) -> None:
     weights = os.path.join(args.model_dir, f"{spec.name}.pt")
     history_path = os.path.join(args.model_dir, f"{spec.name}.history.json")
     card = os.path.join(args.model_dir, f"{spec.name}.md")
+
+    def write_reports(history: list[dict], command: str, machine: str) -> None:
+        write_history(history_path, history)
+        plot = os.path.join(args.model_dir, f"{spec.name}.learning_curve.png")
+        plot_learning_curve(plot, history, f"{spec.name}: training on {args.device}")
+        write_model_card(card, spec, args.data_dir, history, command, weights, iterations, machine)
+
     if args.card_only:
         _, meta = load_weights(weights)
         with open(history_path) as f:
-            history = json.load(f)
-        write_model_card(card, spec, args.data_dir, history, meta["command"], weights, iterations,
-                         meta.get("machine") or describe_machine(args.device))  # fmt: skip
+            write_reports(json.load(f), meta["command"], meta.get("machine") or describe_machine(args.device))
         return
     train = [load_source(args.data_dir, s, spec) for s in recipe.train]
     val = [load_source(args.data_dir, s, spec) for s in recipe.val]
@@ -89,21 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         meta={"name": spec.name, "recipe": "reference", "command": command, "machine": machine},
         on_epoch=on_epoch,
     )
-    write_history(history_path, history)
-    plot_learning_curve(
-        os.path.join(args.model_dir, f"{spec.name}.learning_curve.png"),
-        history,
-        f"{spec.name}: training on {args.device}",
-    )
-    write_model_card(
-        os.path.join(args.model_dir, f"{spec.name}.md"),
-        spec,
-        args.data_dir,
-        history,
-        command,
-        weights,
-        iterations,
-    )
+    write_reports(history, command, machine)
     print(f"wrote {weights} ({os.path.getsize(weights) / 1e6:.1f} MB)")
 
 

@@ -21,6 +21,7 @@ def plot_learning_curve(path: str, history: list[dict], title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
@@ -32,6 +33,7 @@ def plot_learning_curve(path: str, history: list[dict], title: str) -> None:
         label="train loss (BCE+Dice)",
     )
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss", color="tab:blue")
     validated = [h for h in history if h.get("validation")]
     if validated:
