@@ -19,12 +19,15 @@ MODEL_DIR = APP_DIR / "model"
 
 # A crop of each model's held-out validation region (see the model cards) and the voxel F1 the
 # shipped weights must reach on it. An untrained network scores near 0 on all of these.
+VNC = "drosophila_vnc_stack1_xlt512.h5"
 HELD_OUT = {
-    "axon": (DataSource("trailmap_cubes_training.h5", "labels/sparse", ((576, 640), (0, 64), (0, 64))), 0.5),
-    "mitochondria": (DataSource("lucchi_pp_train.h5", "labels/mito", ((133, 165), (0, 256), (0, 384))), 0.5),
-    "synapse": (DataSource("drosophila_vnc_stack1_xlt512.h5", "labels/synapse", ((0, 20), (768, 1024), (0, 512))), 0.4),
-    "membrane": (DataSource("isbi2012_sstem.h5", "labels/membrane_isbi", ((0, 30), (384, 512), (0, 256))), 0.6),
+    "axon": (DataSource("trailmap_cubes_training.h5", "labels/sparse", region=((576, 640), (0, 64), (0, 64))), 0.7),
+    "mitochondria": (DataSource("lucchi_pp_train.h5", "labels/mito", region=((133, 165), (0, 256), (0, 384))), 0.5),
+    "synapse": (DataSource(VNC, "labels/synapse", region=((0, 20), (768, 1024), (0, 512))), 0.5),
+    "membrane": (DataSource("isbi2012_sstem.h5", "labels/membrane_isbi", region=((0, 30), (384, 512), (0, 256))), 0.5),
 }  # fmt: skip
+# Labelling every voxel foreground would score F1 0.52 (axon, cube 9), 0.13 (mitochondria),
+# 0.02 (synapse) and 0.36 (membrane) on these crops.
 
 
 def _inside(crop: DataSource, region: DataSource) -> bool:

@@ -7,8 +7,12 @@ import time
 import numpy as np
 import pytest
 import requests
+from conftest import shared_file
 
+from lib.configs.registry import SPECS
+from lib.metrics import voxel_scores
 from lib.transforms.io import Volume, read_volume, same_geometry, write_volume
+from lib.transforms.labels import map_labels
 
 MODELS = ("axon", "mitochondria", "synapse", "membrane")
 # Which sample volume each model is run on: light-sheet for axons, FIB-SEM for the EM models.
@@ -73,15 +77,13 @@ def test_infer_returns_label_on_image_geometry(client, server, model, tmp_path):
 
 
 def test_axon_model_finds_axons_in_light_sheet(client, server):
-    # trailmap_original's annotated slices (z = 17, 48, 77) are not in the axon training cubes.
-    from conftest import shared_file
-
+    # trailmap_original is a separate volume; the axon model was trained on the TRAILMAP cubes only.
     labels = read_volume(shared_file("trailmap_original.h5"), "labels/sparse").array
+    target, mask = map_labels(labels, SPECS["axon"].label_map)
     result_path, _ = client.infer("axon", "trailmap_original", {})
-    prediction = read_volume(result_path).array.astype(bool)
-    axon, background = np.isin(labels, (2, 4)), labels == 1
-    assert prediction[axon].mean() > 0.3, "axon recall on annotated voxels"
-    assert prediction[background].mean() < 0.2, "false-positive rate on annotated background"
+    scores = voxel_scores(read_volume(result_path).array, target, mask)
+    # 38 % of the annotated voxels are axon: labelling everything scores F1 0.55, precision 0.38.
+    assert scores["f1"] > 0.7 and scores["precision"] > 0.55, scores
 
 
 def test_save_label_then_train_then_stop(client, server, tmp_path):
@@ -129,7 +131,6 @@ def _wait_for_train(client, states, timeout):
 
 def test_upload_anisotropic_imagej_tiff_keeps_spacing(client, server, tmp_path):
     import tifffile
-    from conftest import shared_file
 
     raw = read_volume(shared_file("drosophila_vnc_stack1_xlt512.h5"), "raw").array[:8, :96, :96]
     path = tmp_path / "vnc_crop.tif"
