@@ -147,3 +147,10 @@ def test_good_upload_after_errors(server):
     assert (server.studies / "good_after_bad.tif").read_bytes() == GOOD_TIFF
     requests.delete(f"{server.url}/datastore/", params={"id": "good_after_bad"})
     assert not (server.studies / "good_after_bad.tif").exists()
+
+
+def test_bad_infer_params(server, unchanged):
+    reply = requests.post(
+        f"{server.url}/infer/axon", params={"image": "gala_fibsem"}, data={"params": '{"threshold": "high"}'}
+    )
+    _assert_error(reply, 400, "threshold must be a number")

@@ -70,32 +70,39 @@ class MicroscopyDatastore(LocalDatastore):
     def _original_uri(self, image_id: str) -> str:
         return super().get_image_uri(image_id)
 
+    def _served_path(self, original: str, image_id: str) -> str:
+        if FORMATS.get(volume_extension(original)) in SERVED_FORMATS:
+            return original
+        return os.path.join(self._views_path, f"{image_id}.nrrd")
+
     def get_image_uri(self, image_id: str) -> str:
-        """Path of the file served for ``image_id`` (a NRRD view for non-Slicer formats), or ""."""
+        """Path of the file served for ``image_id`` (a NRRD view for non-Slicer formats), or "".
+
+        Writes a missing or stale view, and records shape and voxel size the first time an image
+        that was found on disk (not uploaded) is served.
+        """
         original = self._original_uri(image_id)
         if not original:
             return ""
-        ext = volume_extension(original)
-        if FORMATS.get(ext) in SERVED_FORMATS:
-            return original
-        view = os.path.join(self._views_path, f"{image_id}.nrrd")
-        if not os.path.exists(view) or os.path.getmtime(view) < os.path.getmtime(original):
-            write_volume(view, read_volume(original, self._dataset_of(image_id)))
-        return view
+        served = self._served_path(original, image_id)
+        volume = None
+        if served != original and (not os.path.exists(served) or os.path.getmtime(served) < os.path.getmtime(original)):
+            volume = read_volume(original, self._dataset_of(image_id))
+            write_volume(served, volume)
+        if "shape" not in self._datastore.objects[image_id].image.info:
+            volume = volume or read_volume(served)
+            self.update_image_info(image_id, {"format": FORMATS[volume_extension(original)], **_geometry(volume)})
+        return served
 
     def get_image_info(self, image_id: str) -> dict[str, Any]:
         """Image info with ``path``/``name`` of the *served* file (MONAI Label's next-sample reply
-        copies these, and Slicer chooses its reader by ``name``), plus format, shape and voxel size.
+        copies these, and Slicer chooses its reader by ``name``). Never reads the volume, so that
+        strategies can list every image cheaply.
         """
         info = super().get_image_info(image_id)
         if not info:
             return info
-        served = self.get_image_uri(image_id)
-        if "shape" not in info:  # images found on disk rather than uploaded: describe them once
-            volume = read_volume(served)
-            described = {"format": FORMATS[volume_extension(info["path"])], **_geometry(volume)}
-            self.update_image_info(image_id, described)
-            info.update(described)
+        served = self._served_path(info["path"], image_id)
         return {**info, "original_path": info["path"], "path": served, "name": os.path.basename(served)}
 
     def _dataset_of(self, image_id: str) -> str | None:
@@ -165,7 +172,8 @@ class MicroscopyDatastore(LocalDatastore):
                 f"labels must be NRRD, NIfTI, TIFF or HDF5 files, got '{os.path.basename(label_filename)}'"
             )
         label = read_volume(label_filename)
-        image_shape = tuple(obj.image.info.get("shape") or read_volume(self.get_image_uri(image_id)).shape)
+        self.get_image_uri(image_id)  # records the image's shape if it was never described
+        image_shape = tuple(obj.image.info["shape"])
         if label.shape != image_shape:
             raise VolumeError(f"label shape {label.shape} does not match image '{image_id}' shape {image_shape}")
         label_dir = self._datastore.label_path(label_tag)

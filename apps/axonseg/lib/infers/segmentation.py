@@ -14,6 +14,7 @@ import torch
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ..configs.spec import StructureSpec
+from ..errors import InvalidRequest
 from ..networks import load_weights
 from ..transforms.io import Volume, read_volume, write_volume
 from .predict import segment
@@ -88,16 +89,16 @@ class SegmentationInfer(InferTask):
         device = request.get("device", "auto")
         if device in ("auto", None, ""):
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise InvalidRequest(f"device '{device}' requested, but this server has no CUDA GPU")
+        try:
+            threshold = float(request.get("threshold", self.spec.threshold))
+            min_size = int(request.get("min_size", self.spec.min_size))
+        except (TypeError, ValueError) as e:
+            raise InvalidRequest(f"threshold must be a number and min_size an integer: {e}") from e
         network, meta, path = self.weights.load(device)
         start = time.time()
-        label = segment(
-            network,
-            volume.array,
-            self.spec,
-            device,
-            threshold=float(request.get("threshold", self.spec.threshold)),
-            min_size=int(request.get("min_size", self.spec.min_size)),
-        )
+        label = segment(network, volume.array, self.spec, device, threshold=threshold, min_size=min_size)
         elapsed = time.time() - start
         params = {
             "model": self.spec.name,
