@@ -16,7 +16,6 @@ import shutil
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -34,7 +33,6 @@ FORMATS: dict[str, str] = {
     ".zarr": "zarr",
     ".n5": "n5",
 }
-SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 
 # Dataset names tried, in order, when an HDF5/Zarr/N5 container is given without a dataset path.
 DEFAULT_DATASETS = ("raw", "volumes/raw", "data", "image", "volume", "s0", "0")
@@ -453,7 +451,3 @@ def same_geometry(a: Volume, b: Volume, rtol: float = 1e-5) -> bool:
             identity if b.direction is None else b.direction,
         )
     )
-
-
-def is_volume_path(path: str | os.PathLike) -> bool:
-    return volume_extension(path) != "" or (Path(path).is_dir() and any(Path(path).glob("*.png")))
