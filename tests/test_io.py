@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import h5py
 import numpy as np
 import pytest
@@ -187,8 +185,3 @@ def test_unsupported_extension(tmp_path):
     path.write_bytes(b"x")
     with pytest.raises(VolumeError, match="unsupported file type"):
         read_volume(path)
-
-
-def test_shared_data_attributes_are_json():
-    with h5py.File(shared_file("isbi2012_sstem.h5")) as f:
-        assert json.loads(f.attrs["voxel_size_zyx_nm"]) == [50, 4, 4]

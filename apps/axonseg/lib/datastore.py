@@ -90,7 +90,8 @@ class MicroscopyDatastore(LocalDatastore):
             volume = read_volume(original, self._dataset_of(image_id))
             write_volume(served, volume)
         if "shape" not in self._datastore.objects[image_id].image.info:
-            volume = volume or read_volume(served)
+            if volume is None:
+                volume = read_volume(served)
             self.update_image_info(image_id, {"format": FORMATS[volume_extension(original)], **_geometry(volume)})
         return served
 

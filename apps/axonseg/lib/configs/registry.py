@@ -7,12 +7,7 @@ from .spec import StructureSpec
 from .task_config import StructureTaskConfig
 
 TASK_CONFIGS: dict[str, type[StructureTaskConfig]] = {
-    m.SPEC.name: cfg
-    for m, cfg in (
-        (axon, axon.AxonConfig),
-        (mitochondria, mitochondria.MitochondriaConfig),
-        (synapse, synapse.SynapseConfig),
-        (membrane, membrane.MembraneConfig),
-    )
+    cfg.spec.name: cfg
+    for cfg in (axon.AxonConfig, mitochondria.MitochondriaConfig, synapse.SynapseConfig, membrane.MembraneConfig)
 }
 SPECS: dict[str, StructureSpec] = {name: cfg.spec for name, cfg in TASK_CONFIGS.items()}

@@ -6,7 +6,7 @@ is described in exactly one place (one module per structure in this package).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,6 @@ class StructureSpec:
     percentiles: tuple[float, float] = (0.5, 99.5)
     overlap: float = 0.25
     dropout: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def labels(self) -> dict[str, int]:
@@ -82,6 +81,3 @@ class StructureSpec:
             "filters": list(self.filters),
             "dropout": self.dropout,
         }
-
-    def to_dict(self) -> dict:
-        return asdict(self)

@@ -71,14 +71,13 @@ class Volume:
 
 def volume_format(path: str | os.PathLike) -> str:
     """Format name for a path, from its extension (a folder of PNGs is ``png_stack``)."""
-    name = str(path).lower().rstrip("/")
-    for ext, fmt in FORMATS.items():
-        if name.endswith(ext):
-            return fmt
+    ext = volume_extension(path)
+    if ext:
+        return FORMATS[ext]
     if os.path.isdir(path) and any(p.lower().endswith(".png") for p in os.listdir(path)):
         return "png_stack"
     raise VolumeError(
-        f"unsupported file type '{os.path.basename(name)}'; expected one of: "
+        f"unsupported file type '{os.path.basename(str(path).rstrip('/'))}'; expected one of: "
         + ", ".join(FORMATS)
         + " or a folder of PNG slices"
     )
@@ -112,8 +111,6 @@ def validate(array: np.ndarray, name: str = "volume") -> np.ndarray:
             f"{name} has {array.ndim} dimensions (shape {tuple(array.shape)}); "
             "axonseg needs a single-channel 3D volume (z, y, x)"
         )
-    if min(squeezed.shape) < 1:
-        raise VolumeError(f"{name} is empty (shape {tuple(squeezed.shape)})")
     if squeezed.dtype == bool:
         squeezed = squeezed.astype(np.uint8)
     if not (np.issubdtype(squeezed.dtype, np.integer) or np.issubdtype(squeezed.dtype, np.floating)):
