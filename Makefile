@@ -20,8 +20,8 @@ serve: $(VENV)/.installed
 	@if [ ! -d "$(WORKDIR)/datastore" ]; then \
 		mkdir -p "$(WORKDIR)/datastore" && cp sample_data/*.tif sample_data/*.h5 sample_data/*.nrrd "$(WORKDIR)/datastore/" && \
 		echo "seeded $(WORKDIR)/datastore with the sample volumes"; fi
-	MONAILABEL_PYEXE="$(abspath $(BIN))/python" $(BIN)/monailabel start_server --app apps/axonseg --studies "$(WORKDIR)/datastore" \
-		--host 127.0.0.1 --port $(PORT) --conf workdir "$(abspath $(WORKDIR))" --conf max_upload_mb $(MAX_UPLOAD_MB)
+	PYTHONPATH=apps/axonseg $(BIN)/python -m lib.jobs.embedded --studies "$(WORKDIR)/datastore" --workdir "$(WORKDIR)" \
+		--host 127.0.0.1 --port $(PORT) --conf max_upload_mb $(MAX_UPLOAD_MB) --conf infer_timeout_s $(INFER_TIMEOUT_S)
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check apps tests benchmarks

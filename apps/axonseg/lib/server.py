@@ -12,6 +12,8 @@ import traceback
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException, MONAILabelException
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -92,6 +94,14 @@ async def _monailabel_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": getattr(exc, "msg", str(exc))})
 
 
+async def _service_down(request: Request, exc: Exception) -> JSONResponse:
+    what = "job queue (Redis)" if isinstance(exc, RedisError) else "database"
+    logger.error(f"{request.method} {request.url.path}: {what} unavailable: {exc}")
+    return JSONResponse(
+        status_code=503, content={"detail": f"the {what} is unavailable: {exc}. Nothing was changed; try again."}
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.error(f"{request.method} {request.url.path} failed:\n{traceback.format_exc()}")
     return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}: {exc}"})
@@ -103,6 +113,8 @@ def install_http_guards(app: FastAPI, max_upload_bytes: int) -> None:
         return
     app.add_exception_handler(AxonSegError, _axonseg_error)
     app.add_exception_handler(MONAILabelException, _monailabel_error)
+    app.add_exception_handler(RedisError, _service_down)
+    app.add_exception_handler(OperationalError, _service_down)
     app.add_exception_handler(Exception, _unexpected_error)
     app.user_middleware.insert(0, Middleware(UploadLimit, max_bytes=max_upload_bytes))
     # Starlette builds its middleware stack on the first event (lifespan); rebuild it on the next

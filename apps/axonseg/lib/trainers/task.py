@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -56,7 +57,18 @@ class SegmentationTrainer(TrainTask):
             json.dump(stats, f)
         os.replace(tmp, self.stats_path)
 
-    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+    def __call__(
+        self,
+        request: dict[str, Any],
+        datastore: Datastore,
+        should_stop: Callable[[], bool] | None = None,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+    ) -> dict[str, Any]:
+        """Train, then publish the best weights atomically; returns the final stats.
+
+        ``should_stop`` is polled every iteration (a worker's cancel flag); ``on_epoch`` sees every
+        epoch's stats after they are written to ``stats_path``.
+        """
         params = {
             **self.config(),
             **{k: v for k, v in request.items() if k in self.config()},
@@ -73,7 +85,7 @@ class SegmentationTrainer(TrainTask):
             os.remove(candidate)
         started = time.time()
 
-        def on_epoch(stats: EpochStats) -> None:
+        def report(stats: EpochStats) -> None:
             logger.info(f"{self.spec.name} epoch {stats.epoch}/{stats.total_epochs} loss {stats.loss:.4f}")
             self._write_stats(
                 {
@@ -83,6 +95,8 @@ class SegmentationTrainer(TrainTask):
                     "status": "RUNNING",
                 }
             )
+            if on_epoch:
+                on_epoch(stats)
 
         final = train_segmentation(
             self.spec,
@@ -101,7 +115,8 @@ class SegmentationTrainer(TrainTask):
                 "recipe": "retrain",
                 "images": [os.path.basename(i["image"]) for i in items],
             },
-            on_epoch=on_epoch,
+            on_epoch=report,
+            should_stop=should_stop,
         )
         os.replace(candidate, self.weights.trained_path)  # publish: readers see old or new weights
         result = {

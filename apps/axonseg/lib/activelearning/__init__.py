@@ -1,0 +1,1 @@
+"""Active-learning strategies and the lease rule that keeps annotators on different images."""

@@ -1,0 +1,256 @@
+"""Everything the app records in SQL, as plain methods over short transactions.
+
+One ``Database`` per process (API server, each worker). Rows are returned detached
+(``expire_on_commit=False``) so callers can read them after the session closes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .engine import make_engine
+from .models import Image, LabelVersion, Lease, ModelVersion, Score, TrainingRun, utcnow
+
+# Saves that race for the same (image, tag, version) retry with the next number.
+_VERSION_RETRIES = 50
+
+
+def file_checksum(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _aware(ts: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time stored here is UTC."""
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
+
+class Database:
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # images ---------------------------------------------------------------------------------
+    def record_image(
+        self,
+        image_id: str,
+        original_path: str,
+        format: str | None = None,
+        shape: Iterable[int] | None = None,
+        voxel_size_um: Iterable[float] | None = None,
+    ) -> None:
+        """Insert or update an image's description (fields given as None keep their value)."""
+        with self.session() as s, s.begin():
+            row = s.get(Image, image_id)
+            if row is None:
+                row = Image(id=image_id, original_path=original_path)
+                s.add(row)
+            row.original_path = original_path
+            if format is not None:
+                row.format = format
+            if shape is not None:
+                row.shape = [int(v) for v in shape]
+            if voxel_size_um is not None:
+                row.voxel_size_um = [float(v) for v in voxel_size_um]
+
+    def image(self, image_id: str) -> Image | None:
+        with self.session() as s:
+            return s.get(Image, image_id)
+
+    def remove_image(self, image_id: str) -> None:
+        """Forget an image with its leases, scores and label history rows."""
+        with self.session() as s, s.begin():
+            for table in (Lease, Score, LabelVersion):
+                s.execute(delete(table).where(table.image_id == image_id))
+            s.execute(delete(Image).where(Image.id == image_id))
+
+    # label versions -------------------------------------------------------------------------
+    def add_label_version(
+        self,
+        image_id: str,
+        tag: str,
+        path: str,
+        checksum: str,
+        client_id: str | None = None,
+        model_version_id: int | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> LabelVersion:
+        """Record a new label version: one more than the latest of (image, tag), whoever saves concurrently."""
+        for _ in range(_VERSION_RETRIES):
+            try:
+                with self.session() as s, s.begin():
+                    latest = s.scalar(
+                        select(func.max(LabelVersion.version)).where(
+                            LabelVersion.image_id == image_id, LabelVersion.tag == tag
+                        )
+                    )
+                    row = LabelVersion(
+                        image_id=image_id,
+                        tag=tag,
+                        version=(latest or 0) + 1,
+                        path=path,
+                        checksum=checksum,
+                        client_id=client_id,
+                        model_version_id=model_version_id,
+                        info=info,
+                    )
+                    s.add(row)
+                return row
+            except IntegrityError:
+                continue  # another save took this version number; take the next one
+        raise RuntimeError(f"could not record a label version for '{image_id}' after {_VERSION_RETRIES} attempts")
+
+    def label_versions(self, image_id: str, tag: str = "final") -> list[LabelVersion]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(LabelVersion)
+                    .where(LabelVersion.image_id == image_id, LabelVersion.tag == tag)
+                    .order_by(LabelVersion.version)
+                )
+            )
+
+    def label_version(self, image_id: str, tag: str, version: int | None = None) -> LabelVersion | None:
+        """The given version, or the latest one when ``version`` is None."""
+        with self.session() as s:
+            query = select(LabelVersion).where(LabelVersion.image_id == image_id, LabelVersion.tag == tag)
+            if version is None:
+                query = query.order_by(LabelVersion.version.desc()).limit(1)
+            else:
+                query = query.where(LabelVersion.version == version)
+            return s.scalar(query)
+
+    # annotator leases -----------------------------------------------------------------------
+    def acquire_lease(self, image_id: str, client_id: str, seconds: float) -> bool:
+        """Claim ``image_id`` for ``client_id``; False if another client holds a live lease.
+
+        The image's primary key in ``leases`` makes the claim atomic across API processes.
+        """
+        now = utcnow()
+        expires = now + timedelta(seconds=seconds)
+        try:
+            with self.session() as s, s.begin():
+                s.execute(delete(Lease).where(Lease.image_id == image_id, Lease.expires_at <= now))
+                held = s.get(Lease, image_id)
+                if held is not None:
+                    if held.client_id != client_id:
+                        return False
+                    held.expires_at = expires  # renew our own lease
+                    return True
+                s.add(Lease(image_id=image_id, client_id=client_id, acquired_at=now, expires_at=expires))
+            return True
+        except IntegrityError:
+            return False  # another process claimed it between our check and insert
+
+    def release_lease(self, image_id: str, client_id: str | None = None) -> None:
+        with self.session() as s, s.begin():
+            query = delete(Lease).where(Lease.image_id == image_id)
+            if client_id is not None:
+                query = query.where(Lease.client_id == client_id)
+            s.execute(query)
+
+    def leased_by_others(self, client_id: str) -> set[str]:
+        """Images with a live lease held by anyone but ``client_id``."""
+        with self.session() as s:
+            rows = s.execute(select(Lease.image_id, Lease.client_id, Lease.expires_at)).all()
+        now = utcnow()
+        return {image for image, holder, expires in rows if holder != client_id and _aware(expires) > now}
+
+    def leases(self) -> list[Lease]:
+        with self.session() as s:
+            now = utcnow()
+            return [lease for lease in s.scalars(select(Lease)) if _aware(lease.expires_at) > now]
+
+    # scores ---------------------------------------------------------------------------------
+    def record_score(self, image_id: str, method: str, value: float, model_version_id: int | None) -> None:
+        with self.session() as s, s.begin():
+            row = s.scalar(
+                select(Score).where(
+                    Score.image_id == image_id, Score.method == method, Score.model_version_id == model_version_id
+                )
+            )
+            if row is None:
+                s.add(Score(image_id=image_id, method=method, value=float(value), model_version_id=model_version_id))
+            else:
+                row.value, row.created_at = float(value), utcnow()
+
+    def scores(self, method: str, model_version_id: int | None = None) -> dict[str, float]:
+        with self.session() as s:
+            rows = s.execute(
+                select(Score.image_id, Score.value).where(
+                    Score.method == method, Score.model_version_id == model_version_id
+                )
+            ).all()
+        return dict(rows)
+
+    # model versions -------------------------------------------------------------------------
+    def register_model_version(
+        self, model: str, path: str, source: str, metrics: dict[str, Any] | None = None, activate: bool = True
+    ) -> ModelVersion:
+        """Record the weights at ``path`` (by checksum, once) and optionally make them the active version."""
+        checksum = file_checksum(path)
+        with self.session() as s, s.begin():
+            row = s.scalar(select(ModelVersion).where(ModelVersion.model == model, ModelVersion.checksum == checksum))
+            if row is None:
+                row = ModelVersion(model=model, checksum=checksum, path=path, source=source, metrics=metrics)
+                s.add(row)
+                s.flush()
+            if activate:
+                s.execute(update(ModelVersion).where(ModelVersion.model == model).values(active=False))
+                row.active = True
+        return row
+
+    def active_model_version(self, model: str) -> ModelVersion | None:
+        with self.session() as s:
+            return s.scalar(select(ModelVersion).where(ModelVersion.model == model, ModelVersion.active.is_(True)))
+
+    def model_versions(self, model: str) -> list[ModelVersion]:
+        with self.session() as s:
+            return list(s.scalars(select(ModelVersion).where(ModelVersion.model == model).order_by(ModelVersion.id)))
+
+    # training runs --------------------------------------------------------------------------
+    def add_training_run(self, job_id: str, model: str, params: dict[str, Any], status: str = "SUBMITTED") -> None:
+        with self.session() as s, s.begin():
+            s.add(TrainingRun(job_id=job_id, model=model, params=params, status=status, epochs=[]))
+
+    def update_training_run(self, job_id: str, **values: Any) -> None:
+        with self.session() as s, s.begin():
+            s.execute(update(TrainingRun).where(TrainingRun.job_id == job_id).values(**values))
+
+    def add_training_epoch(self, job_id: str, epoch: dict[str, Any]) -> None:
+        with self.session() as s, s.begin():
+            run = s.scalar(select(TrainingRun).where(TrainingRun.job_id == job_id).with_for_update())
+            if run is not None:
+                run.epochs = [*run.epochs, epoch]  # reassign: JSON columns do not track in-place changes
+                run.status = "RUNNING"
+
+    def training_run(self, job_id: str) -> TrainingRun | None:
+        with self.session() as s:
+            return s.scalar(select(TrainingRun).where(TrainingRun.job_id == job_id))
+
+    def training_runs(self, model: str | None = None, statuses: Iterable[str] | None = None) -> list[TrainingRun]:
+        """Newest first."""
+        with self.session() as s:
+            query = select(TrainingRun).order_by(TrainingRun.id.desc())
+            if model is not None:
+                query = query.where(TrainingRun.model == model)
+            if statuses is not None:
+                query = query.where(TrainingRun.status.in_(list(statuses)))
+            return list(s.scalars(query))

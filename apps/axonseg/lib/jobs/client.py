@@ -1,0 +1,239 @@
+"""The API side of the queue: submit jobs, wait for them without blocking the event loop, cancel, inspect.
+
+Job states are RQ's; :data:`MONAI_STATUS` maps them to the four MONAI Label reports to Slicer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, Retry, Worker
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+
+from ..errors import JobFailed, JobTimeout, ServiceUnavailable
+from .queues import ALL_QUEUES, JOB_KINDS
+
+MONAI_STATUS = {
+    JobStatus.QUEUED: "SUBMITTED",
+    JobStatus.DEFERRED: "SUBMITTED",
+    JobStatus.SCHEDULED: "SUBMITTED",
+    JobStatus.CREATED: "SUBMITTED",
+    JobStatus.STARTED: "RUNNING",
+    JobStatus.FINISHED: "DONE",
+    JobStatus.FAILED: "ERROR",
+    JobStatus.STOPPED: "STOPPED",
+    JobStatus.CANCELED: "STOPPED",
+}
+ACTIVE = (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED, JobStatus.STARTED)
+
+
+class JobClient:
+    """One per API process. Every Redis error surfaces as :class:`ServiceUnavailable` (503)."""
+
+    def __init__(self, redis_url: str):
+        self.redis_url = redis_url
+        self.connection = Redis.from_url(
+            redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=10
+        )
+        self.queues = {name: Queue(name, connection=self.connection) for name in ALL_QUEUES}
+
+    def _unavailable(self, error: Exception) -> ServiceUnavailable:
+        return ServiceUnavailable(
+            f"the job queue (Redis at {self.connection.connection_pool.connection_kwargs.get('host')}) is "
+            f"unavailable: {error}. Nothing was submitted; try again when it is back."
+        )
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.connection.ping())
+        except RedisError:
+            return False
+
+    # submitting ----------------------------------------------------------------------------
+    def submit(self, kind: str, *, description: str, meta: dict[str, Any] | None = None, **kwargs: Any) -> Job:
+        spec = JOB_KINDS[kind]
+        try:
+            return self.queues[spec.queue].enqueue(
+                spec.function,
+                kwargs=kwargs,
+                job_timeout=spec.timeout_s,
+                result_ttl=spec.result_ttl_s,
+                failure_ttl=spec.result_ttl_s,
+                retry=Retry(max=spec.retries) if spec.retries else None,
+                description=description,
+                meta={"kind": kind, **(meta or {})},
+            )
+        except RedisError as e:
+            raise self._unavailable(e) from e
+
+    def workers(self, queue: str | None = None) -> list[Worker]:
+        try:
+            workers = Worker.all(connection=self.connection)
+        except RedisError as e:
+            raise self._unavailable(e) from e
+        return [w for w in workers if queue is None or queue in w.queue_names()]
+
+    def require_workers(self, queue: str) -> None:
+        if not self.workers(queue):
+            raise ServiceUnavailable(
+                f"no worker is serving the '{queue}' queue; start one with "
+                f"`python -m lib.jobs.worker --queues {queue}` (see README, Deployment)"
+            )
+
+    # waiting -------------------------------------------------------------------------------
+    async def wait(self, job: Job, timeout_s: float, poll_s: float = 0.05) -> Any:
+        """Await ``job``'s result without blocking the event loop; raises on failure or timeout.
+
+        On timeout the job is cancelled if it has not started, so a dead request leaves no work behind.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = await asyncio.to_thread(self.refresh_status, job)
+            if status == JobStatus.FINISHED:
+                return job.return_value()
+            if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+                raise JobFailed(f"{job.description} {MONAI_STATUS[status].lower()}: {self.error_of(job)}")
+            if time.monotonic() > deadline:
+                position = await asyncio.to_thread(self.position, job)
+                await asyncio.to_thread(self.cancel, job.id)
+                where = "still queued" if status != JobStatus.STARTED else "still running"
+                raise JobTimeout(
+                    f"{job.description} did not finish within {timeout_s:g} s ({where}"
+                    + (f", position {position + 1} in its queue" if position is not None else "")
+                    + "); it was cancelled. Add workers or raise infer_timeout_s."
+                )
+            await asyncio.sleep(poll_s)
+
+    def refresh_status(self, job: Job) -> JobStatus:
+        """The job's status after abandoned jobs (dead workers) have been failed or retried."""
+        try:
+            status = job.get_status(refresh=True)
+            if status == JobStatus.STARTED:
+                StartedJobRegistry(job.origin, connection=self.connection).cleanup()
+                status = job.get_status(refresh=True)
+            return status
+        except NoSuchJobError:
+            return JobStatus.CANCELED
+        except RedisError as e:
+            raise self._unavailable(e) from e
+
+    # reading -------------------------------------------------------------------------------
+    def job(self, job_id: str) -> Job | None:
+        try:
+            return Job.fetch(job_id, connection=self.connection)
+        except NoSuchJobError:
+            return None
+        except RedisError as e:
+            raise self._unavailable(e) from e
+
+    def position(self, job: Job) -> int | None:
+        try:
+            return self.queues[job.origin].get_job_position(job.id) if job.origin in self.queues else None
+        except RedisError:
+            return None
+
+    @staticmethod
+    def error_of(job: Job) -> str | None:
+        """The last line of the job's failure (a person reads this, not the traceback)."""
+        result = job.latest_result()
+        text = result.exc_string if result is not None and result.exc_string else None
+        if not text:
+            return None
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        return lines[-1] if lines else None
+
+    def describe(self, job: Job) -> dict[str, Any]:
+        status = self.refresh_status(job)
+        return {
+            "id": job.id,
+            "kind": job.meta.get("kind"),
+            "queue": job.origin,
+            "description": job.description,
+            "state": str(status.value if hasattr(status, "value") else status),
+            "status": MONAI_STATUS.get(status, "ERROR"),
+            "position": self.position(job) if status == JobStatus.QUEUED else None,
+            "worker": job.worker_name,
+            "enqueued_at": _ts(job.enqueued_at),
+            "started_at": _ts(job.started_at),
+            "ended_at": _ts(job.ended_at),
+            "retries_left": job.retries_left,
+            "progress": job.meta.get("progress"),
+            "error": self.error_of(job) if status == JobStatus.FAILED else None,
+            "meta": {k: v for k, v in job.meta.items() if k not in ("kind", "progress")},
+        }
+
+    def jobs_by_state(self, queue: str) -> dict[str, list[str]]:
+        """Job ids per state in one queue (RQ's registries; finished/failed ones until their TTL)."""
+        q = self.queues[queue]
+        try:
+            StartedJobRegistry(queue, connection=self.connection).cleanup()
+            registries = {
+                "queued": q.get_job_ids(),
+                "started": StartedJobRegistry(queue, connection=self.connection).get_job_ids(),
+                "deferred": DeferredJobRegistry(queue, connection=self.connection).get_job_ids(),
+                "scheduled": ScheduledJobRegistry(queue, connection=self.connection).get_job_ids(),
+                "finished": FinishedJobRegistry(queue, connection=self.connection).get_job_ids(),
+                "failed": FailedJobRegistry(queue, connection=self.connection).get_job_ids(),
+                "canceled": CanceledJobRegistry(queue, connection=self.connection).get_job_ids(),
+            }
+        except RedisError as e:
+            raise self._unavailable(e) from e
+        return registries
+
+    def overview(self) -> dict[str, Any]:
+        queues = {}
+        for name in self.queues:
+            states = self.jobs_by_state(name)
+            queues[name] = {"length": len(states["queued"]), "counts": {k: len(v) for k, v in states.items()}}
+        return {"queues": queues, "workers": [describe_worker(w) for w in self.workers()]}
+
+    # cancelling ----------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> Job | None:
+        """Stop a running job inside its worker, or take a queued one off its queue."""
+        job = self.job(job_id)
+        if job is None:
+            return None
+        try:
+            status = job.get_status(refresh=True)
+            if status == JobStatus.STARTED:
+                try:
+                    send_stop_job_command(self.connection, job.id)
+                except InvalidJobOperation:
+                    pass  # it finished in between
+            elif status in ACTIVE:
+                job.cancel()
+        except RedisError as e:
+            raise self._unavailable(e) from e
+        return job
+
+
+def describe_worker(worker: Worker) -> dict[str, Any]:
+    return {
+        "name": worker.name,
+        "hostname": worker.hostname,
+        "pid": worker.pid,
+        "queues": worker.queue_names(),
+        "state": str(getattr(worker.state, "value", worker.state)),
+        "current_job": worker.get_current_job_id(),
+        "last_heartbeat": _ts(worker.last_heartbeat),
+        "successful_jobs": worker.successful_job_count,
+        "failed_jobs": worker.failed_job_count,
+    }
+
+
+def _ts(value) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -1,0 +1,167 @@
+"""The job functions workers run. Arguments and results are plain data; models stay loaded between jobs.
+
+A worker calls :func:`configure` once at start-up; the :class:`Runtime` it builds keeps one
+``SegmentationInfer`` per model, whose weights are cached and reloaded only when the weights file changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from rq import get_current_job
+
+from ..configs.registry import TASK_CONFIGS
+from ..configs.task_config import StructureTaskConfig
+from ..datastore import MicroscopyDatastore
+from ..db.engine import database_url
+from ..db.models import utcnow
+from ..db.store import Database
+from ..errors import AxonSegError, NotFound
+from ..infers.segmentation import SegmentationInfer
+from ..trainers.supervised import EpochStats, TrainingStopped
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What a worker keeps between jobs."""
+
+    studies: str
+    workdir: str
+    configs: dict[str, StructureTaskConfig]
+    db: Database
+    infers: dict[str, SegmentationInfer] = field(default_factory=dict)
+    # Set by the worker when the API asks to stop the running job; polled by long jobs.
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def datastore(self) -> MicroscopyDatastore:
+        """A fresh view of the datastore: the API may have added images or labels since the last job."""
+        return MicroscopyDatastore(
+            self.studies,
+            os.path.join(self.workdir, "views"),
+            db=self.db,
+            versions_path=os.path.join(self.workdir, "label_versions"),
+        )
+
+    def infer_task(self, model: str) -> SegmentationInfer:
+        if model not in self.configs:
+            raise NotFound(f"unknown model '{model}'; available models: {', '.join(self.configs)}")
+        if model not in self.infers:
+            self.infers[model] = self.configs[model].infer()
+        return self.infers[model]
+
+    def warm_up(self, device: str) -> None:
+        for model in self.configs:
+            self.infer_task(model).weights.load(device)
+
+
+_runtime: Runtime | None = None
+
+
+def configure(studies: str, workdir: str) -> Runtime:
+    global _runtime
+    conf = {"workdir": workdir}
+    configs: dict[str, StructureTaskConfig] = {}
+    model_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "model")
+    for name, config_class in TASK_CONFIGS.items():
+        config = config_class()
+        config.init(name, model_dir, conf, None)
+        configs[name] = config
+    _runtime = Runtime(studies, workdir, configs, Database(database_url(workdir)))
+    return _runtime
+
+
+def runtime() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("lib.jobs.tasks.configure() was not called: jobs run inside `python -m lib.jobs.worker`")
+    return _runtime
+
+
+def _user_error(error: AxonSegError) -> dict[str, Any]:
+    """Errors the request caused are results, not failures: retrying them cannot help."""
+    return {"error": str(error), "status_code": error.status_code}
+
+
+def _progress(**values: Any) -> None:
+    job = get_current_job()
+    if job is not None:
+        job.meta["progress"] = values
+        job.save_meta()
+
+
+def infer(model: str, image_path: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Segment one volume; returns the label file's bytes (NRRD on the image's geometry) and result params."""
+    rt = runtime()
+    try:
+        task = rt.infer_task(model)
+        result_path, result_params = task({**params, "model": model, "image": image_path})
+    except AxonSegError as e:
+        return _user_error(e)
+    try:
+        with open(result_path, "rb") as f:
+            data = f.read()
+    finally:
+        os.remove(result_path)
+    version = rt.db.active_model_version(model)
+    result_params["model_version"] = version.id if version else None
+    return {"label": data, "filename": os.path.basename(result_path), "params": result_params}
+
+
+def train(model: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Retrain ``model`` on the datastore's final labels; records the run and the new model version."""
+    rt = runtime()
+    job = get_current_job()
+    job_id = job.id if job else "local"
+    rt.db.update_training_run(job_id, status="RUNNING")
+    config = rt.configs.get(model)
+    if config is None:
+        raise NotFound(f"unknown trainer '{model}'")
+
+    def on_epoch(stats: EpochStats) -> None:
+        epoch = stats.to_dict()
+        rt.db.add_training_epoch(job_id, epoch)
+        _progress(**{k: epoch.get(k) for k in ("epoch", "total_epochs", "loss", "best_metric", "total_time")})
+
+    try:
+        result = config.trainer()(params, rt.datastore(), should_stop=rt.stop_event.is_set, on_epoch=on_epoch)
+    except TrainingStopped as e:
+        rt.db.update_training_run(job_id, status="STOPPED", error=str(e), finished_at=utcnow())
+        raise
+    except AxonSegError as e:
+        rt.db.update_training_run(job_id, status="ERROR", error=str(e), finished_at=utcnow())
+        return _user_error(e)
+    except Exception as e:
+        rt.db.update_training_run(job_id, status="ERROR", error=f"{type(e).__name__}: {e}", finished_at=utcnow())
+        raise
+    version = rt.db.register_model_version(
+        model, config.weights.trained_path, "trained", metrics={"best_metric": result.get("best_metric")}
+    )
+    rt.db.update_training_run(job_id, status="DONE", model_version_id=version.id, finished_at=utcnow())
+    return {**result, "model_version": version.id}
+
+
+def batch_infer(model: str, image_ids: list[str], params: dict[str, Any]) -> dict[str, Any]:
+    """Segment several datastore images and store each result as a label tagged ``original``."""
+    rt = runtime()
+    datastore = rt.datastore()
+    task = rt.infer_task(model)
+    done, failed = [], {}
+    for index, image_id in enumerate(image_ids):
+        if rt.stop_event.is_set():
+            raise TrainingStopped(f"stopped after {index} of {len(image_ids)} images")
+        _progress(done=index, total=len(image_ids), image=image_id)
+        try:
+            result_path, _ = task({**params, "model": model, "image": datastore.get_image_uri(image_id)})
+            try:
+                datastore.save_label(image_id, result_path, "original", {"model": model, "client_id": "batch_infer"})
+            finally:
+                os.remove(result_path)
+            done.append(image_id)
+        except AxonSegError as e:
+            failed[image_id] = str(e)
+    return {"model": model, "labelled": done, "failed": failed}

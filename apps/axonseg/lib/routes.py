@@ -1,0 +1,388 @@
+"""HTTP endpoints that replace MONAI Label's in-process ones with queued jobs, plus queue and history views.
+
+Request and reply shapes of ``/infer`` and ``/train`` are MONAI Label's (3D Slicer depends on them);
+the work runs in a worker, and handlers only await it, so the event loop stays free.
+
+    POST   /infer/{model}             blocks until the job's result; 504 after infer_timeout_s
+    POST   /train/{model}, /train/    200 with the task, 429 if training is busy and enqueue is false
+    GET    /train/                    latest run (all=true: every run; check_if_running=true: 200/404)
+    DELETE /train/                    stops the running training inside its worker
+    POST   /batch/infer/{model}       segments many images in the background (train queue)
+    GET    /jobs/                     queue lengths, job ids by state, live workers
+    GET    /jobs/workers              live workers
+    GET    /jobs/{id}                 one job: state, position in its queue, progress, error
+    DELETE /jobs/{id}                 cancel
+    GET    /labels/{image}/versions   every saved label version
+    GET    /labels/{image}/versions/{n}   one version's file (latest is also /datastore/label)
+    GET    /leases/                   live annotator leases
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, FastAPI, File, Form, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response
+from monailabel.interfaces.utils.app import app_instance
+from requests_toolbelt import MultipartEncoder
+
+from .datastore import check_image_id
+from .db.models import TrainingRun
+from .errors import Busy, InvalidRequest, NotFound, error_from_status
+from .jobs.client import MONAI_STATUS, describe_worker
+from .jobs.queues import INFER_QUEUE, TRAIN_QUEUE
+
+if TYPE_CHECKING:
+    from main import AxonSegApp
+
+router = APIRouter()
+_TRAIN_SUBMIT_LOCK = "axonseg:train-submit"
+_FINAL = ("DONE", "ERROR", "STOPPED")
+
+
+def _app() -> AxonSegApp:
+    return app_instance()
+
+
+def _parse_params(params: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(params) if params else {}
+    except json.JSONDecodeError as e:
+        raise InvalidRequest(f"params must be a JSON object: {e}") from e
+    if not isinstance(value, dict):
+        raise InvalidRequest("params must be a JSON object")
+    return value
+
+
+# --- inference -----------------------------------------------------------------------------------
+@router.post("/infer/{model}", summary="Run inference (queued to an infer worker; blocks until done)")
+async def infer(
+    model: str,
+    image: str = "",
+    session_id: str = "",
+    params: str = Form("{}"),
+    file: UploadFile = File(None),
+    label: UploadFile = File(None),
+    output: str | None = None,
+):
+    app = _app()
+    request = _parse_params(params)
+    if model not in app.task_configs:
+        raise NotFound(f"unknown model '{model}'; available models: {', '.join(app.task_configs)}")
+    if session_id:
+        raise InvalidRequest("sessions are not supported by axonseg; send an image id or a file")
+    if output not in (None, "image", "json", "all"):
+        raise InvalidRequest(f"output must be image, json or all, not '{output}'")
+    upload = None
+    if file is not None:
+        upload = await run_in_threadpool(_save_upload, app, file)
+        image_path, name = upload, file.filename or "upload"
+    elif image:
+        check_image_id(image)
+        image_path = await run_in_threadpool(app.datastore().get_image_uri, image)
+        if not image_path:
+            raise NotFound(f"image '{image}' is not in the datastore")
+        name = image
+    else:
+        raise InvalidRequest("send an image id (?image=...) or a file to segment")
+    try:
+        jobs = app.jobs
+        await run_in_threadpool(jobs.require_workers, INFER_QUEUE)
+        job = await run_in_threadpool(
+            jobs.submit,
+            "infer",
+            description=f"inference '{model}' on '{name}'",
+            meta={"client_id": request.get("client_id"), "image": image or None},
+            model=model,
+            image_path=image_path,
+            params=request,
+        )
+        result = await jobs.wait(job, app.infer_timeout_s)
+    finally:
+        if upload:
+            await run_in_threadpool(_remove_quietly, upload)
+    if "error" in result:
+        raise error_from_status(result.get("status_code", 400), result["error"])
+    result["params"]["job_id"] = job.id
+    return _infer_response(result, output)
+
+
+def _save_upload(app: AxonSegApp, file: UploadFile) -> str:
+    """Uploads go to the shared work directory, where a worker on another machine can read them."""
+    folder = os.path.join(app.conf["workdir"], "uploads")
+    os.makedirs(folder, exist_ok=True)
+    ext = "".join(pathlib.Path(file.filename or "").suffixes) or ".nii.gz"
+    path = os.path.join(folder, f"tmp{uuid.uuid4().hex}{ext}")
+    with open(path, "wb") as f:
+        while chunk := file.file.read(1 << 20):
+            f.write(chunk)
+    return path
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _infer_response(result: dict[str, Any], output: str | None) -> Any:
+    if output == "json":
+        return result["params"]
+    if output == "image":
+        return Response(result["label"], media_type="application/octet-stream")
+    encoder = MultipartEncoder(
+        fields={
+            "params": (None, json.dumps(result["params"]), "application/json"),
+            "image": (result["filename"], result["label"], "application/octet-stream"),
+        }
+    )
+    return Response(content=encoder.to_string(), media_type=encoder.content_type)
+
+
+# --- training ------------------------------------------------------------------------------------
+def _train_task(run: TrainingRun) -> dict[str, Any]:
+    """A training run in the shape MONAI Label's /train/ returns (Slicer polls ``status``)."""
+    return {
+        "id": run.job_id,
+        "name": "train",
+        "model": run.model,
+        "status": run.status,
+        "request": {"model": run.model, **(run.params or {})},
+        "start_ts": _fmt(run.started_at),
+        "end_ts": _fmt(run.finished_at),
+        "epochs": run.epochs,
+        "details": [
+            f"epoch {e.get('epoch')}/{e.get('total_epochs')} loss {e.get('loss', 0):.4f}" for e in run.epochs[-20:]
+        ],
+        "error": run.error,
+        "model_version": run.model_version_id,
+    }
+
+
+def _fmt(ts: datetime | None) -> str | None:
+    return ts.strftime("%Y-%m-%d %H:%M:%S") if ts else None
+
+
+def _sync_run(app: AxonSegApp, run: TrainingRun) -> TrainingRun:
+    """Bring an unfinished run's status up to date with its queue job (which outlives API restarts)."""
+    if run.status in _FINAL:
+        return run
+    job = app.jobs.job(run.job_id)
+    if job is None:
+        status, error = "ERROR", "the job is no longer in the queue (Redis lost it); start training again"
+    else:
+        status = MONAI_STATUS.get(app.jobs.refresh_status(job), "ERROR")
+        error = app.jobs.error_of(job) if status == "ERROR" else None
+        if status == "ERROR" and error and "AbandonedJobError" in error:
+            error = f"the worker running this job died ({job.worker_name}); nothing was published"
+    if status != run.status:
+        values: dict[str, Any] = {"status": status}
+        if status in _FINAL:
+            values.update(error=run.error or error, finished_at=datetime.now().astimezone())
+        app.db.update_training_run(run.job_id, **values)
+        run = app.db.training_run(run.job_id)
+    return run
+
+
+def _active_runs(app: AxonSegApp) -> list[TrainingRun]:
+    runs = app.db.training_runs(statuses=("SUBMITTED", "RUNNING"))
+    return [r for r in (_sync_run(app, run) for run in runs) if r.status not in _FINAL]
+
+
+def _submit_training(app: AxonSegApp, models: list[str], params: dict[str, Any], enqueue: bool) -> list[TrainingRun]:
+    unknown = [m for m in models if m not in app.task_configs]
+    if unknown:
+        raise NotFound(f"unknown trainer '{unknown[0]}'; available trainers: {', '.join(app.task_configs)}")
+    app.jobs.require_workers(TRAIN_QUEUE)
+    # One lock across API processes: the busy check and the enqueue happen together.
+    with app.jobs.connection.lock(_TRAIN_SUBMIT_LOCK, timeout=30, blocking_timeout=10):
+        busy = _active_runs(app)
+        if busy and not enqueue:
+            return []
+        runs = []
+        for model in models:
+            job = app.jobs.submit(
+                "train",
+                description=f"training '{model}'",
+                meta={"client_id": params.get("client_id")},
+                model=model,
+                params=params,
+            )
+            app.db.add_training_run(job.id, model, params)
+            runs.append(app.db.training_run(job.id))
+    return runs
+
+
+def _busy(app: AxonSegApp) -> Busy:
+    running = ", ".join(f"'{r.model}' ({r.status.lower()})" for r in _active_runs(app))
+    return Busy(f"training is busy: {running}; wait, stop it, or send enqueue=true to queue this run")
+
+
+@router.post("/train/{model}", summary="Start training a model (queued to a train worker)")
+async def train_model(model: str, params: dict | None = None, run_sync: bool = False, enqueue: bool = False):
+    app = _app()
+    runs = await run_in_threadpool(_submit_training, app, [model], dict(params or {}), enqueue)
+    if not runs:
+        raise await run_in_threadpool(_busy, app)
+    return _train_task(runs[0])
+
+
+@router.post("/train/", summary="Train every model, one after another")
+async def train_all(params: dict | None = None, run_sync: bool = False, enqueue: bool = True):
+    app = _app()
+    params = dict(params or {})
+    runs = await run_in_threadpool(
+        _submit_training,
+        app,
+        list(app.task_configs),
+        {k: v for k, v in params.items() if not isinstance(v, dict)},
+        True,
+    )
+    return {run.model: {"result": _train_task(run), "detail": None} for run in runs}
+
+
+@router.get("/train/", summary="Status of training (MONAI Label shape)")
+async def train_status(all: bool = False, check_if_running: bool = False):
+    app = _app()
+
+    def read():
+        if check_if_running:
+            active = _active_runs(app)
+            return _train_task(active[0]) if active else None
+        runs = [_sync_run(app, run) for run in app.db.training_runs()]
+        if all:
+            return [_train_task(run) for run in reversed(runs)]
+        return _train_task(runs[0]) if runs else None
+
+    result = await run_in_threadpool(read)
+    if result is None:
+        raise NotFound("No Train Tasks are currently Running" if check_if_running else "No Train Tasks Found")
+    return result
+
+
+@router.delete("/train/", summary="Stop training inside its worker")
+async def train_stop():
+    app = _app()
+    runs = await run_in_threadpool(_active_runs, app)
+    for run in runs:
+        await run_in_threadpool(app.jobs.cancel, run.job_id)
+    for _ in range(200):  # the training loop notices within one iteration
+        if not runs or (await run_in_threadpool(app.db.training_run, runs[0].job_id)).status in _FINAL:
+            break
+        await run_in_threadpool(_sync_run, app, runs[0])
+        await asyncio.sleep(0.05)
+    latest = await run_in_threadpool(app.db.training_runs)
+    return _train_task(_sync_run(app, latest[0])) if latest else {}
+
+
+# --- batch inference -----------------------------------------------------------------------------
+@router.post("/batch/infer/{model}", summary="Segment many datastore images in the background")
+async def batch_infer(model: str, params: dict | None = None):
+    app = _app()
+    params = dict(params or {})
+    if model not in app.task_configs:
+        raise NotFound(f"unknown model '{model}'; available models: {', '.join(app.task_configs)}")
+    images = params.pop("images", None) or app.datastore().get_unlabeled_images()
+    for image in images:
+        check_image_id(image)
+        if image not in app.datastore().list_images():
+            raise NotFound(f"image '{image}' is not in the datastore")
+    await run_in_threadpool(app.jobs.require_workers, TRAIN_QUEUE)
+    job = await run_in_threadpool(
+        app.jobs.submit,
+        "batch_infer",
+        description=f"batch inference '{model}' on {len(images)} images",
+        model=model,
+        image_ids=list(images),
+        params=params,
+    )
+    return await run_in_threadpool(app.jobs.describe, job)
+
+
+# --- queue visibility ----------------------------------------------------------------------------
+@router.get("/jobs/", summary="Queue lengths, job ids by state, live workers")
+async def jobs_overview():
+    app = _app()
+
+    def read():
+        overview = app.jobs.overview()
+        for name in overview["queues"]:
+            overview["queues"][name]["jobs"] = app.jobs.jobs_by_state(name)
+        return overview
+
+    return await run_in_threadpool(read)
+
+
+@router.get("/jobs/workers", summary="Live workers and what they run")
+async def jobs_workers():
+    app = _app()
+    return [describe_worker(w) for w in await run_in_threadpool(app.jobs.workers)]
+
+
+@router.get("/jobs/{job_id}", summary="One job: state, queue position, progress, error")
+async def job_detail(job_id: str):
+    app = _app()
+    job = await run_in_threadpool(app.jobs.job, job_id)
+    if job is None:
+        raise NotFound(f"no job '{job_id}' (finished jobs are kept for a limited time)")
+    return await run_in_threadpool(app.jobs.describe, job)
+
+
+@router.delete("/jobs/{job_id}", summary="Cancel a queued job or stop a running one")
+async def job_cancel(job_id: str):
+    app = _app()
+    job = await run_in_threadpool(app.jobs.cancel, job_id)
+    if job is None:
+        raise NotFound(f"no job '{job_id}'")
+    return await run_in_threadpool(app.jobs.describe, job)
+
+
+# --- label history and leases --------------------------------------------------------------------
+@router.get("/labels/{image}/versions", summary="Every saved version of an image's label")
+async def label_versions(image: str, tag: str = "final"):
+    app = _app()
+    check_image_id(image)
+    rows = await run_in_threadpool(app.db.label_versions, image, tag)
+    return [
+        {
+            "version": r.version,
+            "tag": r.tag,
+            "client_id": r.client_id,
+            "created_at": r.created_at.isoformat(),
+            "checksum": r.checksum,
+            "model_version": r.model_version_id,
+        }
+        for r in rows
+    ]
+
+
+@router.get("/labels/{image}/versions/{version}", summary="Download one label version")
+async def label_version_file(image: str, version: int, tag: str = "final"):
+    app = _app()
+    check_image_id(image)
+    row = await run_in_threadpool(app.db.label_version, image, tag, version)
+    if row is None or not os.path.exists(row.path):
+        raise NotFound(f"image '{image}' has no '{tag}' label version {version}")
+    return FileResponse(row.path, filename=f"{image}.v{version}{''.join(pathlib.Path(row.path).suffixes)}")
+
+
+@router.get("/leases/", summary="Live annotator leases")
+async def leases():
+    app = _app()
+    rows = await run_in_threadpool(app.db.leases)
+    return [{"image": r.image_id, "client_id": r.client_id, "expires_at": r.expires_at.isoformat()} for r in rows]
+
+
+def replace_routes(app: FastAPI) -> None:
+    """Serve our routes ahead of MONAI Label's: the first route that matches a request handles it, so ours
+    shadow the stock ones with the same path and method, and the rest are added."""
+    app.include_router(router)
+    app.router.routes.insert(0, app.router.routes.pop())
