@@ -83,51 +83,11 @@ def run_raw(model: str, image: str, device: str) -> dict:
 
 def run_stock(model: str, image: str, device: str) -> dict:
     import numpy as np
-    from monai.inferers import SlidingWindowInferer
-    from monai.transforms import (
-        Activationsd,
-        AsDiscreted,
-        EnsureChannelFirstd,
-        LoadImaged,
-        ScaleIntensityRangePercentilesd,
-        SqueezeDimd,
-    )
-    from monailabel.interfaces.tasks.infer_v2 import InferType
-    from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-    from lib.configs.registry import SPECS
-    from lib.networks import build_network
+    sys.path.insert(0, str(ROOT / "benchmarks" / "stock_app"))
+    from main import stock_infer_task
 
-    spec = SPECS[model]
-
-    class StockInfer(BasicInferTask):
-        def pre_transforms(self, data=None):
-            return [
-                LoadImaged(keys="image", reader="ITKReader"),
-                EnsureChannelFirstd(keys="image"),
-                ScaleIntensityRangePercentilesd("image", *spec.percentiles, b_min=0.0, b_max=1.0, clip=True),
-            ]
-
-        def inferer(self, data=None):
-            # MONAI's ITKReader yields (x, y, z); with the (z, y, x) ROI unreversed the stock path
-            # tiles ~3x more windows here and runs anisotropic kernels along the wrong axes.
-            return SlidingWindowInferer(
-                roi_size=spec.patch_size[::-1], sw_batch_size=2, overlap=spec.overlap, mode="gaussian"
-            )
-
-        def post_transforms(self, data=None):
-            return [
-                Activationsd(keys="pred", sigmoid=True),
-                AsDiscreted(keys="pred", threshold=spec.threshold),
-                SqueezeDimd(keys="pred", dim=0),
-            ]
-
-    task = StockInfer(
-        path=str(ROOT / "apps/axonseg/model" / f"{model}.pt"),
-        network=build_network(**spec.network_args()),
-        type=InferType.SEGMENTATION, labels=spec.labels, dimension=3, description="stock",
-        model_state_dict="state_dict",
-    )  # fmt: skip
+    task = stock_infer_task(model)
     start = time.perf_counter()
     result, _ = task({"image": image, "device": device})
     seconds = time.perf_counter() - start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -46,15 +47,76 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """A ``monailabel start_server`` subprocess on a private workdir, seeded with the sample data."""
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
-    def __init__(self, workdir: Path):
+
+class Worker:
+    """A ``python -m lib.jobs.worker`` subprocess serving one queue."""
+
+    def __init__(self, queue: str, redis_url: str, studies: Path, workdir: Path, env: dict[str, str]):
+        self.queue, self.redis_url = queue, redis_url
+        self.log = workdir / f"worker-{queue}-{time.time_ns()}.log"
+        cmd = [sys.executable, "-m", "lib.jobs.worker", "--queues", queue, "--redis-url", redis_url]
+        cmd += ["--studies", str(studies), "--workdir", str(workdir)]
+        self.process = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        from redis import Redis
+        from rq import Worker as RQWorker
+
+        connection = Redis.from_url(self.redis_url)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{self.log.read_text()[-3000:]}")
+            if any(w.pid == self.process.pid for w in RQWorker.all(connection=connection)):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"worker did not register:\n{self.log.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+class Server:
+    """A ``monailabel start_server`` subprocess on a private workdir, seeded with the sample data,
+    with one infer worker and one train worker on ``redis_url``; ``database_url`` None means SQLite."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        redis_url: str,
+        database_url: str | None = None,
+        conf: dict[str, str] | None = None,
+        workers: tuple[str, ...] = ("infer", "train"),
+    ):
         self.workdir = workdir
         self.studies = workdir / "datastore"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "server.log"
+        self.redis_url = redis_url
+        self.conf = {"max_upload_mb": str(MAX_UPLOAD_MB), **(conf or {})}
+        self.env = {
+            **os.environ,
+            "MONAILABEL_PYEXE": sys.executable,
+            "REDIS_URL": redis_url,
+            "PYTHONPATH": str(APP_DIR),
+        }
+        if database_url:
+            self.env["DATABASE_URL"] = database_url
+        self.worker_queues = workers
+        self.workers: list[Worker] = []
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -62,14 +124,23 @@ class Server:
         for f in SAMPLE_DATA.iterdir():
             if f.suffix in (".tif", ".h5", ".nrrd") and not (self.studies / f.name).exists():
                 shutil.copy(f, self.studies / f.name)
-        env = {**os.environ, "MONAILABEL_PYEXE": sys.executable}
+        self.start_api()
+        self.workers = [self.add_worker(q) for q in self.worker_queues]
+        for w in self.workers:
+            w.wait_ready()
+
+    def add_worker(self, queue: str) -> Worker:
+        return Worker(queue, self.redis_url, self.studies, self.workdir, self.env)
+
+    def start_api(self) -> None:
         cmd = [
             str(Path(sys.executable).parent / "monailabel"), "start_server",
             "--app", str(APP_DIR), "--studies", str(self.studies),
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--conf", "workdir", str(self.workdir), "--conf", "max_upload_mb", str(MAX_UPLOAD_MB),
+            "--host", "127.0.0.1", "--port", str(self.port), "--conf", "workdir", str(self.workdir),
         ]  # fmt: skip
-        self.process = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=env)
+        for key, value in self.conf.items():
+            cmd += ["--conf", key, value]
+        self.process = subprocess.Popen(cmd, stdout=open(self.log, "a"), stderr=subprocess.STDOUT, env=self.env)
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.process.poll() is not None:
@@ -81,13 +152,18 @@ class Server:
                 time.sleep(1)
         raise RuntimeError(f"server did not start:\n{self.log.read_text()[-3000:]}")
 
-    def stop(self) -> None:
+    def stop_api(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+    def stop(self) -> None:
+        self.stop_api()
+        for w in self.workers:
+            w.stop()
 
     def alive(self) -> bool:
         return requests.get(f"{self.url}/info/", timeout=30).status_code == 200
@@ -100,9 +176,58 @@ class Server:
         return stored | partial
 
 
+@contextlib.contextmanager
+def claimed_redis_db():
+    """A Redis database number of its own on the machine's Redis, emptied before and after use."""
+    from redis import Redis
+
+    for db in range(1, 16):
+        connection = Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+        if connection.set("axonseg:test-run", os.getpid(), nx=True, ex=6 * 3600):
+            connection.flushdb()
+            connection.set("axonseg:test-run", os.getpid(), ex=6 * 3600)
+            try:
+                yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+            finally:
+                connection.flushdb()
+            return
+    pytest.fail("no free Redis database number (1-15) on 127.0.0.1:6379")
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("axonseg-server"))
+def redis_url():
+    with claimed_redis_db() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def postgres_schema():
+    """A fresh schema of its own in PostgreSQL's ``test`` database (URL with its search_path), dropped after."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    schema = f"axonseg_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, redis_url, postgres_url):
+    srv = Server(tmp_path_factory.mktemp("axonseg-server"), redis_url, postgres_url)
     srv.start()
     yield srv
     srv.stop()

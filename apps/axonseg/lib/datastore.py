@@ -254,6 +254,8 @@ class MicroscopyDatastore(LocalDatastore):
         os.makedirs(folder, exist_ok=True)
         kept = os.path.join(folder, f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}{ext}")
         copy_atomic(label_filename, kept)
+        if self._db.image(image_id) is None:  # e.g. the database was reset under a live datastore
+            self._record_image(image_id, self._datastore.objects[image_id].image.info)
         model = info.get("model")
         active = self._db.active_model_version(model) if isinstance(model, str) else None
         row = self._db.add_label_version(

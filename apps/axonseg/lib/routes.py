@@ -5,7 +5,8 @@ the work runs in a worker, and handlers only await it, so the event loop stays f
 
     POST   /infer/{model}             blocks until the job's result; 504 after infer_timeout_s
     POST   /train/{model}, /train/    200 with the task, 429 if training is busy and enqueue is false
-    GET    /train/                    latest run (all=true: every run; check_if_running=true: 200/404)
+    GET    /train/                    the running run, else the latest (all=true: every run;
+                                      check_if_running=true: 200 with the running run, else 404)
     DELETE /train/                    stops the running training inside its worker
     POST   /batch/infer/{model}       segments many images in the background (train queue)
     GET    /jobs/                     queue lengths, job ids by state, live workers
@@ -254,13 +255,14 @@ async def train_status(all: bool = False, check_if_running: bool = False):
     app = _app()
 
     def read():
+        # The running run first (what Slicer's progress bar follows), then queued ones, then the latest.
+        active = sorted(_active_runs(app), key=lambda run: run.status != "RUNNING")
         if check_if_running:
-            active = _active_runs(app)
             return _train_task(active[0]) if active else None
         runs = [_sync_run(app, run) for run in app.db.training_runs()]
         if all:
             return [_train_task(run) for run in reversed(runs)]
-        return _train_task(runs[0]) if runs else None
+        return _train_task((active or runs)[0]) if runs else None
 
     result = await run_in_threadpool(read)
     if result is None:
@@ -271,16 +273,18 @@ async def train_status(all: bool = False, check_if_running: bool = False):
 @router.delete("/train/", summary="Stop training inside its worker")
 async def train_stop():
     app = _app()
-    runs = await run_in_threadpool(_active_runs, app)
+    runs = sorted(await run_in_threadpool(_active_runs, app), key=lambda run: run.status != "RUNNING")
     for run in runs:
         await run_in_threadpool(app.jobs.cancel, run.job_id)
+    if not runs:
+        latest = await run_in_threadpool(app.db.training_runs)
+        return _train_task(latest[0]) if latest else {}
     for _ in range(200):  # the training loop notices within one iteration
-        if not runs or (await run_in_threadpool(app.db.training_run, runs[0].job_id)).status in _FINAL:
+        run = await run_in_threadpool(_sync_run, app, await run_in_threadpool(app.db.training_run, runs[0].job_id))
+        if run.status in _FINAL:
             break
-        await run_in_threadpool(_sync_run, app, runs[0])
         await asyncio.sleep(0.05)
-    latest = await run_in_threadpool(app.db.training_runs)
-    return _train_task(_sync_run(app, latest[0])) if latest else {}
+    return _train_task(run)
 
 
 # --- batch inference -----------------------------------------------------------------------------

@@ -114,6 +114,8 @@ class Database:
                     s.add(row)
                 return row
             except IntegrityError:
+                if self.image(image_id) is None:
+                    raise KeyError(f"image '{image_id}' is not recorded in the database") from None
                 continue  # another save took this version number; take the next one
         raise RuntimeError(f"could not record a label version for '{image_id}' after {_VERSION_RETRIES} attempts")
 

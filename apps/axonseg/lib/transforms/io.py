@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -340,7 +341,7 @@ def write_volume(path: str | os.PathLike, volume: Volume, dataset: str = "raw") 
     path = str(path)
     fmt = volume_format(path)
     ext = volume_extension(path)
-    tmp = re.sub(re.escape(ext) + "$", f".part{os.getpid()}{ext}", path, flags=re.IGNORECASE)
+    tmp = re.sub(re.escape(ext) + "$", f".part{_writer_tag()}{ext}", path, flags=re.IGNORECASE)
     try:
         _WRITERS[fmt](tmp, volume, dataset)
         if os.path.isdir(path):  # Zarr/N5 are folders: os.replace cannot overwrite a non-empty one
@@ -349,6 +350,11 @@ def write_volume(path: str | os.PathLike, volume: Volume, dataset: str = "raw") 
     finally:
         remove_path(tmp)
     return path
+
+
+def _writer_tag() -> str:
+    """Unique per process and thread: concurrent writers of one file each use their own temporary."""
+    return f"{os.getpid()}-{threading.get_ident()}"
 
 
 def remove_path(path: str) -> None:
@@ -361,7 +367,7 @@ def remove_path(path: str) -> None:
 
 def copy_atomic(source: str, dest: str) -> None:
     """Copy a file or folder so that ``dest`` appears complete or not at all."""
-    tmp = f"{dest}.part{os.getpid()}"
+    tmp = f"{dest}.part{_writer_tag()}"
     remove_path(tmp)
     try:
         if os.path.isdir(source):

