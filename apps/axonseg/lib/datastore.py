@@ -98,6 +98,35 @@ class MicroscopyDatastore(LocalDatastore):
                 info.get("spacing_um"),
             )
 
+    def _refresh(self) -> None:
+        """Pick up what other processes wrote (a worker's batch labels) before answering a read."""
+        if (
+            os.path.exists(self._datastore_config_path)
+            and os.stat(self._datastore_config_path).st_mtime != self._config_ts
+        ):
+            with FileLock(self._lock_file):
+                self._reload_locked()
+
+    def json(self):
+        self._refresh()
+        return super().json()
+
+    def status(self) -> dict[str, Any]:
+        self._refresh()
+        return super().status()
+
+    def get_labeled_images(self, *args: Any, **kwargs: Any) -> list[str]:
+        self._refresh()
+        return super().get_labeled_images(*args, **kwargs)
+
+    def get_unlabeled_images(self, *args: Any, **kwargs: Any) -> list[str]:
+        self._refresh()
+        return super().get_unlabeled_images(*args, **kwargs)
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        self._refresh()
+        return super().get_label_uri(label_id, label_tag)
+
     def _reload_locked(self) -> None:
         """Re-read the datastore JSON if another process changed it; call with the file lock held."""
         if os.path.exists(self._datastore_config_path):
@@ -157,6 +186,7 @@ class MicroscopyDatastore(LocalDatastore):
 
     def datalist(self, full_path: bool = True) -> list[dict[str, Any]]:
         """Image/label pairs for training; images are the served files, so geometry matches labels."""
+        self._refresh()
         items = super().datalist(full_path=True)
         for item in items:
             image_id = self._to_id(os.path.basename(item["image"]))[0]

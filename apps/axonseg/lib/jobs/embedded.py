@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     upgrade(database_url(workdir))
     workers = {q: subprocess.Popen(worker_command(q, studies, workdir), env=env) for q in (INFER_QUEUE, TRAIN_QUEUE)}
     restarts: list[float] = []
+    given_up: set[str] = set()
     monailabel = os.path.join(os.path.dirname(sys.executable), "monailabel")
     server_cmd = [monailabel, "start_server", "--app", APP_DIR, "--studies", studies, "--host", args.host]
     server_cmd += ["--port", str(args.port), "--conf", "workdir", workdir]
@@ -104,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while not stopping and server.poll() is None:
             for queue, process in workers.items():
-                if process.poll() is not None:
+                if process.poll() is not None and queue not in given_up:
                     now = time.time()
                     restarts[:] = [t for t in restarts if now - t < 60]
                     if len(restarts) >= _MAX_RESTARTS_PER_MINUTE:
                         logger.error(f"{queue} worker keeps dying (exit {process.returncode}); not restarting")
+                        given_up.add(queue)
                         continue
                     logger.warning(f"{queue} worker exited with {process.returncode}; restarting it")
                     restarts.append(now)
