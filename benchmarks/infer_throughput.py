@@ -98,11 +98,9 @@ def run_stock(model: str, image: str, device: str) -> dict:
 def run_ours(model: str, image: str, device: str) -> dict:
     import numpy as np
 
-    from lib.configs.registry import TASK_CONFIGS
+    from lib.configs.registry import init_task_configs
 
-    config = TASK_CONFIGS[model]()
-    config.init(model, str(ROOT / "apps/axonseg/model"), {"workdir": tempfile.mkdtemp()}, None)
-    task = config.infer()
+    task = init_task_configs(tempfile.mkdtemp())[model].infer()
     start = time.perf_counter()
     result, _ = task({"image": image, "device": device})
     seconds = time.perf_counter() - start

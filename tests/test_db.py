@@ -125,3 +125,15 @@ def test_datastore_saves_from_threads_record_every_version_and_serve_the_latest(
     latest = read_volume(datastore.get_label_uri("trailmap_chunk", "final")).array
     assert np.array_equal(latest, read_volume(versions[-1].path).array)
     assert db.image("trailmap_chunk").shape == list(image.shape)
+
+
+def test_migrations_match_the_models(db):
+    """models.py and the migrations describe the same schema (a model change needs a migration)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from lib.db.models import Base
+
+    with db.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import SAMPLE_DATA, Server, claimed_redis_db, slicer_client_class
+from conftest import SAMPLE_DATA, Server, _free_port, claimed_redis_db, slicer_client_class
 
 from lib.transforms.io import Volume, read_volume, write_volume
 
@@ -250,12 +249,6 @@ def test_api_restart_mid_job_keeps_job_state(isolated):
     assert client.train_stop()["status"] == "STOPPED"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_redis_restart_gives_503_then_recovers(isolated, tmp_path):
     """A Redis of our own (the machine's redis-server binary), so restarting it disturbs nobody else."""
     port = _free_port()
@@ -371,3 +364,22 @@ def test_batch_infer_runs_on_the_train_queue_and_stores_versioned_labels(server,
     assert [v["version"] for v in versions] == [1] and versions[0]["client_id"] == "batch_infer"
     missing = requests.post(f"{server.url}/batch/infer/axon", json={"images": ["nope"]}, timeout=30)
     assert missing.status_code == 404
+    # removing the image removes its label history too
+    assert requests.delete(f"{server.url}/datastore/image?id={image}", timeout=30).status_code == 200
+    assert requests.get(f"{server.url}/labels/{image}/versions?tag=original", timeout=10).json() == []
+
+
+def test_worker_runtime_keeps_models_loaded_and_reloads_changed_weights(tmp_path):
+    """What a worker keeps between jobs: one network per model, reloaded only when its weights file changes."""
+    from lib.jobs import tasks
+
+    runtime = tasks.configure(str(tmp_path / "datastore"), str(tmp_path / "work"))
+    runtime.warm_up("cpu")
+    weights = runtime.infer_task("axon").weights
+    first, _, shipped = weights.load("cpu")
+    assert weights.load("cpu")[0] is first  # the next job reuses the loaded network
+    trained = Path(weights.trained_path)
+    shutil.copy(shipped, trained)  # a training job publishes new weights
+    second, _, path = weights.load("cpu")
+    assert path == str(trained) and second is not first
+    assert weights.load("cpu")[0] is second

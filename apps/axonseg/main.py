@@ -28,7 +28,7 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 from lib.activelearning.leases import WithoutLeased
-from lib.configs.registry import TASK_CONFIGS
+from lib.configs.registry import init_task_configs
 from lib.datastore import MicroscopyDatastore
 from lib.db.engine import database_url, upgrade
 from lib.db.store import Database
@@ -64,11 +64,8 @@ class AxonSegApp(MONAILabelApp):
         upgrade(url)
         self.db = Database(url)
         self.jobs = JobClient(redis_url)
-        self.task_configs = {}
-        for name, config_class in TASK_CONFIGS.items():
-            config = config_class()
-            config.init(name, self.model_dir, conf, None)
-            self.task_configs[name] = config
+        self.task_configs = init_task_configs(conf["workdir"], self.model_dir)
+        for name, config in self.task_configs.items():
             # The weights served now are the active version (a retrained file wins over the shipped one).
             path = config.weights.path()
             if path:

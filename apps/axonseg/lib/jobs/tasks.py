@@ -14,7 +14,7 @@ from typing import Any
 
 from rq import get_current_job
 
-from ..configs.registry import TASK_CONFIGS
+from ..configs.registry import init_task_configs
 from ..configs.task_config import StructureTaskConfig
 from ..datastore import MicroscopyDatastore
 from ..db.engine import database_url
@@ -65,14 +65,7 @@ _runtime: Runtime | None = None
 
 def configure(studies: str, workdir: str) -> Runtime:
     global _runtime
-    conf = {"workdir": workdir}
-    configs: dict[str, StructureTaskConfig] = {}
-    model_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "model")
-    for name, config_class in TASK_CONFIGS.items():
-        config = config_class()
-        config.init(name, model_dir, conf, None)
-        configs[name] = config
-    _runtime = Runtime(studies, workdir, configs, Database(database_url(workdir)))
+    _runtime = Runtime(studies, workdir, init_task_configs(workdir), Database(database_url(workdir)))
     return _runtime
 
 
