@@ -129,6 +129,10 @@ def test_train_enqueue_run_and_cancel_with_429_when_busy(server, client):
     started = client.train_start("axon", {"max_epochs": 200, "iterations_per_epoch": 20, "batch_size": 1})
     assert started["status"] in ("SUBMITTED", "RUNNING")
     wait_for(lambda: train_status(server)["status"] == "RUNNING", 60, "training to start")
+    # inference does not wait behind the training: an infer worker takes it at once
+    _, params = client.infer("axon", "trailmap_chunk", {})
+    job = requests.get(f"{server.url}/jobs/{params['job_id']}", timeout=10).json()
+    assert job["queue"] == "infer" and train_status(server)["status"] == "RUNNING"
     busy = requests.post(f"{server.url}/train/axon", json={}, timeout=30)
     assert busy.status_code == 429 and "busy" in busy.json()["detail"]
     queued = requests.post(f"{server.url}/train/membrane?enqueue=true", json={"max_epochs": 1}, timeout=30)

@@ -1,7 +1,7 @@
 """Database maintenance:
 
-    PYTHONPATH=apps/axonseg python -m lib.db upgrade --workdir work      # apply migrations (DATABASE_URL wins)
-    PYTHONPATH=apps/axonseg python -m lib.db revision -m "add a column"  # new migration from models.py
+PYTHONPATH=apps/axonseg python -m lib.db upgrade --workdir work      # apply migrations (DATABASE_URL wins)
+PYTHONPATH=apps/axonseg python -m lib.db revision -m "add a column"  # new migration from models.py
 """
 
 from __future__ import annotations
