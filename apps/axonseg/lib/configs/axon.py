@@ -27,6 +27,7 @@ SPEC = StructureSpec(
     filters=(8, 16, 32, 64),
     patch_size=(64, 64, 64),
     percentiles=(0.5, 99.9),
+    structure_metrics=("skeleton",),
     recipe=Recipe(
         train=tuple(_cube(i) for i in range(8)),
         val=(_cube(8), _cube(9)),

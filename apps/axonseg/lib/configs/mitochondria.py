@@ -16,6 +16,7 @@ SPEC = StructureSpec(
     filters=(8, 16, 32, 64),
     patch_size=(32, 96, 96),
     min_size=200,
+    structure_metrics=("instances",),
     recipe=Recipe(
         # Hold out the last 32 z-slices as validation slab.
         train=(DataSource(_LUCCHI, "labels/mito", region=((0, 133), (None, None), (None, None))),),

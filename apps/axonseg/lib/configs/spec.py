@@ -52,6 +52,8 @@ class StructureSpec:
         patch_size: training patch and sliding-window ROI, (z, y, x).
         threshold: probability above which a voxel is foreground.
         min_size: connected components smaller than this (voxels) are removed.
+        structure_metrics: metrics beyond the voxel ones that suit the structure (``skeleton`` for
+            thin tubes, ``instances`` for separate objects, ``detection`` for small sparse objects).
     """
 
     name: str
@@ -69,6 +71,7 @@ class StructureSpec:
     percentiles: tuple[float, float] = (0.5, 99.5)
     overlap: float = 0.25
     dropout: float = 0.0
+    structure_metrics: tuple[str, ...] = ()
 
     @property
     def labels(self) -> dict[str, int]:

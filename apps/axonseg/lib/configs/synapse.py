@@ -17,6 +17,7 @@ SPEC = StructureSpec(
     filters=(8, 16, 32, 64),
     patch_size=(8, 160, 160),
     min_size=50,
+    structure_metrics=("detection",),
     recipe=Recipe(
         # Hold out the slab y >= 768 (a quarter of the stack, full depth).
         train=(DataSource(_VNC, "labels/synapse", region=((None, None), (0, 768), (None, None))),),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
@@ -10,15 +12,38 @@ from scipy import ndimage
 from ..configs.spec import StructureSpec
 from ..transforms.intensity import normalize_percentiles
 
+TTA_VARIANTS = (1, 8, 16)
+
 
 def predict_probabilities(
     network: torch.nn.Module,
     array: np.ndarray,
     spec: StructureSpec,
     device: str | torch.device = "cpu",
+    tta: int = 1,
 ) -> np.ndarray:
-    """Foreground probability for every voxel of a raw (z, y, x) volume, as float32."""
-    return sliding_window_probabilities(network, normalize_percentiles(array, spec.percentiles), spec, device)
+    """Foreground probability for every voxel of a raw (z, y, x) volume, as float32.
+
+    ``tta``: 1 (none), 8 (every combination of z, y and x flips) or 16 (the 8 flips, with and
+    without an in-plane 90° rotation); the inverse-transformed probabilities are averaged.
+    """
+    image = normalize_percentiles(array, spec.percentiles)
+    if tta not in TTA_VARIANTS:
+        raise ValueError(f"tta must be one of {TTA_VARIANTS}, not {tta}")
+    if tta == 1:
+        return sliding_window_probabilities(network, image, spec, device)
+    total = np.zeros(image.shape, dtype=np.float32)
+    for rotate in (False, True)[: tta // 8]:
+        for flips in itertools.product((False, True), repeat=3):
+            axes = tuple(axis for axis, flip in enumerate(flips) if flip)
+            variant = np.flip(image, axes) if axes else image
+            if rotate:
+                variant = np.rot90(variant, 1, axes=(1, 2))
+            probabilities = sliding_window_probabilities(network, variant, spec, device)
+            if rotate:
+                probabilities = np.rot90(probabilities, -1, axes=(1, 2))
+            total += np.flip(probabilities, axes) if axes else probabilities
+    return total / tta
 
 
 @torch.no_grad()
@@ -32,7 +57,9 @@ def sliding_window_probabilities(
     """Probabilities for an already-normalised float32 volume.
 
     Uses Gaussian-weighted sliding windows of ``spec.patch_size`` with ``spec.overlap``; volumes
-    smaller than a window are padded by MONAI and cropped back.
+    smaller than a window are padded by MONAI and cropped back. Padding replicates the edge: zero
+    padding shifts the networks' instance-norm statistics so far that a synapse crop 128 voxels high
+    (window 160) came back empty (F1 0.0 vs 0.73 with replicate padding).
     """
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
     network.eval()
@@ -43,6 +70,7 @@ def sliding_window_probabilities(
         predictor=network,
         overlap=spec.overlap,
         mode="gaussian",
+        padding_mode="replicate",
     )
     return torch.sigmoid(logits)[0, 0].float().cpu().numpy()
 
@@ -66,10 +94,11 @@ def segment(
     device: str | torch.device = "cpu",
     threshold: float | None = None,
     min_size: int | None = None,
+    tta: int = 1,
 ) -> np.ndarray:
     """Label volume (uint8, 1 = ``spec.label_name``) for a raw (z, y, x) volume; ``threshold`` and
-    ``min_size`` default to the spec's."""
-    probabilities = predict_probabilities(network, array, spec, device)
+    ``min_size`` default to the spec's; ``tta`` as in :func:`predict_probabilities`."""
+    probabilities = predict_probabilities(network, array, spec, device, tta)
     return postprocess(
         probabilities,
         spec.threshold if threshold is None else threshold,

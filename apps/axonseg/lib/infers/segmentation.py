@@ -17,7 +17,7 @@ from ..configs.spec import StructureSpec
 from ..errors import InvalidRequest
 from ..networks import load_weights
 from ..transforms.io import Volume, read_volume, write_volume
-from .predict import segment
+from .predict import TTA_VARIANTS, segment
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class SegmentationInfer(InferTask):
             config={
                 "threshold": spec.threshold,
                 "min_size": spec.min_size,
+                "tta": 1,
                 "device": "auto",
             },
         )
@@ -94,11 +95,16 @@ class SegmentationInfer(InferTask):
         try:
             threshold = float(request.get("threshold", self.spec.threshold))
             min_size = int(request.get("min_size", self.spec.min_size))
+            tta = int(request.get("tta", 1))
         except (TypeError, ValueError) as e:
-            raise InvalidRequest(f"threshold must be a number and min_size an integer: {e}") from e
+            raise InvalidRequest(f"threshold must be a number, min_size and tta integers: {e}") from e
+        if tta not in TTA_VARIANTS:
+            raise InvalidRequest(
+                f"tta must be one of {', '.join(map(str, TTA_VARIANTS))} (test-time variants), not {tta}"
+            )
         network, meta, path = self.weights.load(device)
         start = time.time()
-        label = segment(network, volume.array, self.spec, device, threshold=threshold, min_size=min_size)
+        label = segment(network, volume.array, self.spec, device, threshold=threshold, min_size=min_size, tta=tta)
         elapsed = time.time() - start
         params = {
             "model": self.spec.name,
@@ -108,6 +114,7 @@ class SegmentationInfer(InferTask):
             "shape": list(volume.shape),
             "spacing_um": list(volume.spacing),
             "foreground_voxels": int(label.sum()),
+            "tta": tta,
             "latencies": {
                 "infer": round(elapsed, 3),
                 "mvox_per_s": round(label.size / 1e6 / max(elapsed, 1e-9), 3),
