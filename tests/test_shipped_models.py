@@ -10,7 +10,8 @@ from conftest import APP_DIR, shared_file
 
 from lib.configs.registry import SPECS
 from lib.configs.spec import DataSource
-from lib.infers.predict import postprocess, sliding_window_probabilities
+from lib.infers.postprocessing import postprocess
+from lib.infers.predict import sliding_window_probabilities
 from lib.metrics import voxel_scores
 from lib.networks import load_weights
 from lib.trainers.data import load_source
@@ -72,7 +73,7 @@ def test_held_out_quality(name):
     volume = load_source(str(shared_file(source.file).parent), source, spec)
     network, _ = load_weights(str(MODEL_DIR / f"{name}.pt"))
     probabilities = sliding_window_probabilities(network, volume.image, spec)
-    scores = voxel_scores(postprocess(probabilities, spec.threshold, spec.min_size), volume.target, volume.mask)
+    scores = voxel_scores(postprocess(probabilities, spec), volume.target, volume.mask)
     assert scores["f1"] > floor, scores
 
 

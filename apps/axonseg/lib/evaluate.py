@@ -22,7 +22,8 @@ from scipy import ndimage
 
 from .configs.registry import MODEL_DIR, SPECS
 from .configs.spec import StructureSpec
-from .infers.predict import TTA_VARIANTS, postprocess, predict_probabilities
+from .infers.postprocessing import postprocess
+from .infers.predict import TTA_VARIANTS, predict_probabilities
 from .machine import describe_machine
 from .metrics import detection_scores, instance_scores, roc_auc, skeleton_scores, voxel_scores
 from .networks import load_weights
@@ -77,6 +78,8 @@ def evaluate(
     weights: str | None = None,
     tta: int = 1,
     device: str | None = None,
+    postprocessing: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Returns the report and the arrays the panel shows (raw, target, mask, prediction)."""
     spec = SPECS[model]
@@ -92,7 +95,7 @@ def evaluate(
     network, meta = load_weights(weights, device)
     started = time.perf_counter()
     probabilities = predict_probabilities(network, raw, spec, device, tta)
-    prediction = postprocess(probabilities, spec.threshold, spec.min_size)
+    prediction = postprocess(probabilities, spec, postprocessing, **(options or {}))
     seconds = time.perf_counter() - started
     report = {
         "model": model,
@@ -107,8 +110,7 @@ def evaluate(
         "spacing_um": list(image.spacing),
         "labelled_voxels": int(mask.sum()),
         "tta": tta,
-        "threshold": spec.threshold,
-        "min_size": spec.min_size,
+        "postprocessing": {"method": postprocessing or spec.postprocessing, **(options or {})},
         "seconds": round(seconds, 2),
         "seconds_per_mvox": round(seconds / (raw.size / 1e6), 3),
         "device": device,
@@ -156,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", help="weights file (default: the shipped model)")
     parser.add_argument("--tta", type=int, default=1, choices=TTA_VARIANTS)
     parser.add_argument("--device")
+    parser.add_argument("--postprocessing", help="method (default: the model's): threshold, hysteresis, ...")
+    parser.add_argument("--option", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="post-processing option, e.g. --option high 0.98")  # fmt: skip
     parser.add_argument("--out", default="evaluation", help="folder for <model>.json and <model>.png")
     args = parser.parse_args(argv)
     report, arrays = evaluate(
@@ -168,9 +173,13 @@ def main(argv: list[str] | None = None) -> None:
         weights=args.weights,
         tta=args.tta,
         device=args.device,
+        postprocessing=args.postprocessing,
+        options=dict(args.option),
     )
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"{args.model}" + (f"_tta{args.tta}" if args.tta > 1 else ""))
+    if args.postprocessing:
+        stem += f"_{args.postprocessing}"
     with open(f"{stem}.json", "w") as f:
         json.dump(report, f, indent=2)
     m = report["metrics"]

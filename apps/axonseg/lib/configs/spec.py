@@ -6,7 +6,8 @@ is described in exactly one place (one module per structure in this package).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class StructureSpec:
         patch_size: training patch and sliding-window ROI, (z, y, x).
         threshold: probability above which a voxel is foreground.
         min_size: connected components smaller than this (voxels) are removed.
+        postprocessing: how probabilities become a label (``lib.infers.postprocessing`` method name);
+        postprocessing_options: that method's options beyond ``threshold``/``min_size``.
         structure_metrics: metrics beyond the voxel ones that suit the structure (``skeleton`` for
             thin tubes, ``instances`` for separate objects, ``detection`` for small sparse objects).
     """
@@ -71,6 +74,8 @@ class StructureSpec:
     percentiles: tuple[float, float] = (0.5, 99.5)
     overlap: float = 0.25
     dropout: float = 0.0
+    postprocessing: str = "threshold"
+    postprocessing_options: dict[str, Any] = field(default_factory=dict)
     structure_metrics: tuple[str, ...] = ()
 
     @property

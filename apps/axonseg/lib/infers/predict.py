@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
-from scipy import ndimage
 
 from ..configs.spec import StructureSpec
 from ..transforms.intensity import normalize_percentiles
+from .postprocessing import postprocess
 
 TTA_VARIANTS = (1, 8, 16)
 
@@ -75,32 +75,16 @@ def sliding_window_probabilities(
     return torch.sigmoid(logits)[0, 0].float().cpu().numpy()
 
 
-def postprocess(probabilities: np.ndarray, threshold: float, min_size: int = 0) -> np.ndarray:
-    """Threshold, then drop connected components under ``min_size`` voxels; returns uint8 0/1."""
-    binary = probabilities > threshold
-    if min_size > 0 and binary.any():
-        components, count = ndimage.label(binary)
-        sizes = np.bincount(components.ravel(), minlength=count + 1)
-        keep = sizes >= min_size
-        keep[0] = False
-        binary = keep[components]
-    return binary.astype(np.uint8)
-
-
 def segment(
     network: torch.nn.Module,
     array: np.ndarray,
     spec: StructureSpec,
     device: str | torch.device = "cpu",
-    threshold: float | None = None,
-    min_size: int | None = None,
     tta: int = 1,
+    postprocessing: str | None = None,
+    **options,
 ) -> np.ndarray:
-    """Label volume (uint8, 1 = ``spec.label_name``) for a raw (z, y, x) volume; ``threshold`` and
-    ``min_size`` default to the spec's; ``tta`` as in :func:`predict_probabilities`."""
+    """Label volume for a raw (z, y, x) volume: probabilities (``tta`` as in :func:`predict_probabilities`),
+    then the spec's post-processing, or ``postprocessing`` with ``options`` overriding its defaults."""
     probabilities = predict_probabilities(network, array, spec, device, tta)
-    return postprocess(
-        probabilities,
-        spec.threshold if threshold is None else threshold,
-        spec.min_size if min_size is None else min_size,
-    )
+    return postprocess(probabilities, spec, postprocessing, **options)

@@ -17,6 +17,7 @@ from ..configs.spec import StructureSpec
 from ..errors import InvalidRequest
 from ..networks import load_weights
 from ..transforms.io import Volume, read_volume, write_volume
+from .postprocessing import default_options
 from .predict import TTA_VARIANTS, segment
 
 logger = logging.getLogger(__name__)
@@ -62,11 +63,12 @@ class SegmentationInfer(InferTask):
             labels=spec.labels,
             dimension=3,
             description=spec.description,
+            # What a client may override per request (Slicer shows these under the model's options).
             config={
-                "threshold": spec.threshold,
-                "min_size": spec.min_size,
                 "tta": 1,
                 "device": "auto",
+                "postprocessing": spec.postprocessing,
+                **default_options(spec),
             },
         )
         self.spec = spec
@@ -93,18 +95,22 @@ class SegmentationInfer(InferTask):
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             raise InvalidRequest(f"device '{device}' requested, but this server has no CUDA GPU")
         try:
-            threshold = float(request.get("threshold", self.spec.threshold))
-            min_size = int(request.get("min_size", self.spec.min_size))
             tta = int(request.get("tta", 1))
         except (TypeError, ValueError) as e:
-            raise InvalidRequest(f"threshold must be a number, min_size and tta integers: {e}") from e
+            raise InvalidRequest(f"tta must be an integer: {e}") from e
         if tta not in TTA_VARIANTS:
             raise InvalidRequest(
                 f"tta must be one of {', '.join(map(str, TTA_VARIANTS))} (test-time variants), not {tta}"
             )
-        network, meta, path = self.weights.load(device)
-        start = time.time()
-        label = segment(network, volume.array, self.spec, device, threshold=threshold, min_size=min_size, tta=tta)
+        method = request.get("postprocessing") or self.spec.postprocessing
+        try:
+            names = default_options(self.spec, method)
+            options = {name: request[name] for name in names if name in request}
+            network, meta, path = self.weights.load(device)
+            start = time.time()
+            label = segment(network, volume.array, self.spec, device, tta, method, **options)
+        except ValueError as e:  # an unknown method, option or option value
+            raise InvalidRequest(str(e)) from e
         elapsed = time.time() - start
         params = {
             "model": self.spec.name,
@@ -115,6 +121,7 @@ class SegmentationInfer(InferTask):
             "spacing_um": list(volume.spacing),
             "foreground_voxels": int(label.sum()),
             "tta": tta,
+            "postprocessing": {"method": method, **names, **options},
             "latencies": {
                 "infer": round(elapsed, 3),
                 "mvox_per_s": round(label.size / 1e6 / max(elapsed, 1e-9), 3),

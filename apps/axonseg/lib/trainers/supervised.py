@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..configs.spec import StructureSpec
-from ..infers.predict import postprocess, sliding_window_probabilities
+from ..infers.postprocessing import postprocess
+from ..infers.predict import sliding_window_probabilities
 from ..metrics import voxel_scores
 from ..networks import build_network, load_weights, save_weights
 from .data import PatchSampler, TrainingVolume
@@ -56,7 +57,7 @@ def validate(network, volumes: list[TrainingVolume], spec: StructureSpec, device
     preds, targets = [], []
     for volume in volumes:
         probabilities = sliding_window_probabilities(network, volume.image, spec, device)
-        preds.append(postprocess(probabilities, spec.threshold, spec.min_size)[volume.mask])
+        preds.append(postprocess(probabilities, spec)[volume.mask])
         targets.append(volume.target[volume.mask])
     return voxel_scores(np.concatenate(preds), np.concatenate(targets))
 
