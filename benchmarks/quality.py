@@ -60,7 +60,8 @@ def main() -> None:
         f"({rows[0]['device'] if rows else 'cpu'}). Each row is a model's held-out validation slab (no training "
         "patch came from it; see `apps/axonseg/model/<model>.md`), post-processed with the model's default "
         "method (axon, synapse: threshold + size filter; mitochondria: distance-transform watershed; membrane: "
-        "bilateral filter + erosion/dilation), scored on labelled voxels only. IoU is **foreground IoU** (Jaccard of the structure). "
+        "bilateral filter + erosion/dilation), scored on labelled voxels only. "
+        "IoU is **foreground IoU** (Jaccard of the structure). "
         "AP is the mean over IoU 0.5:0.95 of TP/(TP+FP+FN) (DSB-2018 definition). CREMI distance is the mean of "
         "the false-positive and false-negative average distances, in µm. TTA 8 averages all z/y/x flips.",
         "",
