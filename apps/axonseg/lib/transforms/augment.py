@@ -1,0 +1,232 @@
+"""Microscopy-specific training augmentations as MONAI-style pairs: an array transform on (z, y, x) numpy
+volumes and a dictionary transform (``...d``) for ``{"image", "target", "mask"}`` patches.
+
+Standard augmentations (flips, rot90, gamma, contrast, noise, elastic) are MONAI's own; these add what
+MONAI lacks:
+
+- EM section defects: :class:`RandMissingSection` (a blank slice) and :class:`RandMisalignment`
+  (every slice from some z on shifted in-plane, image and labels together);
+- the three D-LMBmap augmentations: :class:`HistogramMatch` to a reference volume,
+  :class:`RandArtifactCutMix` (paste an artifact cube, e.g. TRAILMAP label 3, as labelled background),
+  :class:`RandLocalContrast` (CLAHE).
+
+Not yet part of the shipped recipes (issue 4 retraining).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+from monai.transforms import MapTransform, RandomizableTransform, Transform
+
+PATCH_KEYS = ("image", "target", "mask")
+
+
+class RandMissingSection(RandomizableTransform):
+    """With probability ``prob``, replace one z-slice of the image by its mean (a lost or blank section)."""
+
+    def __init__(self, prob: float = 0.1):
+        super().__init__(prob)
+        self.z = 0
+
+    def randomize(self, shape: Sequence[int]) -> None:
+        super().randomize(None)
+        self.z = int(self.R.randint(shape[0]))
+
+    def __call__(self, image: np.ndarray, randomize: bool = True) -> np.ndarray:
+        if randomize:
+            self.randomize(image.shape)
+        if not self._do_transform:
+            return image
+        out = image.copy()
+        out[self.z] = image.mean()
+        return out
+
+
+class RandMissingSectiond(MapTransform, RandomizableTransform):
+    def __init__(self, keys: Sequence[Hashable] = ("image",), prob: float = 0.1):
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.array = RandMissingSection(prob=1.0)
+
+    def set_random_state(self, seed=None, state=None):
+        super().set_random_state(seed, state)
+        self.array.set_random_state(seed, state)
+        return self
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        self.array.randomize(d[self.keys[0]].shape)
+        for key in self.key_iterator(d):
+            d[key] = self.array(d[key], randomize=False)
+        return d
+
+
+class RandMisalignment(RandomizableTransform):
+    """With probability ``prob``, shift every slice from a random z on by up to ``max_shift`` pixels in y and x.
+
+    Apply the same draw to image and labels (the dictionary version does); voxels shifted in from
+    outside are 0, and masked out by the dictionary version.
+    """
+
+    def __init__(self, prob: float = 0.1, max_shift: int = 8):
+        super().__init__(prob)
+        self.max_shift = max_shift
+        self.z, self.shift = 0, (0, 0)
+
+    def randomize(self, shape: Sequence[int]) -> None:
+        super().randomize(None)
+        self.z = int(self.R.randint(1, max(shape[0], 2)))
+        self.shift = tuple(int(v) for v in self.R.randint(-self.max_shift, self.max_shift + 1, size=2))
+
+    def __call__(self, array: np.ndarray, randomize: bool = True) -> np.ndarray:
+        if randomize:
+            self.randomize(array.shape)
+        if not self._do_transform:
+            return array
+        out = array.copy()
+        dy, dx = self.shift
+        moved = np.zeros_like(array[self.z :])
+        src_y = slice(max(-dy, 0), array.shape[1] - max(dy, 0))
+        dst_y = slice(max(dy, 0), array.shape[1] - max(-dy, 0))
+        src_x = slice(max(-dx, 0), array.shape[2] - max(dx, 0))
+        dst_x = slice(max(dx, 0), array.shape[2] - max(-dx, 0))
+        moved[:, dst_y, dst_x] = array[self.z :, src_y, src_x]
+        out[self.z :] = moved
+        return out
+
+
+class RandMisalignmentd(MapTransform, RandomizableTransform):
+    def __init__(self, keys: Sequence[Hashable] = PATCH_KEYS, prob: float = 0.1, max_shift: int = 8):
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.array = RandMisalignment(prob=1.0, max_shift=max_shift)
+
+    def set_random_state(self, seed=None, state=None):
+        super().set_random_state(seed, state)
+        self.array.set_random_state(seed, state)
+        return self
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        self.array.randomize(d[self.keys[0]].shape)
+        for key in self.key_iterator(d):
+            d[key] = self.array(d[key], randomize=False)  # the mask shifts too: shifted-in voxels are unlabelled
+        return d
+
+
+class HistogramMatch(Transform):
+    """Match the image's intensity histogram to ``reference`` (a volume from the target domain)."""
+
+    def __init__(self, reference: np.ndarray):
+        self.reference = np.asarray(reference)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        from skimage.exposure import match_histograms
+
+        return match_histograms(image, self.reference).astype(image.dtype)
+
+
+class HistogramMatchd(MapTransform):
+    def __init__(self, reference: np.ndarray, keys: Sequence[Hashable] = ("image",)):
+        super().__init__(keys)
+        self.array = HistogramMatch(reference)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.array(d[key])
+        return d
+
+
+class RandArtifactCutMix(RandomizableTransform):
+    """With probability ``prob``, paste a random artifact cube (bright debris, bubbles: TRAILMAP label 3)
+    into the patch; the pasted voxels become labelled background (target 0, mask 1)."""
+
+    def __init__(self, artifacts: Sequence[np.ndarray], prob: float = 0.2):
+        super().__init__(prob)
+        if not artifacts:
+            raise ValueError("RandArtifactCutMix needs at least one artifact cube")
+        self.artifacts = [np.asarray(a) for a in artifacts]
+        self.index, self.corner = 0, (0, 0, 0)
+
+    def randomize(self, shape: Sequence[int]) -> None:
+        super().randomize(None)
+        self.index = int(self.R.randint(len(self.artifacts)))
+        size = [min(a, s) for a, s in zip(self.artifacts[self.index].shape, shape)]
+        self.corner = tuple(int(self.R.randint(0, s - a + 1)) for a, s in zip(size, shape))
+
+    def region(self, shape: Sequence[int]) -> tuple[slice, ...]:
+        size = [min(a, s) for a, s in zip(self.artifacts[self.index].shape, shape)]
+        return tuple(slice(c, c + n) for c, n in zip(self.corner, size))
+
+    def __call__(self, image: np.ndarray, target: np.ndarray, mask: np.ndarray, randomize: bool = True):
+        if randomize:
+            self.randomize(image.shape)
+        if not self._do_transform:
+            return image, target, mask
+        region = self.region(image.shape)
+        artifact = self.artifacts[self.index][tuple(slice(0, r.stop - r.start) for r in region)]
+        image, target, mask = image.copy(), target.copy(), mask.copy()
+        image[region], target[region], mask[region] = artifact, 0, True
+        return image, target, mask
+
+
+class RandArtifactCutMixd(MapTransform, RandomizableTransform):
+    def __init__(self, artifacts: Sequence[np.ndarray], prob: float = 0.2, keys: Sequence[Hashable] = PATCH_KEYS):
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.array = RandArtifactCutMix(artifacts, prob=1.0)
+
+    def set_random_state(self, seed=None, state=None):
+        super().set_random_state(seed, state)
+        self.array.set_random_state(seed, state)
+        return self
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if self._do_transform:
+            image, target, mask = (d[k] for k in self.keys)
+            d.update(zip(self.keys, self.array(image, target, mask)))
+        return d
+
+
+class RandLocalContrast(RandomizableTransform):
+    """With probability ``prob``, contrast-limited adaptive histogram equalisation (CLAHE) of a [0, 1] image."""
+
+    def __init__(self, prob: float = 0.2, clip_limit: float = 0.02, kernel_size: int | None = None):
+        super().__init__(prob)
+        self.clip_limit, self.kernel_size = clip_limit, kernel_size
+
+    def __call__(self, image: np.ndarray, randomize: bool = True) -> np.ndarray:
+        from skimage.exposure import equalize_adapthist
+
+        if randomize:
+            self.randomize(None)
+        if not self._do_transform:
+            return image
+        clipped = np.clip(image, 0.0, 1.0)
+        return equalize_adapthist(clipped, kernel_size=self.kernel_size, clip_limit=self.clip_limit).astype(image.dtype)
+
+
+class RandLocalContrastd(MapTransform, RandomizableTransform):
+    def __init__(self, keys: Sequence[Hashable] = ("image",), prob: float = 0.2, clip_limit: float = 0.02):
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.array = RandLocalContrast(prob=1.0, clip_limit=clip_limit)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if self._do_transform:
+            for key in self.key_iterator(d):
+                d[key] = self.array(d[key], randomize=False)
+        return d
