@@ -11,7 +11,8 @@ from lib.configs.registry import SPECS
 from lib.configs.spec import DataSource
 from lib.networks import load_weights
 from lib.trainers.data import PatchSampler, TrainingVolume, load_source
-from lib.trainers.supervised import TrainingStopped, masked_bce_dice, train_segmentation
+from lib.trainers.losses import masked_bce_dice
+from lib.trainers.supervised import TrainingStopped, train_segmentation
 from lib.transforms.labels import map_labels
 
 

@@ -35,6 +35,8 @@ class Recipe:
     batch_size: int = 2
     learning_rate: float = 2e-3
     foreground_fraction: float = 0.5  # share of patches centred on a foreground voxel
+    loss: str = "bce_dice"  # a name in lib.trainers.losses.LOSSES
+    pos_weight: float = 1.0  # > 1 weights foreground errors up (rare structures)
     seed: int = 0
 
 

@@ -1,6 +1,7 @@
 """The supervised training loop as a plain function: volumes in, best weights file out.
 
-Loss is BCE + soft Dice over the voxels the mask allows, so sparse labels (TRAILMAP) only teach
+The loss is the recipe's (``lib.trainers.losses``: BCE + soft Dice by default, or focal + Dice,
+optionally class-weighted) over the voxels the mask allows, so sparse labels (TRAILMAP) only teach
 what was annotated. The best epoch by validation F1 is written atomically to ``output_path``.
 """
 
@@ -12,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..configs.spec import StructureSpec
 from ..infers.postprocessing import postprocess
@@ -20,6 +20,7 @@ from ..infers.predict import sliding_window_probabilities
 from ..metrics import voxel_scores
 from ..networks import build_network, load_weights, save_weights
 from .data import PatchSampler, TrainingVolume
+from .losses import LOSSES
 
 
 @dataclass
@@ -39,17 +40,6 @@ class EpochStats:
 
 class TrainingStopped(Exception):
     """Raised inside the loop when ``should_stop`` returns True."""
-
-
-def masked_bce_dice(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """BCE + soft Dice over masked voxels only."""
-    weight = mask.float()
-    denom = weight.sum().clamp_min(1.0)
-    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum() / denom
-    prob = torch.sigmoid(logits) * weight
-    tgt = target * weight
-    dice = 1 - (2 * (prob * tgt).sum() + 1.0) / (prob.sum() + tgt.sum() + 1.0)
-    return bce + dice
 
 
 def validate(network, volumes: list[TrainingVolume], spec: StructureSpec, device) -> dict[str, float]:
@@ -92,6 +82,7 @@ def train_segmentation(
         stats of the last epoch (``best_metric`` / ``best_epoch`` say which one was kept).
     """
     torch.manual_seed(seed)
+    loss_fn = LOSSES[spec.recipe.loss]
     if init_weights:
         network, _ = load_weights(init_weights, device)
     else:
@@ -109,7 +100,7 @@ def train_segmentation(
             if should_stop and should_stop():
                 raise TrainingStopped(f"stopped in epoch {epoch}")
             image, target, mask = (torch.from_numpy(a).to(device) for a in sampler.batch(batch_size))
-            loss = masked_bce_dice(network(image), target.float(), mask)
+            loss = loss_fn(network(image), target.float(), mask, pos_weight=spec.recipe.pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
