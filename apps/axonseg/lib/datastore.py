@@ -98,12 +98,13 @@ class MicroscopyDatastore(LocalDatastore):
                 info.get("spacing_um"),
             )
 
+    def _config_changed(self) -> bool:
+        path = self._datastore_config_path
+        return os.path.exists(path) and os.stat(path).st_mtime != self._config_ts
+
     def _refresh(self) -> None:
         """Pick up what other processes wrote (a worker's batch labels) before answering a read."""
-        if (
-            os.path.exists(self._datastore_config_path)
-            and os.stat(self._datastore_config_path).st_mtime != self._config_ts
-        ):
+        if self._config_changed():
             with FileLock(self._lock_file):
                 self._reload_locked()
 
@@ -129,13 +130,12 @@ class MicroscopyDatastore(LocalDatastore):
 
     def _reload_locked(self) -> None:
         """Re-read the datastore JSON if another process changed it; call with the file lock held."""
-        if os.path.exists(self._datastore_config_path):
-            ts = os.stat(self._datastore_config_path).st_mtime
-            if ts != self._config_ts:
-                with open(self._datastore_config_path) as f:
-                    self._datastore = LocalDatastoreModel.model_validate_json(f.read())
-                self._datastore.base_path = self._datastore_path
-                self._config_ts = ts
+        if self._config_changed():
+            ts = os.stat(self._datastore_config_path).st_mtime  # before reading: a later write is seen next time
+            with open(self._datastore_config_path) as f:
+                self._datastore = LocalDatastoreModel.model_validate_json(f.read())
+            self._datastore.base_path = self._datastore_path
+            self._config_ts = ts
 
     # --- reading ---------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from .configs.registry import MODEL_DIR, SPECS
 from .configs.spec import StructureSpec
-from .infers.postprocessing import postprocess
+from .infers.postprocessing import postprocess, resolve
 from .infers.predict import TTA_VARIANTS, predict_probabilities
 from .machine import describe_machine
 from .metrics import detection_scores, instance_scores, roc_auc, skeleton_scores, voxel_scores
@@ -90,12 +90,13 @@ def evaluate(
         raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
     raw = np.ascontiguousarray(image.array[crop])
     target, mask = map_labels(label.array[crop], spec.label_map)
+    method, effective = resolve(spec, postprocessing, **(options or {}))  # bad options fail before inference
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     weights = weights or os.path.join(MODEL_DIR, f"{model}.pt")
     network, meta = load_weights(weights, device)
     started = time.perf_counter()
     probabilities = predict_probabilities(network, raw, spec, device, tta)
-    prediction = postprocess(probabilities, spec, postprocessing, **(options or {}))
+    prediction = postprocess(probabilities, spec, method, **effective)
     seconds = time.perf_counter() - started
     report = {
         "model": model,
@@ -110,7 +111,7 @@ def evaluate(
         "spacing_um": list(image.spacing),
         "labelled_voxels": int(mask.sum()),
         "tta": tta,
-        "postprocessing": {"method": postprocessing or spec.postprocessing, **(options or {})},
+        "postprocessing": {"method": method, **effective},
         "seconds": round(seconds, 2),
         "seconds_per_mvox": round(seconds / (raw.size / 1e6), 3),
         "device": device,

@@ -35,7 +35,7 @@ from monailabel.interfaces.utils.app import app_instance
 from requests_toolbelt import MultipartEncoder
 
 from .datastore import check_image_id
-from .db.models import TrainingRun
+from .db.models import TrainingRun, utcnow
 from .errors import Busy, InvalidRequest, NotFound, error_from_status
 from .jobs.client import MONAI_STATUS, describe_worker
 from .jobs.queues import INFER_QUEUE, TRAIN_QUEUE
@@ -187,7 +187,7 @@ def _sync_run(app: AxonSegApp, run: TrainingRun) -> TrainingRun:
     if status != run.status:
         values: dict[str, Any] = {"status": status}
         if status in _FINAL:
-            values.update(error=run.error or error, finished_at=datetime.now().astimezone())
+            values.update(error=run.error or error, finished_at=utcnow())
         app.db.update_training_run(run.job_id, **values)
         run = app.db.training_run(run.job_id)
     return run
@@ -207,7 +207,8 @@ def _submit_training(app: AxonSegApp, models: list[str], params: dict[str, Any],
     with app.jobs.connection.lock(_TRAIN_SUBMIT_LOCK, timeout=30, blocking_timeout=10):
         busy = _active_runs(app)
         if busy and not enqueue:
-            return []
+            running = ", ".join(f"'{r.model}' ({r.status.lower()})" for r in busy)
+            raise Busy(f"training is busy: {running}; wait, stop it, or send enqueue=true to queue this run")
         runs = []
         for model in models:
             job = app.jobs.submit(
@@ -222,22 +223,14 @@ def _submit_training(app: AxonSegApp, models: list[str], params: dict[str, Any],
     return runs
 
 
-def _busy(app: AxonSegApp) -> Busy:
-    running = ", ".join(f"'{r.model}' ({r.status.lower()})" for r in _active_runs(app))
-    return Busy(f"training is busy: {running}; wait, stop it, or send enqueue=true to queue this run")
-
-
 @router.post("/train/{model}", summary="Start training a model (queued to a train worker)")
-async def train_model(model: str, params: dict | None = None, run_sync: bool = False, enqueue: bool = False):
-    app = _app()
-    runs = await run_in_threadpool(_submit_training, app, [model], dict(params or {}), enqueue)
-    if not runs:
-        raise await run_in_threadpool(_busy, app)
+async def train_model(model: str, params: dict | None = None, enqueue: bool = False):
+    runs = await run_in_threadpool(_submit_training, _app(), [model], dict(params or {}), enqueue)
     return _train_task(runs[0])
 
 
 @router.post("/train/", summary="Train every model, one after another")
-async def train_all(params: dict | None = None, run_sync: bool = False, enqueue: bool = True):
+async def train_all(params: dict | None = None):
     app = _app()
     params = dict(params or {})
     runs = await run_in_threadpool(
@@ -259,7 +252,7 @@ async def train_status(all: bool = False, check_if_running: bool = False):
         active = sorted(_active_runs(app), key=lambda run: run.status != "RUNNING")
         if check_if_running:
             return _train_task(active[0]) if active else None
-        runs = [_sync_run(app, run) for run in app.db.training_runs()]
+        runs = [_sync_run(app, run) for run in app.db.training_runs(limit=None if all else 1)]
         if all:
             return [_train_task(run) for run in reversed(runs)]
         return _train_task((active or runs)[0]) if runs else None
@@ -295,9 +288,10 @@ async def batch_infer(model: str, params: dict | None = None):
     if model not in app.task_configs:
         raise NotFound(f"unknown model '{model}'; available models: {', '.join(app.task_configs)}")
     images = params.pop("images", None) or app.datastore().get_unlabeled_images()
+    known = set(app.datastore().list_images())
     for image in images:
         check_image_id(image)
-        if image not in app.datastore().list_images():
+        if image not in known:
             raise NotFound(f"image '{image}' is not in the datastore")
     await run_in_threadpool(app.jobs.require_workers, TRAIN_QUEUE)
     job = await run_in_threadpool(
@@ -314,15 +308,7 @@ async def batch_infer(model: str, params: dict | None = None):
 # --- queue visibility ----------------------------------------------------------------------------
 @router.get("/jobs/", summary="Queue lengths, job ids by state, live workers")
 async def jobs_overview():
-    app = _app()
-
-    def read():
-        overview = app.jobs.overview()
-        for name in overview["queues"]:
-            overview["queues"][name]["jobs"] = app.jobs.jobs_by_state(name)
-        return overview
-
-    return await run_in_threadpool(read)
+    return await run_in_threadpool(_app().jobs.overview)
 
 
 @router.get("/jobs/workers", summary="Live workers and what they run")

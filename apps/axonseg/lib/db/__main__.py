@@ -11,9 +11,8 @@ import os
 import tempfile
 
 from alembic import command
-from alembic.config import Config
 
-from .engine import MIGRATIONS, database_url, upgrade
+from .engine import alembic_config, database_url, upgrade
 
 
 def main() -> None:
@@ -33,10 +32,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:  # diff against a fresh database at head
         url = f"sqlite:///{os.path.join(scratch, 'scratch.db')}"
         upgrade(url)
-        config = Config()
-        config.set_main_option("script_location", MIGRATIONS)
-        config.set_main_option("sqlalchemy.url", url)
-        command.revision(config, message=args.message, autogenerate=True)
+        command.revision(alembic_config(url), message=args.message, autogenerate=True)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,14 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def upgrade(url: str) -> None:
-    """Apply every migration up to head (idempotent)."""
+def alembic_config(url: str) -> Config:
+    """Alembic's configuration for ``url`` (no alembic.ini: the migrations live in this package)."""
     config = Config()
     config.set_main_option("script_location", MIGRATIONS)
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(config, "head")
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # ini-style interpolation
+    return config
+
+
+def upgrade(url: str) -> None:
+    """Apply every migration up to head (idempotent)."""
+    command.upgrade(alembic_config(url), "head")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -28,11 +28,6 @@ def file_checksum(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _aware(ts: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every time stored here is UTC."""
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
 class Database:
@@ -171,14 +166,13 @@ class Database:
     def leased_by_others(self, client_id: str) -> set[str]:
         """Images with a live lease held by anyone but ``client_id``."""
         with self.session() as s:
-            rows = s.execute(select(Lease.image_id, Lease.client_id, Lease.expires_at)).all()
-        now = utcnow()
-        return {image for image, holder, expires in rows if holder != client_id and _aware(expires) > now}
+            query = select(Lease.image_id).where(Lease.client_id != client_id, Lease.expires_at > utcnow())
+            return set(s.scalars(query))
 
     def leases(self) -> list[Lease]:
+        """Live leases."""
         with self.session() as s:
-            now = utcnow()
-            return [lease for lease in s.scalars(select(Lease)) if _aware(lease.expires_at) > now]
+            return list(s.scalars(select(Lease).where(Lease.expires_at > utcnow())))
 
     # scores ---------------------------------------------------------------------------------
     def record_score(self, image_id: str, method: str, value: float, model_version_id: int | None) -> None:
@@ -247,10 +241,12 @@ class Database:
         with self.session() as s:
             return s.scalar(select(TrainingRun).where(TrainingRun.job_id == job_id))
 
-    def training_runs(self, model: str | None = None, statuses: Iterable[str] | None = None) -> list[TrainingRun]:
-        """Newest first."""
+    def training_runs(
+        self, model: str | None = None, statuses: Iterable[str] | None = None, limit: int | None = None
+    ) -> list[TrainingRun]:
+        """Newest first, at most ``limit``."""
         with self.session() as s:
-            query = select(TrainingRun).order_by(TrainingRun.id.desc())
+            query = select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)
             if model is not None:
                 query = query.where(TrainingRun.model == model)
             if statuses is not None:

@@ -113,10 +113,8 @@ def default_options(spec: StructureSpec, method: str | None = None) -> dict[str,
     return options
 
 
-def postprocess(
-    probabilities: np.ndarray, spec: StructureSpec, method: str | None = None, **overrides: Any
-) -> np.ndarray:
-    """Label from probabilities with the spec's method (or ``method``); ``overrides`` replace options.
+def resolve(spec: StructureSpec, method: str | None = None, **overrides: Any) -> tuple[str, dict[str, Any]]:
+    """The method (default: the spec's) and the complete options it runs with, ``overrides`` applied.
 
     Raises ValueError naming the valid methods or options, and for option values of the wrong type.
     """
@@ -132,6 +130,14 @@ def postprocess(
         except (TypeError, ValueError) as e:
             expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, kind.__name__)
             raise ValueError(f"{name} must be {expected} for '{method}' post-processing, not {value!r}") from e
+    return method, options
+
+
+def postprocess(
+    probabilities: np.ndarray, spec: StructureSpec, method: str | None = None, **overrides: Any
+) -> np.ndarray:
+    """Label from probabilities with the spec's method (or ``method``); ``overrides`` as in :func:`resolve`."""
+    method, options = resolve(spec, method, **overrides)
     return METHODS[method](probabilities, **options)
 
 

@@ -17,7 +17,7 @@ from ..configs.spec import StructureSpec
 from ..errors import InvalidRequest
 from ..networks import load_weights
 from ..transforms.io import Volume, read_volume, write_volume
-from .postprocessing import default_options
+from .postprocessing import default_options, resolve
 from .predict import TTA_VARIANTS, segment
 
 logger = logging.getLogger(__name__)
@@ -102,15 +102,15 @@ class SegmentationInfer(InferTask):
             raise InvalidRequest(
                 f"tta must be one of {', '.join(map(str, TTA_VARIANTS))} (test-time variants), not {tta}"
             )
-        method = request.get("postprocessing") or self.spec.postprocessing
-        try:
-            names = default_options(self.spec, method)
-            options = {name: request[name] for name in names if name in request}
-            network, meta, path = self.weights.load(device)
-            start = time.time()
-            label = segment(network, volume.array, self.spec, device, tta, method, **options)
-        except ValueError as e:  # an unknown method, option or option value
+        requested = request.get("postprocessing") or self.spec.postprocessing
+        try:  # an unknown method, option or option value is the client's mistake: 400 before any work
+            given = {name: request[name] for name in default_options(self.spec, requested) if name in request}
+            method, options = resolve(self.spec, requested, **given)
+        except ValueError as e:
             raise InvalidRequest(str(e)) from e
+        network, meta, path = self.weights.load(device)
+        start = time.time()
+        label = segment(network, volume.array, self.spec, device, tta, method, **options)
         elapsed = time.time() - start
         params = {
             "model": self.spec.name,
@@ -121,7 +121,7 @@ class SegmentationInfer(InferTask):
             "spacing_um": list(volume.spacing),
             "foreground_voxels": int(label.sum()),
             "tta": tta,
-            "postprocessing": {"method": method, **names, **options},
+            "postprocessing": {"method": method, **options},
             "latencies": {
                 "infer": round(elapsed, 3),
                 "mvox_per_s": round(label.size / 1e6 / max(elapsed, 1e-9), 3),

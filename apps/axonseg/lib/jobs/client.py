@@ -38,6 +38,7 @@ MONAI_STATUS = {
     JobStatus.STOPPED: "STOPPED",
     JobStatus.CANCELED: "STOPPED",
 }
+_CLEANUP_EVERY_S = 1.0
 ACTIVE = (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED, JobStatus.STARTED)
 
 
@@ -56,12 +57,6 @@ class JobClient:
             f"the job queue (Redis at {self.connection.connection_pool.connection_kwargs.get('host')}) is "
             f"unavailable: {error}. Nothing was submitted; try again when it is back."
         )
-
-    def ping(self) -> bool:
-        try:
-            return bool(self.connection.ping())
-        except RedisError:
-            return False
 
     # submitting ----------------------------------------------------------------------------
     def submit(self, kind: str, *, description: str, meta: dict[str, Any] | None = None, **kwargs: Any) -> Job:
@@ -101,8 +96,12 @@ class JobClient:
         On timeout the job is cancelled if it has not started, so a dead request leaves no work behind.
         """
         deadline = time.monotonic() + timeout_s
+        last_cleanup = 0.0
         while True:
-            status = await asyncio.to_thread(self.refresh_status, job)
+            # Looking for dead workers once a second is enough; the status itself is read every poll.
+            clean = time.monotonic() - last_cleanup >= _CLEANUP_EVERY_S
+            last_cleanup = time.monotonic() if clean else last_cleanup
+            status = await asyncio.to_thread(self.refresh_status, job, clean)
             if status == JobStatus.FINISHED:
                 return job.return_value()
             if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
@@ -118,11 +117,11 @@ class JobClient:
                 )
             await asyncio.sleep(poll_s)
 
-    def refresh_status(self, job: Job) -> JobStatus:
-        """The job's status after abandoned jobs (dead workers) have been failed or retried."""
+    def refresh_status(self, job: Job, clean: bool = True) -> JobStatus:
+        """The job's status; with ``clean``, after abandoned jobs (dead workers) have been failed or retried."""
         try:
             status = job.get_status(refresh=True)
-            if status == JobStatus.STARTED:
+            if clean and status == JobStatus.STARTED:
                 StartedJobRegistry(job.origin, connection=self.connection).cleanup()
                 status = job.get_status(refresh=True)
             return status
@@ -195,10 +194,15 @@ class JobClient:
         return registries
 
     def overview(self) -> dict[str, Any]:
+        """Per queue: its length, job counts and job ids by state; and the live workers."""
         queues = {}
         for name in self.queues:
             states = self.jobs_by_state(name)
-            queues[name] = {"length": len(states["queued"]), "counts": {k: len(v) for k, v in states.items()}}
+            queues[name] = {
+                "length": len(states["queued"]),
+                "counts": {k: len(v) for k, v in states.items()},
+                "jobs": states,
+            }
         return {"queues": queues, "workers": [describe_worker(w) for w in self.workers()]}
 
     # cancelling ----------------------------------------------------------------------------

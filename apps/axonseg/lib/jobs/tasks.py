@@ -35,7 +35,6 @@ class Runtime:
     workdir: str
     configs: dict[str, StructureTaskConfig]
     db: Database
-    infers: dict[str, SegmentationInfer] = field(default_factory=dict)
     # Set by the worker when the API asks to stop the running job; polled by long jobs.
     stop_event: threading.Event = field(default_factory=threading.Event)
 
@@ -49,11 +48,10 @@ class Runtime:
         )
 
     def infer_task(self, model: str) -> SegmentationInfer:
+        """The model's infer task; tasks of one model share its cached network (``config.weights``)."""
         if model not in self.configs:
             raise NotFound(f"unknown model '{model}'; available models: {', '.join(self.configs)}")
-        if model not in self.infers:
-            self.infers[model] = self.configs[model].infer()
-        return self.infers[model]
+        return self.configs[model].infer()
 
     def warm_up(self, device: str) -> None:
         for model in self.configs:
@@ -111,9 +109,7 @@ def train(model: str, params: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     job_id = job.id if job else "local"
     rt.db.update_training_run(job_id, status="RUNNING")
-    config = rt.configs.get(model)
-    if config is None:
-        raise NotFound(f"unknown trainer '{model}'")
+    config = rt.configs[model]  # the API accepted only known trainers
 
     def on_epoch(stats: EpochStats) -> None:
         epoch = stats.to_dict()

@@ -23,6 +23,30 @@ from monai.transforms import MapTransform, RandomizableTransform, Transform
 PATCH_KEYS = ("image", "target", "mask")
 
 
+class _SameDrawd(MapTransform, RandomizableTransform):
+    """Dictionary form of a random array transform: one draw, applied to every key (so labels stay aligned)."""
+
+    def __init__(self, keys: Sequence[Hashable], prob: float, array: RandomizableTransform):
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.array = array  # built with prob=1: whether to transform is decided here
+
+    def set_random_state(self, seed=None, state=None):
+        super().set_random_state(seed, state)
+        self.array.set_random_state(seed, state)
+        return self
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        self.array.randomize(d[self.keys[0]].shape)
+        for key in self.key_iterator(d):
+            d[key] = self.array(d[key], randomize=False)
+        return d
+
+
 class RandMissingSection(RandomizableTransform):
     """With probability ``prob``, replace one z-slice of the image by its mean (a lost or blank section)."""
 
@@ -44,26 +68,9 @@ class RandMissingSection(RandomizableTransform):
         return out
 
 
-class RandMissingSectiond(MapTransform, RandomizableTransform):
+class RandMissingSectiond(_SameDrawd):
     def __init__(self, keys: Sequence[Hashable] = ("image",), prob: float = 0.1):
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob)
-        self.array = RandMissingSection(prob=1.0)
-
-    def set_random_state(self, seed=None, state=None):
-        super().set_random_state(seed, state)
-        self.array.set_random_state(seed, state)
-        return self
-
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        self.array.randomize(d[self.keys[0]].shape)
-        for key in self.key_iterator(d):
-            d[key] = self.array(d[key], randomize=False)
-        return d
+        super().__init__(keys, prob, RandMissingSection(prob=1.0))
 
 
 class RandMisalignment(RandomizableTransform):
@@ -100,26 +107,11 @@ class RandMisalignment(RandomizableTransform):
         return out
 
 
-class RandMisalignmentd(MapTransform, RandomizableTransform):
+class RandMisalignmentd(_SameDrawd):
+    """The mask shifts with the image, so shifted-in voxels are unlabelled."""
+
     def __init__(self, keys: Sequence[Hashable] = PATCH_KEYS, prob: float = 0.1, max_shift: int = 8):
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob)
-        self.array = RandMisalignment(prob=1.0, max_shift=max_shift)
-
-    def set_random_state(self, seed=None, state=None):
-        super().set_random_state(seed, state)
-        self.array.set_random_state(seed, state)
-        return self
-
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
-        self.randomize(None)
-        if not self._do_transform:
-            return d
-        self.array.randomize(d[self.keys[0]].shape)
-        for key in self.key_iterator(d):
-            d[key] = self.array(d[key], randomize=False)  # the mask shifts too: shifted-in voxels are unlabelled
-        return d
+        super().__init__(keys, prob, RandMisalignment(prob=1.0, max_shift=max_shift))
 
 
 class HistogramMatch(Transform):
@@ -217,16 +209,6 @@ class RandLocalContrast(RandomizableTransform):
         return equalize_adapthist(clipped, kernel_size=self.kernel_size, clip_limit=self.clip_limit).astype(image.dtype)
 
 
-class RandLocalContrastd(MapTransform, RandomizableTransform):
+class RandLocalContrastd(_SameDrawd):
     def __init__(self, keys: Sequence[Hashable] = ("image",), prob: float = 0.2, clip_limit: float = 0.02):
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob)
-        self.array = RandLocalContrast(prob=1.0, clip_limit=clip_limit)
-
-    def __call__(self, data: Mapping) -> dict:
-        d = dict(data)
-        self.randomize(None)
-        if self._do_transform:
-            for key in self.key_iterator(d):
-                d[key] = self.array(d[key], randomize=False)
-        return d
+        super().__init__(keys, prob, RandLocalContrast(prob=1.0, clip_limit=clip_limit))
