@@ -34,7 +34,7 @@ lint: $(VENV)/.installed
 # Retrain the shipped weights from their recipes on ../shared/data (see apps/axonseg/model/*.md).
 weights: $(VENV)/.installed
 	for m in synapse membrane axon mitochondria; do \
-		PYTHONPATH=apps/axonseg $(BIN)/python -m lib.trainers.cli $$m --data-dir ../shared/data --val-every 4 || exit 1; done
+		PYTHONPATH=apps/axonseg $(BIN)/python -m lib.trainers.cli $$m --data-dir ../shared/data || exit 1; done
 
 clean-work:
 	rm -rf "$(WORKDIR)"

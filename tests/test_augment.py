@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+from scipy import ndimage
 
+from lib.configs.registry import SPECS
+from lib.configs.spec import DataSource
+from lib.trainers.augmentation import load_artifact_cubes, training_transforms
 from lib.transforms.augment import (
+    PATCH_KEYS,
     HistogramMatchd,
     RandArtifactCutMixd,
     RandLocalContrastd,
@@ -69,3 +76,80 @@ def test_local_contrast_spreads_a_low_contrast_image():
     out = RandLocalContrastd(prob=1.0)(data)
     assert out["image"].std() > 2 * data["image"].std()
     assert np.array_equal(out["target"], data["target"])
+
+
+# --- the recipes' composed pipelines (lib.trainers.augmentation) -------------------------------------
+def _recipe_spec(name: str, **augmentation):
+    spec = SPECS[name]
+    aug = dataclasses.replace(spec.recipe.augmentation, **augmentation)
+    return dataclasses.replace(spec, recipe=dataclasses.replace(spec.recipe, augmentation=aug))
+
+
+def _blobs(shape, seed: int = 0) -> dict:
+    """A binary blob image whose label is the image itself, so alignment can be read off."""
+    rng = np.random.default_rng(seed)
+    smooth = ndimage.gaussian_filter(rng.random(shape), 3)
+    image = (smooth > np.quantile(smooth, 0.8)).astype(np.float32)
+    return {"image": image, "target": image.copy(), "mask": np.ones(shape, np.float32)}
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_recipe_geometry_moves_labels_with_the_image(name):
+    spec = _recipe_spec(name, intensity=False, deform=1.0, section_defects=False, local_contrast=False)
+    transforms = training_transforms(spec).set_random_state(0)
+    data = _blobs(spec.patch_size)
+    moved, masked = 0, 0
+    for _ in range(8):
+        out = {k: np.asarray(v) for k, v in transforms(dict(data)).items()}
+        assert all(v.shape == (1, *spec.patch_size) for v in out.values())
+        labelled = out["mask"][0] > 0.5
+        agree = ((out["image"][0] > 0.5) == (out["target"][0] > 0.5))[labelled]
+        assert agree.mean() > 0.98  # bilinear image vs nearest label differ only on blob borders
+        moved += ((out["target"][0] > 0.5) != data["target"]).mean() > 0.05
+        masked += not labelled.all()  # voxels warped in from outside are unlabelled
+    assert moved >= 4 and masked >= 1
+
+
+def test_sstem_warps_stay_within_sections_and_fibsem_warps_do_not():
+    depth = 8
+    for name, mixes in (("membrane", False), ("mitochondria", True)):
+        spec = _recipe_spec(name, intensity=False, deform=1.0, section_defects=False)
+        shape = (depth, *spec.patch_size[1:])
+        planes = np.broadcast_to(np.arange(1, depth + 1, dtype=np.float32)[:, None, None], shape).copy()
+        data = {"image": planes, "target": np.zeros(shape, np.float32), "mask": np.ones(shape, np.float32)}
+        transforms = training_transforms(spec).set_random_state(1)
+        outs = [np.asarray(transforms(dict(data))["image"])[0] for _ in range(6)]
+        within = all(np.allclose(out, np.round(out.mean(axis=(1, 2)))[:, None, None]) for out in outs)
+        assert within != mixes, name
+
+
+def test_recipe_augmentation_is_reproducible_and_includes_the_structure_steps():
+    spec = SPECS["axon"]
+    reference = np.random.default_rng(0).random(4096).astype(np.float32)
+    names = [type(t).__name__ for t in training_transforms(spec, reference, [np.zeros((4, 4, 4))]).transforms]
+    assert {"RandArtifactCutMixd", "RandLocalContrastd", "RandLambdad", "Rand3DElasticd"} <= set(names)
+    assert "RandMisalignmentd" in [type(t).__name__ for t in training_transforms(SPECS["synapse"]).transforms]
+    data = _blobs(spec.patch_size)
+    first, second = (training_transforms(spec, reference).set_random_state(5) for _ in range(2))
+    for _ in range(4):
+        a, b = first(dict(data)), second(dict(data))
+        assert all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in PATCH_KEYS)
+
+
+def test_artifact_cubes_come_from_artifact_voxels_away_from_foreground(tmp_path):
+    import h5py
+
+    raw = np.zeros((32, 32, 32), np.uint16)
+    label = np.ones(raw.shape, np.uint8)  # TRAILMAP: 1 background
+    raw[4:8, 4:8, 4:8], label[4:8, 4:8, 4:8] = 1000, 3  # an artifact far from axons
+    raw[24:28, 24:28, 24:28], label[24:28, 24:28, 24:28] = 1000, 3  # an artifact touching an axon
+    label[20:30, 26, 26] = 2
+    with h5py.File(tmp_path / "cubes.h5", "w") as f:
+        f["raw"], f["labels/sparse"] = raw, label
+    spec = SPECS["axon"]
+    spec = dataclasses.replace(
+        spec, recipe=dataclasses.replace(spec.recipe, train=(DataSource("cubes.h5", "labels/sparse"),))
+    )
+    cubes = load_artifact_cubes(str(tmp_path), spec, size=8)
+    assert cubes and all(c.shape == (8, 8, 8) and c.max() == 1.0 for c in cubes)
+    assert load_artifact_cubes(str(tmp_path), SPECS["mitochondria"]) == []  # no artifact label in its recipe

@@ -161,6 +161,13 @@ def test_train_runs_to_done_and_publishes_a_model_version(server, client):
     assert done["model_version"] is not None and len(done["epochs"]) == 1
     label, params = client.infer("synapse", "trailmap_chunk", {})  # the worker serves the new weights
     assert params["model_version"] == done["model_version"]
+    stats = client.info()["train_stats"]["synapse"]  # what Slicer's training panel shows
+    assert stats["status"] == "DONE" and stats["epoch"] == 1 and "f1" in stats["validation"]
+    assert [h["epoch"] for h in stats["history"]] == [1]
+    curve = requests.get(f"{server.url}/train/synapse/learning_curve.png", timeout=30)
+    assert curve.status_code == 200 and curve.headers["content-type"] == "image/png"
+    assert curve.content.startswith(b"\x89PNG")
+    assert requests.get(f"{server.url}/train/neuron_soma/learning_curve.png", timeout=30).status_code == 404
 
 
 def test_unknown_trainer_404_and_no_workers_503(server, isolated):

@@ -10,6 +10,7 @@ from conftest import shared_file
 from lib.configs.registry import SPECS
 from lib.configs.spec import DataSource
 from lib.networks import load_weights
+from lib.trainers.augmentation import training_transforms
 from lib.trainers.data import PatchSampler, TrainingVolume, load_source
 from lib.trainers.losses import masked_bce_dice
 from lib.trainers.supervised import TrainingStopped, train_segmentation
@@ -36,10 +37,12 @@ def test_loss_ignores_masked_voxels():
 def test_sparse_patches_always_contain_labels():
     spec = SPECS["axon"]
     volume = load_source(str(shared_file("trailmap_cubes_training.h5").parent), spec.recipe.train[0], spec)
-    sampler = PatchSampler([volume], spec.patch_size, foreground_fraction=0.0, seed=1, flip_z=True)
+    sampler = PatchSampler(
+        [volume], spec.patch_size, foreground_fraction=0.0, seed=1, transforms=training_transforms(spec)
+    )
     for _ in range(10):
         image, target, mask = sampler.sample()
-        assert image.shape == spec.patch_size
+        assert image.shape == (1, *spec.patch_size)
         assert mask.any()
 
 
@@ -86,4 +89,4 @@ def test_volume_without_labels_is_refused():
         "x", np.zeros((4, 8, 8), np.float32), np.zeros((4, 8, 8), np.uint8), np.zeros((4, 8, 8), bool)
     )
     with pytest.raises(ValueError, match="no labelled voxels"):
-        PatchSampler([empty], (4, 8, 8), 0.5, 0, flip_z=False)
+        PatchSampler([empty], (4, 8, 8), 0.5, 0, training_transforms(SPECS["membrane"]))

@@ -8,6 +8,7 @@ the work runs in a worker, and handlers only await it, so the event loop stays f
     GET    /train/                    the running run, else the latest (all=true: every run;
                                       check_if_running=true: 200 with the running run, else 404)
     DELETE /train/                    stops the running training inside its worker
+    GET    /train/{model}/learning_curve.png   loss and validation scores of the latest retraining
     POST   /batch/infer/{model}       segments many images in the background (train queue)
     GET    /jobs/                     queue lengths, job ids by state, live workers
     GET    /jobs/workers              live workers
@@ -21,6 +22,7 @@ the work runs in a worker, and handlers only await it, so the event loop stays f
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import pathlib
@@ -39,9 +41,12 @@ from .db.models import TrainingRun, utcnow
 from .errors import Busy, InvalidRequest, NotFound, error_from_status
 from .jobs.client import MONAI_STATUS, describe_worker
 from .jobs.queues import INFER_QUEUE, TRAIN_QUEUE
+from .trainers.report import plot_learning_curve
 
 if TYPE_CHECKING:
     from main import AxonSegApp
+
+    from .configs.task_config import StructureTaskConfig
 
 router = APIRouter()
 _TRAIN_SUBMIT_LOCK = "axonseg:train-submit"
@@ -50,6 +55,12 @@ _FINAL = ("DONE", "ERROR", "STOPPED")
 
 def _app() -> AxonSegApp:
     return app_instance()
+
+
+def _task_config(app: AxonSegApp, model: str) -> StructureTaskConfig:
+    if model not in app.task_configs:
+        raise NotFound(f"unknown model '{model}'; available models: {', '.join(app.task_configs)}")
+    return app.task_configs[model]
 
 
 def _parse_params(params: str | None) -> dict[str, Any]:
@@ -75,8 +86,7 @@ async def infer(
 ):
     app = _app()
     request = _parse_params(params)
-    if model not in app.task_configs:
-        raise NotFound(f"unknown model '{model}'; available models: {', '.join(app.task_configs)}")
+    _task_config(app, model)
     if session_id:
         raise InvalidRequest("sessions are not supported by axonseg; send an image id or a file")
     if output not in (None, "image", "json", "all"):
@@ -280,13 +290,26 @@ async def train_stop():
     return _train_task(run)
 
 
+@router.get("/train/{model}/learning_curve.png", summary="Learning curve of the model's latest retraining (PNG)")
+async def learning_curve(model: str):
+    stats = await run_in_threadpool(lambda: _task_config(_app(), model).trainer().stats())
+    if not stats.get("history"):
+        raise NotFound(f"'{model}' has not been retrained here yet; POST /train/{model} starts a run")
+
+    def draw() -> bytes:
+        png = io.BytesIO()
+        plot_learning_curve(png, stats["history"], f"{model}: retraining on submitted labels ({stats['status']})")
+        return png.getvalue()
+
+    return Response(await run_in_threadpool(draw), media_type="image/png")
+
+
 # --- batch inference -----------------------------------------------------------------------------
 @router.post("/batch/infer/{model}", summary="Segment many datastore images in the background")
 async def batch_infer(model: str, params: dict | None = None):
     app = _app()
     params = dict(params or {})
-    if model not in app.task_configs:
-        raise NotFound(f"unknown model '{model}'; available models: {', '.join(app.task_configs)}")
+    _task_config(app, model)
     images = params.pop("images", None) or app.datastore().get_unlabeled_images()
     known = set(app.datastore().list_images())
     for image in images:

@@ -1,6 +1,6 @@
 """Axons in light-sheet / expansion microscopy (TRAILMAP-style sparse annotation)."""
 
-from .spec import DataSource, Recipe, StructureSpec
+from .spec import Augmentation, DataSource, Recipe, StructureSpec
 from .task_config import StructureTaskConfig
 
 _CUBES = "trailmap_cubes_training.h5"
@@ -34,11 +34,18 @@ SPEC = StructureSpec(
     recipe=Recipe(
         train=tuple(_cube(i) for i in range(8)),
         val=(_cube(8), _cube(9)),
-        epochs=20,
+        epochs=24,
         iterations_per_epoch=25,
         batch_size=2,
         learning_rate=3e-3,
         foreground_fraction=0.5,
+        # D-LMBmap's three: match histograms to the unlabelled whole-brain chunk, paste artifact
+        # cubes (label 3) as background, CLAHE.
+        augmentation=Augmentation(
+            histogram_reference="trailmap_example_chunk_unlabeled.h5",
+            artifact_label=3,
+            local_contrast=True,
+        ),
     ),
 )
 

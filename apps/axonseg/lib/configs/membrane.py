@@ -1,6 +1,6 @@
 """Neuromuscular-junction and neuron membranes in anisotropic ssTEM (Drosophila VNC + ISBI 2012)."""
 
-from .spec import DataSource, Recipe, StructureSpec
+from .spec import Augmentation, DataSource, Recipe, StructureSpec
 from .task_config import StructureTaskConfig
 
 _VNC = "drosophila_vnc_stack1_xlt512.h5"
@@ -41,11 +41,13 @@ SPEC = StructureSpec(
                 region=((None, None), (384, 512), (None, None)),
             ),
         ),
-        epochs=16,
+        epochs=20,
         iterations_per_epoch=30,
         batch_size=2,
         learning_rate=3e-3,
         foreground_fraction=0.3,
+        # ssTEM: in-plane warps only, plus missing and misaligned sections.
+        augmentation=Augmentation(section_defects=True),
     ),
 )
 

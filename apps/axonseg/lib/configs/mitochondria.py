@@ -1,6 +1,6 @@
 """Mitochondria in isotropic FIB-SEM (Lucchi++)."""
 
-from .spec import DataSource, Recipe, StructureSpec
+from .spec import Augmentation, DataSource, Recipe, StructureSpec
 from .task_config import StructureTaskConfig
 
 _LUCCHI = "lucchi_pp_train.h5"
@@ -22,11 +22,15 @@ SPEC = StructureSpec(
         # Hold out the last 32 z-slices as validation slab.
         train=(DataSource(_LUCCHI, "labels/mito", region=((0, 133), (None, None), (None, None))),),
         val=(DataSource(_LUCCHI, "labels/mito", region=((133, 165), (None, None), (None, None))),),
-        epochs=16,
+        epochs=50,
         iterations_per_epoch=30,
         batch_size=2,
         learning_rate=3e-3,
-        foreground_fraction=0.5,
+        # Lucchi++ is 7 % mitochondria: half foreground-centred patches taught the first weights to
+        # over-segment (precision 0.49, recall 0.88), so sample closer to the true share.
+        foreground_fraction=0.3,
+        val_every=5,
+        augmentation=Augmentation(),  # isotropic FIB-SEM: 3D elastic, all flips, intensity
     ),
 )
 

@@ -25,6 +25,25 @@ class DataSource:
 
 
 @dataclass(frozen=True)
+class Augmentation:
+    """Which training augmentations a recipe uses; ``lib.trainers.augmentation`` builds them.
+
+    Flips and in-plane 90° rotations always apply (z flips only for isotropic data). Spatial
+    deformation follows the data's anisotropy: 3D elastic for isotropic volumes, an in-plane
+    affine (rotation, scale) for ssTEM, whose 50 nm sections must not be mixed.
+    """
+
+    intensity: bool = True  # gamma, contrast, brightness, Gaussian noise
+    deform: float = 0.2  # probability of an elastic (isotropic) / in-plane affine (anisotropic) warp
+    section_defects: bool = False  # EM: missing sections and misaligned section stacks
+    # D-LMBmap (light-sheet): histogram matching to a reference volume, cutmix with artifact cubes
+    # (voxels of raw label ``artifact_label``), CLAHE local contrast.
+    histogram_reference: str | None = None  # an HDF5 file in the data folder (its ``raw`` volume)
+    artifact_label: int | None = None
+    local_contrast: bool = False
+
+
+@dataclass(frozen=True)
 class Recipe:
     """How the shipped weights were trained; ``train``/``val`` are relative to the data folder."""
 
@@ -32,11 +51,13 @@ class Recipe:
     val: tuple[DataSource, ...]
     epochs: int = 20
     iterations_per_epoch: int = 40
+    val_every: int = 4  # epochs between validations (the best validated epoch is kept)
     batch_size: int = 2
     learning_rate: float = 2e-3
     foreground_fraction: float = 0.5  # share of patches centred on a foreground voxel
     loss: str = "bce_dice"  # a name in lib.trainers.losses.LOSSES
     pos_weight: float = 1.0  # > 1 weights foreground errors up (rare structures)
+    augmentation: Augmentation = Augmentation()
     seed: int = 0
 
 
@@ -79,6 +100,11 @@ class StructureSpec:
     postprocessing: str = "threshold"
     postprocessing_options: dict[str, Any] = field(default_factory=dict)
     structure_metrics: tuple[str, ...] = ()
+
+    @property
+    def anisotropic(self) -> bool:
+        """ssTEM-like data: the first level convolves in-plane only because z is much coarser."""
+        return self.kernels[0][0] == 1
 
     @property
     def labels(self) -> dict[str, int]:

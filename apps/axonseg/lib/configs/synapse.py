@@ -1,6 +1,6 @@
 """Synapses in anisotropic ssTEM (Drosophila VNC)."""
 
-from .spec import DataSource, Recipe, StructureSpec
+from .spec import Augmentation, DataSource, Recipe, StructureSpec
 from .task_config import StructureTaskConfig
 
 _VNC = "drosophila_vnc_stack1_xlt512.h5"
@@ -22,11 +22,13 @@ SPEC = StructureSpec(
         # Hold out the slab y >= 768 (a quarter of the stack, full depth).
         train=(DataSource(_VNC, "labels/synapse", region=((None, None), (0, 768), (None, None))),),
         val=(DataSource(_VNC, "labels/synapse", region=((None, None), (768, 1024), (None, None))),),
-        epochs=16,
+        epochs=24,
         iterations_per_epoch=30,
         batch_size=2,
         learning_rate=3e-3,
         foreground_fraction=0.7,
+        # ssTEM: in-plane warps only, plus missing and misaligned sections.
+        augmentation=Augmentation(section_defects=True),
     ),
 )
 

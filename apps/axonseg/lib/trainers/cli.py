@@ -18,6 +18,7 @@ import torch
 from ..configs.registry import SPECS
 from ..machine import describe_machine
 from ..networks import load_weights
+from .augmentation import load_artifact_cubes, load_histogram_reference, training_transforms
 from .data import load_source
 from .report import plot_learning_curve, write_history, write_model_card
 from .supervised import train_segmentation
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", default=os.path.join("apps", "axonseg", "model"))
     parser.add_argument("--epochs", type=int, help="override the recipe")
     parser.add_argument("--iterations", type=int, help="iterations per epoch; overrides the recipe")
-    parser.add_argument("--val-every", type=int, default=2)
+    parser.add_argument("--val-every", type=int, help="epochs between validations; overrides the recipe")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
@@ -47,11 +48,15 @@ def main(argv: list[str] | None = None) -> None:
     history_path = os.path.join(args.model_dir, f"{spec.name}.history.json")
     card = os.path.join(args.model_dir, f"{spec.name}.md")
 
+    artifacts = load_artifact_cubes(args.data_dir, spec)
+    transforms = training_transforms(spec, load_histogram_reference(args.data_dir, spec), artifacts)
+    augmentation = [type(t).__name__ for t in transforms.transforms if type(t).__name__ != "EnsureChannelFirstd"]
+
     def write_reports(history: list[dict], command: str, machine: str) -> None:
         write_history(history_path, history)
         plot = os.path.join(args.model_dir, f"{spec.name}.learning_curve.png")
         plot_learning_curve(plot, history, f"{spec.name}: training on {args.device}")
-        write_model_card(card, spec, args.data_dir, history, command, weights, iterations, machine)
+        write_model_card(card, spec, args.data_dir, history, command, weights, iterations, machine, augmentation)
 
     if args.card_only:
         _, meta = load_weights(weights)
@@ -61,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     train = [load_source(args.data_dir, s, spec) for s in recipe.train]
     val = [load_source(args.data_dir, s, spec) for s in recipe.val]
     print(
-        f"{spec.name}: {len(train)} training volumes, {len(val)} validation volumes",
+        f"{spec.name}: {len(train)} training volumes, {len(val)} validation volumes, "
+        f"{len(artifacts)} artifact cubes; augmentation: {', '.join(augmentation)}",
         flush=True,
     )
 
@@ -91,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         learning_rate=recipe.learning_rate,
         foreground_fraction=recipe.foreground_fraction,
         seed=recipe.seed,
-        val_every=args.val_every,
+        val_every=args.val_every or recipe.val_every,
+        transforms=transforms,
         device=args.device,
         meta={"name": spec.name, "recipe": "reference", "command": command, "machine": machine},
         on_epoch=on_epoch,

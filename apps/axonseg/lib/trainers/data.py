@@ -1,7 +1,8 @@
 """Training volumes and random patch sampling.
 
 A :class:`TrainingVolume` holds a normalised image, a binary target and a loss mask. Patches are
-drawn either uniformly or centred on a foreground voxel, then flipped / rotated in-plane.
+drawn either uniformly or centred on a foreground voxel, then augmented by the recipe's transforms
+(``lib.trainers.augmentation``).
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from monai.transforms import Compose
+from monai.utils import convert_to_numpy
 
 from ..configs.spec import DataSource, StructureSpec
+from ..transforms.augment import PATCH_KEYS
 from ..transforms.intensity import normalize_percentiles
 from ..transforms.io import read_volume
 from ..transforms.labels import map_labels
@@ -33,14 +37,19 @@ def _crop(array: np.ndarray, region) -> np.ndarray:
     return array[tuple(slice(a, b) for a, b in region)]
 
 
-def load_source(data_dir: str, source: DataSource, spec: StructureSpec) -> TrainingVolume:
-    """Load a recipe :class:`DataSource` (HDF5 raw + label datasets, cropped to its region)."""
+def read_source(data_dir: str, source: DataSource, spec: StructureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """A recipe :class:`DataSource`'s normalised image and raw label values, cropped to its region."""
     path = os.path.join(data_dir, source.file)
     raw = read_volume(path, source.raw).array
     label = read_volume(path, source.label).array
     # Normalise on the whole volume, as inference does, then crop.
-    image = _crop(normalize_percentiles(raw, spec.percentiles), source.region)
-    target, mask = map_labels(_crop(label, source.region), spec.label_map)
+    return _crop(normalize_percentiles(raw, spec.percentiles), source.region), _crop(label, source.region)
+
+
+def load_source(data_dir: str, source: DataSource, spec: StructureSpec) -> TrainingVolume:
+    """Load a recipe :class:`DataSource` (HDF5 raw + label datasets, cropped to its region)."""
+    image, label = read_source(data_dir, source, spec)
+    target, mask = map_labels(label, spec.label_map)
     return TrainingVolume(f"{source.file}:{source.label}{list(source.region)}", image, target, mask)
 
 
@@ -62,7 +71,7 @@ def load_pair(image_path: str, label_path: str, spec: StructureSpec) -> Training
 
 
 class PatchSampler:
-    """Random training patches of a fixed size from a list of volumes."""
+    """Random training patches of a fixed size from a list of volumes, augmented by ``transforms``."""
 
     def __init__(
         self,
@@ -70,7 +79,7 @@ class PatchSampler:
         patch_size,
         foreground_fraction: float,
         seed: int,
-        flip_z: bool,
+        transforms: Compose,
     ):
         self.volumes = [v for v in volumes if v.labelled_voxels > 0]
         if not self.volumes:
@@ -78,7 +87,7 @@ class PatchSampler:
         self.patch_size = tuple(int(p) for p in patch_size)
         self.foreground_fraction = foreground_fraction
         self.rng = np.random.default_rng(seed)
-        self.flip_z = flip_z
+        self.transforms = transforms.set_random_state(seed)
         # Flat indices of labelled foreground voxels per volume, for foreground-centred sampling;
         # labelled voxels are listed only for sparse masks (dense ones sample uniformly).
         self._foreground = [np.flatnonzero((v.target > 0) & v.mask) for v in self.volumes]
@@ -90,7 +99,7 @@ class PatchSampler:
         return tuple(int(np.clip(c - p // 2, 0, max(s - p, 0))) for c, p, s in zip(centre, self.patch_size, shape))
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One ``(image, target, mask)`` patch, each shaped like ``patch_size`` (zero-padded)."""
+        """One augmented ``(image, target, mask)`` patch, each ``(1, *patch_size)`` (zero-padded)."""
         i = int(self.rng.choice(len(self.volumes), p=self._volume_p))
         volume = self.volumes[i]
         use_fg = len(self._foreground[i]) and self.rng.random() < self.foreground_fraction
@@ -106,18 +115,11 @@ class PatchSampler:
         pad = [(0, p - s) for p, s in zip(self.patch_size, arrays[0].shape)]
         if any(after for _, after in pad):
             arrays = [np.pad(a, pad) for a in arrays]  # padded voxels are masked out (mask pads with 0)
-        return self._augment(*arrays)
-
-    def _augment(self, image, target, mask):
-        axes = [1, 2] + ([0] if self.flip_z else [])
-        for axis in axes:
-            if self.rng.random() < 0.5:
-                image, target, mask = (np.flip(a, axis) for a in (image, target, mask))
-        if self.patch_size[1] == self.patch_size[2]:
-            k = int(self.rng.integers(4))
-            image, target, mask = (np.rot90(a, k, axes=(1, 2)) for a in (image, target, mask))
-        return tuple(np.ascontiguousarray(a) for a in (image, target, mask))
+        image, target, mask = (a.astype(np.float32) for a in arrays)  # warps resample every key
+        out = self.transforms({"image": image, "target": target, "mask": mask})
+        image, target, mask = (convert_to_numpy(out[k]) for k in PATCH_KEYS)
+        return np.ascontiguousarray(image, dtype=np.float32), (target > 0.5).astype(np.uint8), mask > 0.5
 
     def batch(self, size: int):
         patches = [self.sample() for _ in range(size)]
-        return tuple(np.stack([p[j] for p in patches])[:, None] for j in range(3))
+        return tuple(np.stack([p[j] for p in patches]) for j in range(3))

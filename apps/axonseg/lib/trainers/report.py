@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import IO
 
 import h5py
 
@@ -15,22 +16,23 @@ def write_history(path: str, history: list[dict]) -> None:
         json.dump(history, f, indent=1)
 
 
-def plot_learning_curve(path: str, history: list[dict], title: str) -> None:
-    """Loss per epoch and validation F1 / foreground IoU where measured."""
-    import matplotlib
+def plot_learning_curve(out: str | IO[bytes], history: list[dict], title: str) -> None:
+    """Loss per epoch and validation F1 / foreground IoU where measured, as a PNG file or stream.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Uses a bare ``Figure`` (no pyplot state), so the API can draw one per request from any thread.
+    """
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    ax = fig.add_subplot()
     ax.plot(
         epochs,
         [h["loss"] for h in history],
         "o-",
         color="tab:blue",
-        label="train loss (BCE+Dice)",
+        label="train loss",
     )
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -58,8 +60,10 @@ def plot_learning_curve(path: str, history: list[dict], title: str) -> None:
         ax2.legend(loc="center right", fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    fig.savefig(out, format="png")
+
+
+_LOSS_NAMES = {"bce_dice": "BCE + soft Dice", "focal_dice": "focal + soft Dice"}
 
 
 def _licences(data_dir: str, files: set[str]) -> list[tuple[str, str, str]]:
@@ -85,6 +89,7 @@ def write_model_card(
     weights_path: str,
     iterations_per_epoch: int,
     machine: str,
+    augmentation: list[str],
 ) -> None:
     """Markdown card: data and licences, recipe, held-out metrics, machine, reproduce command."""
     recipe = spec.recipe
@@ -132,18 +137,24 @@ Label mapping (raw value → target; values not listed are ignored by the loss):
 - Network: MONAI `DynUNet`, residual blocks, instance norm; kernels `{[list(k) for k in spec.kernels]}`,
   strides `{[list(s) for s in spec.strides]}`, filters `{list(spec.filters)}`.
 - Input: percentile normalisation ({spec.percentiles[0]}–{spec.percentiles[1]} % → 0–1) on the whole volume.
-- Patches {list(spec.patch_size)} (z, y, x), {int(recipe.foreground_fraction * 100)} % centred on foreground;
-  random flips and in-plane 90° rotations.
-- Loss: BCE + soft Dice over labelled voxels. AdamW, lr {recipe.learning_rate}, cosine schedule,
-  {len(history)} epochs × {iterations_per_epoch} iterations × batch {recipe.batch_size}, seed {recipe.seed}.
+- Patches {list(spec.patch_size)} (z, y, x), {int(recipe.foreground_fraction * 100)} % centred on foreground.
+- Augmentation, in order (`lib/trainers/augmentation.py`; {
+        "anisotropic: in-plane warps only" if spec.anisotropic else "isotropic: 3D warps, z flips"
+    }):
+  {", ".join(f"`{name}`" for name in augmentation)}.
+- Loss: {_LOSS_NAMES[recipe.loss]} over labelled voxels{
+        f", foreground weight {recipe.pos_weight}" if recipe.pos_weight != 1 else ""
+    }.
+  AdamW, lr {recipe.learning_rate}, cosine schedule, {len(history)} epochs × {iterations_per_epoch} iterations
+  × batch {recipe.batch_size}, seed {recipe.seed}; validated every {recipe.val_every} epochs, best epoch kept.
 - Inference: Gaussian-weighted sliding window, overlap {spec.overlap}.
 
 ## Validation metrics (held-out regions above, post-processed prediction)
 {metrics}
 
-Measured on the held-out regions after a short first training run on {machine}
-({total / 60:.0f} min in all); quality tuning is tracked separately. Learning curve:
-`{os.path.basename(weights_path).replace(".pt", ".learning_curve.png")}`.
+Trained and measured on {machine} ({total / 60:.0f} min in all). Learning curve:
+`{os.path.basename(weights_path).replace(".pt", ".learning_curve.png")}`. Test-time augmentation,
+structure metrics (instances, detection, skeleton) and seconds per Mvox: `benchmarks/quality.md`.
 
 ## Reproduce
 ```

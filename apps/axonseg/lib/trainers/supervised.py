@@ -13,12 +13,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from monai.transforms import Compose
 
 from ..configs.spec import StructureSpec
 from ..infers.postprocessing import postprocess
 from ..infers.predict import sliding_window_probabilities
 from ..metrics import voxel_scores
 from ..networks import build_network, load_weights, save_weights
+from .augmentation import training_transforms
 from .data import PatchSampler, TrainingVolume
 from .losses import LOSSES
 
@@ -66,6 +68,7 @@ def train_segmentation(
     seed: int = 0,
     val_every: int = 1,
     init_weights: str | None = None,
+    transforms: Compose | None = None,
     device: str = "cpu",
     meta: dict | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
@@ -75,6 +78,7 @@ def train_segmentation(
 
     Args:
         init_weights: start from this weights file (fine-tuning) instead of random weights.
+        transforms: patch augmentations; default the recipe's, without the ones that need reference data.
         on_epoch: called after every epoch with its :class:`EpochStats` (progress reporting).
         should_stop: polled every iteration; True raises :class:`TrainingStopped` and keeps the
             best weights written so far.
@@ -87,8 +91,8 @@ def train_segmentation(
         network, _ = load_weights(init_weights, device)
     else:
         network = build_network(**spec.network_args()).to(device)
-    anisotropic = spec.kernels[0][0] == 1
-    sampler = PatchSampler(train, spec.patch_size, foreground_fraction, seed, flip_z=not anisotropic)
+    transforms = transforms if transforms is not None else training_transforms(spec)
+    sampler = PatchSampler(train, spec.patch_size, foreground_fraction, seed, transforms)
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * iterations_per_epoch)
     best_metric, best_epoch, started = -1.0, 0, time.time()

@@ -20,13 +20,16 @@ from .data import load_pair
 from .supervised import EpochStats, train_segmentation
 
 logger = logging.getLogger(__name__)
+_CURVE_FIELDS = ("epoch", "loss", "validation", "total_time")
 
 
 class SegmentationTrainer(TrainTask):
     """Fine-tunes the served weights on the datastore's final labels, then publishes them.
 
     Progress is written to ``stats_path`` after every epoch, which ``/info/`` shows as
-    ``train_stats`` (the fields 3D Slicer reads: epoch, total_epochs, total_time, best_metric).
+    ``train_stats``: the fields 3D Slicer reads (epoch, total_epochs, total_time, best_metric), the
+    epoch's loss and validation scores, and ``history`` (every epoch so far), which
+    ``/train/{model}/learning_curve.png`` draws.
     """
 
     def __init__(self, spec: StructureSpec, weights: ModelWeights, stats_path: str):
@@ -84,15 +87,18 @@ class SegmentationTrainer(TrainTask):
         if os.path.exists(candidate):  # left by a run that was stopped: never published, safe to drop
             os.remove(candidate)
         started = time.time()
+        history: list[dict[str, Any]] = []  # every epoch so far: the learning curve
 
         def report(stats: EpochStats) -> None:
             logger.info(f"{self.spec.name} epoch {stats.epoch}/{stats.total_epochs} loss {stats.loss:.4f}")
+            history.append({k: v for k, v in stats.to_dict().items() if k in _CURVE_FIELDS})
             self._write_stats(
                 {
                     **stats.to_dict(),
                     "name": self.spec.name,
                     "start_ts": started,
                     "status": "RUNNING",
+                    "history": history,
                 }
             )
             if on_epoch:
@@ -125,6 +131,7 @@ class SegmentationTrainer(TrainTask):
             "start_ts": started,
             "status": "DONE",
             "images": len(items),
+            "history": history,
         }
         self._write_stats(result)
         return result

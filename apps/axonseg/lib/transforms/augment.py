@@ -10,7 +10,7 @@ MONAI lacks:
   :class:`RandArtifactCutMix` (paste an artifact cube, e.g. TRAILMAP label 3, as labelled background),
   :class:`RandLocalContrast` (CLAHE).
 
-Not yet part of the shipped recipes (issue 4 retraining).
+``lib.trainers.augmentation`` composes them with MONAI's into each structure's recipe.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 from monai.transforms import MapTransform, RandomizableTransform, Transform
+from monai.utils import convert_to_dst_type, convert_to_numpy
 
 PATCH_KEYS = ("image", "target", "mask")
 
@@ -123,7 +124,10 @@ class HistogramMatch(Transform):
     def __call__(self, image: np.ndarray) -> np.ndarray:
         from skimage.exposure import match_histograms
 
-        return match_histograms(image, self.reference).astype(image.dtype)
+        # Flat: a histogram has no shape, and the reference may be a voxel sample of any size.
+        array = convert_to_numpy(image)
+        matched = match_histograms(array.ravel(), self.reference.ravel()).reshape(array.shape)
+        return convert_to_dst_type(matched, image)[0]  # numpy or tensor, as given (RandLambdad gives tensors)
 
 
 class HistogramMatchd(MapTransform):
