@@ -106,7 +106,13 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "server.log"
         self.redis_url = redis_url
-        self.conf = {"max_upload_mb": str(MAX_UPLOAD_MB), **(conf or {})}
+        # Automatic retraining and scoring off unless a test turns them on: they keep the train worker busy.
+        self.conf = {
+            "max_upload_mb": str(MAX_UPLOAD_MB),
+            "retrain_after_labels": "0",
+            "auto_scoring": "false",
+            **(conf or {}),
+        }
         self.env = {
             **os.environ,
             "MONAILABEL_PYEXE": sys.executable,
@@ -238,3 +244,44 @@ def client(server):
     MONAILabelClient, _ = slicer_client_class()
     (server.workdir / "client").mkdir(exist_ok=True)
     return MONAILabelClient(server.url, tmpdir=str(server.workdir / "client"), client_id="pytest-annotator")
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def isolated(tmp_path):
+    """A server and workers of their own (Redis db of their own, SQLite in their workdir) for scenarios
+    that break things."""
+    servers: list[Server] = []
+    with claimed_redis_db() as redis_url:
+
+        def make(**kwargs) -> Server:
+            kwargs.setdefault("redis_url", redis_url)
+            srv = Server(tmp_path / f"srv{len(servers)}", **kwargs)
+            servers.append(srv)
+            srv.start()
+            return srv
+
+        yield make
+        for srv in servers:
+            srv.stop()
+
+
+def wait_for_job(url: str, job_id: str, timeout: float = 300) -> dict:
+    """Poll ``GET /jobs/{id}`` until the job has ended; returns its last description."""
+    return wait_for(
+        lambda: (
+            (j := requests.get(f"{url}/jobs/{job_id}", timeout=10).json())["status"] in ("DONE", "ERROR", "STOPPED")
+            and j
+        ),
+        timeout,
+        f"job {job_id}",
+    )

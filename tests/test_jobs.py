@@ -15,21 +15,10 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pytest
 import requests
-from conftest import SAMPLE_DATA, Server, _free_port, claimed_redis_db, slicer_client_class
+from conftest import SAMPLE_DATA, Server, _free_port, slicer_client_class, wait_for, wait_for_job
 
 from lib.transforms.io import Volume, read_volume, write_volume
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def train_status(server: Server) -> dict:
@@ -49,25 +38,6 @@ def save_prediction_as_label(server: Server, client) -> str:
     label, _ = client.infer("axon", image, {})
     client.save_label(image, label, "final", {"client_id": "pytest"})
     return image
-
-
-@pytest.fixture
-def isolated(tmp_path):
-    """A server and workers of their own (Redis db of their own, SQLite in their workdir) for scenarios
-    that break things."""
-    servers: list[Server] = []
-    with claimed_redis_db() as redis_url:
-
-        def make(**kwargs) -> Server:
-            kwargs.setdefault("redis_url", redis_url)
-            srv = Server(tmp_path / f"srv{len(servers)}", **kwargs)
-            servers.append(srv)
-            srv.start()
-            return srv
-
-        yield make
-        for srv in servers:
-            srv.stop()
 
 
 def test_info_stays_fast_while_inferences_run(server, client):
@@ -153,7 +123,8 @@ def test_train_enqueue_run_and_cancel_with_429_when_busy(server, client):
 
 def test_train_runs_to_done_and_publishes_a_model_version(server, client):
     save_prediction_as_label(server, client)
-    task = client.train_start("synapse", {"max_epochs": 1, "iterations_per_epoch": 2, "batch_size": 1})
+    params = {"max_epochs": 1, "iterations_per_epoch": 2, "batch_size": 1, "publish": "always"}
+    task = client.train_start("synapse", params)
     done = wait_for(
         lambda: (s := train_status(server))["id"] == task["id"] and s["status"] in ("DONE", "ERROR") and s, 300, "done"
     )
@@ -361,14 +332,7 @@ def test_batch_infer_runs_on_the_train_queue_and_stores_versioned_labels(server,
     image = own_copy(client, "batch")
     job = requests.post(f"{server.url}/batch/infer/axon", json={"images": [image]}, timeout=30).json()
     assert job["queue"] == "train" and job["kind"] == "batch_infer"
-    done = wait_for(
-        lambda: (
-            (j := requests.get(f"{server.url}/jobs/{job['id']}", timeout=10).json())["status"] in ("DONE", "ERROR")
-            and j
-        ),
-        300,
-        "batch inference",
-    )
+    done = wait_for_job(server.url, job["id"])
     assert done["status"] == "DONE", done
     assert "original" in client.datastore()["objects"][image]["labels"]
     versions = requests.get(f"{server.url}/labels/{image}/versions?tag=original", timeout=10).json()

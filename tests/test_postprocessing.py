@@ -28,6 +28,17 @@ def test_hysteresis_keeps_only_components_with_a_seed():
         hysteresis(p, high=0.2, low=0.5)
 
 
+def test_skeleton_output_is_the_centre_line_of_a_tube():
+    p = np.zeros((9, 9, 40), np.float32)
+    p[2:7, 2:7, 3:37] = 0.99  # a 5x5 tube along x
+    line = threshold(p, 0.5, skeleton=True)
+    assert line.dtype == np.uint8 and 0 < line.sum() <= 40  # one voxel thick
+    zs, ys, xs = np.nonzero(line)
+    assert set(zs) == {4} and set(ys) == {4} and xs.max() - xs.min() >= 25  # on the axis, most of its length
+    assert hysteresis(p, min_size=1, skeleton=True).sum() == line.sum()
+    assert postprocess(p, SPECS["axon"], skeleton="true").sum() == line.sum()  # an infer option
+
+
 def test_watershed_splits_touching_objects():
     zz, yy, xx = np.mgrid[:16, :16, :32]
     balls = ((zz - 8) ** 2 + (yy - 8) ** 2 + (xx - 9) ** 2 <= 36) | (

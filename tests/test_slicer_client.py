@@ -99,7 +99,7 @@ def test_save_label_then_train_then_stop(client, server, tmp_path):
     assert client.info()["datastore"]["completed"] == completed + 1
     assert client.next_sample("first", {})["id"] != "gala_fibsem"  # labelled images are not handed out
 
-    client.train_start("membrane", {"max_epochs": 2, "iterations_per_epoch": 2, "batch_size": 1})
+    client.train_start("membrane", {"max_epochs": 2, "iterations_per_epoch": 2, "batch_size": 1, "publish": "always"})
     status = _wait_for_train(client, ("DONE", "ERROR"), timeout=600)
     assert status["status"] == "DONE", status
     train_stats = client.info()["train_stats"]

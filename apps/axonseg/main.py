@@ -15,6 +15,13 @@ Conf keys (``--conf key value``):
     max_upload_mb    largest accepted request body (default 2048)
     infer_timeout_s  /infer answers 504 after this long (default 300)
     lease_s          how long next-sample keeps an image for one annotator (default 1800)
+    active_learning_model   the model the score-ranked strategies use unless a request names one,
+                     and the one retrained on new labels (default: the first model, axon)
+    retrain_after_labels    queue a fine-tuning run after this many new final labels (default 3;
+                     0 turns it off)
+    auto_scoring     queue scoring jobs at start-up for images without a fresh score (default true)
+    block_size       split volumes larger than this into ROI blocks served as images of their own,
+                     "z,y,x" voxels (default 64,256,256; 0 turns it off)
 """
 
 from __future__ import annotations
@@ -28,11 +35,18 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 from lib.activelearning.leases import WithoutLeased
+from lib.activelearning.retrain import RetrainTrigger
+from lib.activelearning.scores import Scores
+from lib.activelearning.scoring import SCORING_METHODS
+from lib.activelearning.strategies import QueuedScoring, ScoreRanked
 from lib.configs.registry import init_task_configs
+from lib.configs.task_config import StructureTaskConfig
 from lib.datastore import MicroscopyDatastore
 from lib.db.engine import database_url, upgrade
 from lib.db.store import Database
+from lib.errors import NotFound
 from lib.jobs.client import JobClient
+from lib.jobs.training import TrainingRuns
 from lib.routes import replace_routes
 from lib.server import install_http_guards
 
@@ -65,6 +79,12 @@ class AxonSegApp(MONAILabelApp):
         self.db = Database(url)
         self.jobs = JobClient(redis_url)
         self.task_configs = init_task_configs(conf["workdir"], self.model_dir)
+        self.active_learning_model = conf.get("active_learning_model", next(iter(self.task_configs)))
+        self.training = TrainingRuns(self.db, self.jobs, list(self.task_configs))
+        self.retrain = RetrainTrigger(
+            self.db, self.training, int(conf.get("retrain_after_labels", 3)), self.active_learning_model
+        )
+        self.scores = Scores(self.db, self.jobs, lambda: self.datastore(), list(self.task_configs))
         for name, config in self.task_configs.items():
             # The weights served now are the active version (a retrained file wins over the shipped one).
             path = config.weights.path()
@@ -80,6 +100,11 @@ class AxonSegApp(MONAILabelApp):
             version=__version__,
         )
 
+    def task_config(self, model: str) -> StructureTaskConfig:
+        if model not in self.task_configs:
+            raise NotFound(f"unknown model '{model}'; available models: {', '.join(self.task_configs)}")
+        return self.task_configs[model]
+
     def init_datastore(self) -> MicroscopyDatastore:
         datastore = MicroscopyDatastore(
             self.studies,
@@ -87,6 +112,8 @@ class AxonSegApp(MONAILabelApp):
             dataset=self.conf.get("dataset"),
             db=self.db,
             versions_path=os.path.join(self.conf["workdir"], "label_versions"),
+            on_final_label=self.retrain.label_saved,
+            block_size=_block_size(self.conf.get("block_size", "64,256,256")),
         )
         datastore.record_all_images()
         return datastore
@@ -98,7 +125,24 @@ class AxonSegApp(MONAILabelApp):
         return {name: config.trainer() for name, config in self.task_configs.items()}
 
     def init_strategies(self):
-        return {"random": Random(), "first": First()}
+        ranked = {m: ScoreRanked(m, self.scores, self.active_learning_model) for m in ("epistemic", "tta")}
+        return {"random": Random(), "first": First(), **ranked}
+
+    def init_scoring_methods(self):
+        descriptions = {
+            "epistemic": "Monte-Carlo dropout: mean predictive entropy of unlabelled images",
+            "tta": "Disagreement between test-time-augmented predictions of unlabelled images",
+            "dice": "1 - Dice of the model's original prediction and the annotator's final label",
+        }
+        return {m: QueuedScoring(m, descriptions[m], self.scores, self.active_learning_model) for m in SCORING_METHODS}
+
+    def async_scoring(self, method, params=None):
+        """MONAI Label calls this at start-up: queue jobs for the images lacking a fresh score of the
+        active-learning model (the stock version starts a second app in a subprocess per method)."""
+        if method is None and self.conf.get("auto_scoring", "true").lower() in ("false", "0", "no"):
+            return {}
+        methods = [method] if method else list(SCORING_METHODS)
+        return {m: self.scores.submit(self.active_learning_model, m) for m in methods}
 
     def info(self):
         """Most recently started training first: Slicer's progress bar shows only the first entry."""
@@ -124,6 +168,9 @@ class AxonSegApp(MONAILabelApp):
             if self.db.acquire_lease(result["id"], client_id, self.lease_s):
                 result["path"] = self.datastore().get_image_uri(result["id"])
                 result["lease_s"] = self.lease_s
+                block = self.datastore().block_of(result["id"])
+                if block is not None:  # where the block lies in its volume
+                    result.update(parent=block.parent, offset=list(block.offset))
                 return result
             hidden.add(result["id"])  # claimed by someone else a moment ago
         return {}
@@ -135,3 +182,15 @@ class AxonSegApp(MONAILabelApp):
 
             install_http_guards(fastapi_app, self.max_upload_bytes)
             replace_routes(fastapi_app)
+
+
+def _block_size(text: str) -> tuple[int, int, int] | None:
+    if text.strip() in ("", "0"):
+        return None
+    try:
+        size = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(f"--conf block_size must be 'z,y,x' voxels (e.g. 64,256,256) or 0, not {text!r}")
+    return size  # type: ignore[return-value]

@@ -14,17 +14,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
+import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from monailabel.interfaces.datastore import DefaultLabelTag
 
+from .activelearning.blocks import Block, crop, grid, needs_blocks, paste
 from .db.store import Database, file_checksum
 from .errors import InvalidRequest, NotFound, VolumeError
 from .transforms.io import (
@@ -66,6 +71,11 @@ class MicroscopyDatastore(LocalDatastore):
         dataset: default dataset path inside HDF5/Zarr/N5 uploads (found automatically if None).
         db: where images and label versions are recorded (None: no history, as in stock MONAI Label).
         versions_path: folder for every saved label version (required with ``db``).
+        on_final_label: called with ``(image_id, label_info)`` after a final label is stored (the
+            app's retrain trigger); its errors are logged, never lose the label.
+        block_size: split volumes larger than this (z, y, x voxels) into ROI blocks that are images of
+            their own (``lib.activelearning.blocks``); the parent is then neither handed out nor trained
+            on, and its final label is assembled from its blocks' labels (unlabelled blocks read 0).
     """
 
     def __init__(
@@ -75,18 +85,32 @@ class MicroscopyDatastore(LocalDatastore):
         dataset: str | None = None,
         db: Database | None = None,
         versions_path: str | None = None,
+        on_final_label: Callable[[str, dict[str, Any]], Any] | None = None,
+        block_size: tuple[int, int, int] | None = None,
     ):
+        self._block_size = tuple(int(b) for b in block_size) if block_size else None
         self._views_path = views_path
+        self._on_final_label = on_final_label
         self._dataset = dataset
         self._db = db
         self._versions_path = versions_path
         os.makedirs(views_path, exist_ok=True)
         super().__init__(datastore_path, extensions=[f"*{ext}" for ext in FORMATS], auto_reload=False)
+        # One lock object: re-entrant within a thread (a block's label write-back nests in a save),
+        # exclusive across threads and processes.
+        self._lock = FileLock(self._lock_file)
 
     def record_all_images(self) -> None:
-        """Describe every image in the database (images dropped into the folder are found at start-up)."""
+        """Describe every image in the database (images dropped into the folder are found at start-up),
+        and split the large ones into blocks if that has not happened yet."""
         for image_id in self.list_images():
-            self._record_image(image_id, self._datastore.objects[image_id].image.info)
+            info = self._datastore.objects[image_id].image.info
+            self._record_image(image_id, info)
+            if self._block_size and "parent" not in info and "blocks" not in info:
+                if "shape" not in info:  # found on disk: describing it reads it once (and writes its view)
+                    self.get_image_uri(image_id)
+                    info = self._datastore.objects[image_id].image.info
+                self._split_if_large(image_id, tuple(info["shape"]))
 
     def _record_image(self, image_id: str, info: dict[str, Any]) -> None:
         if self._db is not None:
@@ -105,7 +129,7 @@ class MicroscopyDatastore(LocalDatastore):
     def _refresh(self) -> None:
         """Pick up what other processes wrote (a worker's batch labels) before answering a read."""
         if self._config_changed():
-            with FileLock(self._lock_file):
+            with self._lock:
                 self._reload_locked()
 
     def json(self):
@@ -121,8 +145,21 @@ class MicroscopyDatastore(LocalDatastore):
         return super().get_labeled_images(*args, **kwargs)
 
     def get_unlabeled_images(self, *args: Any, **kwargs: Any) -> list[str]:
+        """Unlabelled images, without volumes split into blocks (their blocks are listed instead)."""
         self._refresh()
-        return super().get_unlabeled_images(*args, **kwargs)
+        return [i for i in super().get_unlabeled_images(*args, **kwargs) if not self._has_blocks(i)]
+
+    def _has_blocks(self, image_id: str) -> bool:
+        obj = self._datastore.objects.get(image_id)
+        return bool(obj and obj.image.info.get("blocks"))
+
+    def block_of(self, image_id: str) -> Block | None:
+        """The block ``image_id`` is, or None for an ordinary image."""
+        obj = self._datastore.objects.get(image_id)
+        info = obj.image.info if obj else {}
+        if "parent" not in info:
+            return None
+        return Block(info["parent"], tuple(info["offset"]), tuple(info["shape"]))
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         self._refresh()
@@ -188,6 +225,8 @@ class MicroscopyDatastore(LocalDatastore):
         """Image/label pairs for training; images are the served files, so geometry matches labels."""
         self._refresh()
         items = super().datalist(full_path=True)
+        # A split volume's label is assembled from its blocks, which train as images of their own.
+        items = [i for i in items if not self._has_blocks(self._to_id(os.path.basename(i["image"]))[0])]
         for item in items:
             image_id = self._to_id(os.path.basename(item["image"]))[0]
             item["image"] = self.get_image_uri(image_id)
@@ -208,7 +247,7 @@ class MicroscopyDatastore(LocalDatastore):
         image_info = dict(image_info or {})
         volume = read_volume(image_filename, image_info.get("dataset") or self._dataset)
         dest = os.path.join(self._datastore.image_path(), f"{image_id}{ext}")
-        with FileLock(self._lock_file):
+        with self._lock:
             self._reload_locked()
             try:
                 copy_atomic(image_filename, dest)
@@ -230,7 +269,24 @@ class MicroscopyDatastore(LocalDatastore):
                 raise
         self._record_image(image_id, image_info)
         logger.info(f"Added image {image_id}: {volume.source_format} {volume.shape} spacing {volume.spacing} µm")
+        if "parent" not in image_info:
+            self._split_if_large(image_id, volume.shape, volume)
         return image_id
+
+    def _split_if_large(self, image_id: str, shape: tuple[int, ...], volume: Volume | None = None) -> list[str]:
+        """Add a block image per ROI block of a volume larger than ``block_size``; returns their ids."""
+        if not self._block_size or not needs_blocks(shape, self._block_size):
+            return []
+        volume = volume or read_volume(self._original_uri(image_id), self._dataset_of(image_id))
+        blocks = grid(image_id, volume.shape, self._block_size)
+        with tempfile.TemporaryDirectory() as folder:
+            for block in blocks:
+                if block.id not in self._datastore.objects:
+                    path = write_volume(os.path.join(folder, f"{block.id}.nrrd"), crop(volume, block))
+                    self.add_image(block.id, path, {"parent": image_id, "offset": list(block.offset)})
+        self.update_image_info(image_id, {"blocks": [b.id for b in blocks], "block_size": list(self._block_size)})
+        logger.info(f"Split {image_id} {volume.shape} into {len(blocks)} blocks of {self._block_size}")
+        return [b.id for b in blocks]
 
     def save_label(
         self,
@@ -258,11 +314,26 @@ class MicroscopyDatastore(LocalDatastore):
         image_shape = tuple(obj.image.info["shape"])
         if label.shape != image_shape:
             raise VolumeError(f"label shape {label.shape} does not match image '{image_id}' shape {image_shape}")
+        label_info = dict(label_info or {})
+        self._store_label(image_id, label_filename, label_tag, label_info)
+        if label_tag == DefaultLabelTag.FINAL.value:
+            block = self.block_of(image_id)
+            if block is not None:
+                self._write_back(block, label.array, label_info)
+            if self._on_final_label is not None:
+                try:
+                    self._on_final_label(image_id, label_info)
+                except Exception:
+                    logger.exception(f"after saving the final label of '{image_id}'")
+        return image_id
+
+    def _store_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> None:
+        """Keep a checked label as the newest version of (image, tag): history row, then the file."""
+        ext = volume_extension(label_filename)
         label_dir = self._datastore.label_path(label_tag)
         os.makedirs(label_dir, exist_ok=True)
         dest = os.path.join(label_dir, f"{image_id}{ext}")
-        label_info = dict(label_info or {})
-        with FileLock(self._lock_file):
+        with self._lock:
             self._reload_locked()
             obj = self._datastore.objects[image_id]
             if self._db is not None:
@@ -275,7 +346,21 @@ class MicroscopyDatastore(LocalDatastore):
             info = dict(label_info, ts=int(time.time()), name=os.path.basename(dest))
             obj.labels[label_tag] = DataModel(info=info, ext=ext)
             self._update_datastore_file(lock=False)
-        return image_id
+
+    def _write_back(self, block: Block, block_label: np.ndarray, label_info: dict[str, Any]) -> None:
+        """Paste a block's final label into its parent's final label (zeros where no block is labelled yet)."""
+        parent = read_volume(self.get_image_uri(block.parent))
+        # Read, paste and store under one lock: two blocks of a parent saved at once must both land.
+        with self._lock, tempfile.TemporaryDirectory() as folder:
+            self._reload_locked()
+            current = self.get_label_uri(block.parent, DefaultLabelTag.FINAL.value)
+            base = read_volume(current).array if current else np.zeros(parent.shape, np.uint8)
+            assembled = paste(base.astype(np.uint8), block_label.astype(np.uint8), block)
+            path = write_volume(
+                os.path.join(folder, f"{block.parent}.nrrd"), dataclasses.replace(parent, array=assembled)
+            )
+            info = {"client_id": label_info.get("client_id"), "from_block": block.id, "offset": list(block.offset)}
+            self._store_label(block.parent, path, DefaultLabelTag.FINAL.value, info)
 
     def _record_label_version(self, image_id: str, label_filename: str, tag: str, ext: str, info: dict) -> int:
         """Keep this save's file and record it; returns its version number."""

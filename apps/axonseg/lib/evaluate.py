@@ -17,14 +17,13 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from .configs.registry import MODEL_DIR, SPECS
 from .configs.spec import StructureSpec
 from .infers.postprocessing import postprocess, resolve
 from .infers.predict import TTA_VARIANTS, predict_probabilities
-from .machine import describe_machine
+from .machine import default_device, describe_machine
 from .metrics import detection_scores, instance_scores, roc_auc, skeleton_scores, voxel_scores
 from .networks import load_weights
 from .transforms.io import read_volume
@@ -91,7 +90,7 @@ def evaluate(
     raw = np.ascontiguousarray(image.array[crop])
     target, mask = map_labels(label.array[crop], spec.label_map)
     method, effective = resolve(spec, postprocessing, **(options or {}))  # bad options fail before inference
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     weights = weights or os.path.join(MODEL_DIR, f"{model}.pt")
     network, meta = load_weights(weights, device)
     started = time.perf_counter()

@@ -1,9 +1,16 @@
-"""A one-line description of the machine, for model cards and benchmark reports."""
+"""The machine the code runs on: the default torch device, and a one-line description for reports."""
 
 from __future__ import annotations
 
 import os
 import platform
+
+
+def default_device() -> str:
+    """``cuda`` where a GPU is visible, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def describe_machine(device: str = "cpu") -> str:

@@ -17,6 +17,10 @@ the work runs in a worker, and handlers only await it, so the event loop stays f
     GET    /labels/{image}/versions   every saved label version
     GET    /labels/{image}/versions/{n}   one version's file (latest is also /datastore/label)
     GET    /leases/                   live annotator leases
+    GET    /models/{model}/versions   every set of weights the model has served
+    POST   /models/{model}/versions/{id}/activate   serve an earlier version (roll back)
+    POST   /scoring/{method}          queue an active-learning scoring job (train queue)
+    GET    /scoring/{method}          stored scores under the model's active version, and what needs one
 """
 
 from __future__ import annotations
@@ -37,30 +41,21 @@ from monailabel.interfaces.utils.app import app_instance
 from requests_toolbelt import MultipartEncoder
 
 from .datastore import check_image_id
-from .db.models import TrainingRun, utcnow
-from .errors import Busy, InvalidRequest, NotFound, error_from_status
-from .jobs.client import MONAI_STATUS, describe_worker
+from .db.models import ModelVersion, TrainingRun
+from .errors import InvalidRequest, NotFound, error_from_status
+from .jobs.client import describe_worker
 from .jobs.queues import INFER_QUEUE, TRAIN_QUEUE
+from .jobs.training import FINAL
 from .trainers.report import plot_learning_curve
 
 if TYPE_CHECKING:
     from main import AxonSegApp
 
-    from .configs.task_config import StructureTaskConfig
-
 router = APIRouter()
-_TRAIN_SUBMIT_LOCK = "axonseg:train-submit"
-_FINAL = ("DONE", "ERROR", "STOPPED")
 
 
 def _app() -> AxonSegApp:
     return app_instance()
-
-
-def _task_config(app: AxonSegApp, model: str) -> StructureTaskConfig:
-    if model not in app.task_configs:
-        raise NotFound(f"unknown model '{model}'; available models: {', '.join(app.task_configs)}")
-    return app.task_configs[model]
 
 
 def _parse_params(params: str | None) -> dict[str, Any]:
@@ -86,7 +81,7 @@ async def infer(
 ):
     app = _app()
     request = _parse_params(params)
-    _task_config(app, model)
+    app.task_config(model)
     if session_id:
         raise InvalidRequest("sessions are not supported by axonseg; send an image id or a file")
     if output not in (None, "image", "json", "all"):
@@ -114,6 +109,7 @@ async def infer(
             model=model,
             image_path=image_path,
             params=request,
+            image_id=image or None,
         )
         result = await jobs.wait(job, app.infer_timeout_s)
     finally:
@@ -182,60 +178,9 @@ def _fmt(ts: datetime | None) -> str | None:
     return ts.strftime("%Y-%m-%d %H:%M:%S") if ts else None
 
 
-def _sync_run(app: AxonSegApp, run: TrainingRun) -> TrainingRun:
-    """Bring an unfinished run's status up to date with its queue job (which outlives API restarts)."""
-    if run.status in _FINAL:
-        return run
-    job = app.jobs.job(run.job_id)
-    if job is None:
-        status, error = "ERROR", "the job is no longer in the queue (Redis lost it); start training again"
-    else:
-        status = MONAI_STATUS.get(app.jobs.refresh_status(job), "ERROR")
-        error = app.jobs.error_of(job) if status == "ERROR" else None
-        if status == "ERROR" and error and "AbandonedJobError" in error:
-            error = f"the worker running this job died ({job.worker_name}); nothing was published"
-    if status != run.status:
-        values: dict[str, Any] = {"status": status}
-        if status in _FINAL:
-            values.update(error=run.error or error, finished_at=utcnow())
-        app.db.update_training_run(run.job_id, **values)
-        run = app.db.training_run(run.job_id)
-    return run
-
-
-def _active_runs(app: AxonSegApp) -> list[TrainingRun]:
-    runs = app.db.training_runs(statuses=("SUBMITTED", "RUNNING"))
-    return [r for r in (_sync_run(app, run) for run in runs) if r.status not in _FINAL]
-
-
-def _submit_training(app: AxonSegApp, models: list[str], params: dict[str, Any], enqueue: bool) -> list[TrainingRun]:
-    unknown = [m for m in models if m not in app.task_configs]
-    if unknown:
-        raise NotFound(f"unknown trainer '{unknown[0]}'; available trainers: {', '.join(app.task_configs)}")
-    app.jobs.require_workers(TRAIN_QUEUE)
-    # One lock across API processes: the busy check and the enqueue happen together.
-    with app.jobs.connection.lock(_TRAIN_SUBMIT_LOCK, timeout=30, blocking_timeout=10):
-        busy = _active_runs(app)
-        if busy and not enqueue:
-            running = ", ".join(f"'{r.model}' ({r.status.lower()})" for r in busy)
-            raise Busy(f"training is busy: {running}; wait, stop it, or send enqueue=true to queue this run")
-        runs = []
-        for model in models:
-            job = app.jobs.submit(
-                "train",
-                description=f"training '{model}'",
-                meta={"client_id": params.get("client_id")},
-                model=model,
-                params=params,
-            )
-            app.db.add_training_run(job.id, model, params)
-            runs.append(app.db.training_run(job.id))
-    return runs
-
-
 @router.post("/train/{model}", summary="Start training a model (queued to a train worker)")
 async def train_model(model: str, params: dict | None = None, enqueue: bool = False):
-    runs = await run_in_threadpool(_submit_training, _app(), [model], dict(params or {}), enqueue)
+    runs = await run_in_threadpool(_app().training.submit, [model], dict(params or {}), enqueue)
     return _train_task(runs[0])
 
 
@@ -244,8 +189,7 @@ async def train_all(params: dict | None = None):
     app = _app()
     params = dict(params or {})
     runs = await run_in_threadpool(
-        _submit_training,
-        app,
+        app.training.submit,
         list(app.task_configs),
         {k: v for k, v in params.items() if not isinstance(v, dict)},
         True,
@@ -259,10 +203,10 @@ async def train_status(all: bool = False, check_if_running: bool = False):
 
     def read():
         # The running run first (what Slicer's progress bar follows), then queued ones, then the latest.
-        active = sorted(_active_runs(app), key=lambda run: run.status != "RUNNING")
+        active = app.training.active()
         if check_if_running:
             return _train_task(active[0]) if active else None
-        runs = [_sync_run(app, run) for run in app.db.training_runs(limit=None if all else 1)]
+        runs = [app.training.sync(run) for run in app.db.training_runs(limit=None if all else 1)]
         if all:
             return [_train_task(run) for run in reversed(runs)]
         return _train_task((active or runs)[0]) if runs else None
@@ -276,15 +220,15 @@ async def train_status(all: bool = False, check_if_running: bool = False):
 @router.delete("/train/", summary="Stop training inside its worker")
 async def train_stop():
     app = _app()
-    runs = sorted(await run_in_threadpool(_active_runs, app), key=lambda run: run.status != "RUNNING")
+    runs = await run_in_threadpool(app.training.active)
     for run in runs:
         await run_in_threadpool(app.jobs.cancel, run.job_id)
     if not runs:
         latest = await run_in_threadpool(app.db.training_runs)
         return _train_task(latest[0]) if latest else {}
     for _ in range(200):  # the training loop notices within one iteration
-        run = await run_in_threadpool(_sync_run, app, await run_in_threadpool(app.db.training_run, runs[0].job_id))
-        if run.status in _FINAL:
+        run = await run_in_threadpool(app.training.sync, await run_in_threadpool(app.db.training_run, runs[0].job_id))
+        if run.status in FINAL:
             break
         await asyncio.sleep(0.05)
     return _train_task(run)
@@ -292,7 +236,7 @@ async def train_stop():
 
 @router.get("/train/{model}/learning_curve.png", summary="Learning curve of the model's latest retraining (PNG)")
 async def learning_curve(model: str):
-    stats = await run_in_threadpool(lambda: _task_config(_app(), model).trainer().stats())
+    stats = await run_in_threadpool(lambda: _app().task_config(model).trainer().stats())
     if not stats.get("history"):
         raise NotFound(f"'{model}' has not been retrained here yet; POST /train/{model} starts a run")
 
@@ -304,12 +248,76 @@ async def learning_curve(model: str):
     return Response(await run_in_threadpool(draw), media_type="image/png")
 
 
+# --- model versions ------------------------------------------------------------------------------
+def _version(row: ModelVersion) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "model": row.model,
+        "source": row.source,
+        "file": os.path.basename(row.path),
+        "checksum": row.checksum,
+        "metrics": row.metrics,
+        "active": row.active,
+        "created_at": _fmt(row.created_at),
+    }
+
+
+@router.get("/models/{model}/versions", summary="Every set of weights the model has served")
+async def model_versions(model: str):
+    app = _app()
+    app.task_config(model)
+    return [_version(row) for row in await run_in_threadpool(app.db.model_versions, model)]
+
+
+@router.post("/models/{model}/versions/{version_id}/activate", summary="Serve an earlier version (roll back)")
+async def activate_model_version(model: str, version_id: int):
+    """Workers pick the file up at their next job; the version becomes the active one in the database."""
+    app = _app()
+    config = app.task_config(model)
+
+    def activate() -> ModelVersion:
+        row = next((v for v in app.db.model_versions(model) if v.id == version_id), None)
+        if row is None:
+            raise NotFound(f"'{model}' has no version {version_id}; GET /models/{model}/versions lists them")
+        try:
+            config.weights.serve(row.path)
+        except FileNotFoundError as e:
+            raise NotFound(f"version {version_id} of '{model}' cannot be served: {e}") from e
+        return app.db.register_model_version(model, row.path, row.source)
+
+    return _version(await run_in_threadpool(activate))
+
+
+# --- active-learning scores ----------------------------------------------------------------------
+@router.post("/scoring/{method}", summary="Queue an active-learning scoring job (epistemic, tta, dice)")
+async def score(method: str, params: dict | None = None):
+    """Body: ``model`` (default: the app's active-learning model), ``images`` (default: every image
+    without a fresh score), and for epistemic ``samples`` and ``rate``."""
+    app = _app()
+    params = dict(params or {})
+    model = str(params.pop("model", None) or app.active_learning_model)
+    images = params.pop("images", None)
+    for image in images or ():
+        check_image_id(image)
+    await run_in_threadpool(app.jobs.require_workers, TRAIN_QUEUE)
+    job_id = await run_in_threadpool(app.scores.submit, model, method, images, params)
+    if job_id is None:
+        return {"id": None, "state": "finished", "detail": f"every image has a fresh '{method}' score"}
+    return app.jobs.describe(app.jobs.job(job_id))
+
+
+@router.get("/scoring/{method}", summary="Stored scores under a model's active version, highest first")
+async def scores(method: str, model: str | None = None):
+    app = _app()
+    return await run_in_threadpool(app.scores.report, model or app.active_learning_model, method)
+
+
 # --- batch inference -----------------------------------------------------------------------------
 @router.post("/batch/infer/{model}", summary="Segment many datastore images in the background")
 async def batch_infer(model: str, params: dict | None = None):
     app = _app()
     params = dict(params or {})
-    _task_config(app, model)
+    app.task_config(model)
     images = params.pop("images", None) or app.datastore().get_unlabeled_images()
     known = set(app.datastore().list_images())
     for image in images:

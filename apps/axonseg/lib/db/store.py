@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -133,6 +133,14 @@ class Database:
             else:
                 query = query.where(LabelVersion.version == version)
             return s.scalar(query)
+
+    def count_label_versions(self, tag: str = "final", since: datetime | None = None) -> int:
+        """Label saves of ``tag`` (every version counts), only those after ``since`` if given."""
+        with self.session() as s:
+            query = select(func.count(LabelVersion.id)).where(LabelVersion.tag == tag)
+            if since is not None:
+                query = query.where(LabelVersion.created_at > since)
+            return int(s.scalar(query) or 0)
 
     # annotator leases -----------------------------------------------------------------------
     def acquire_lease(self, image_id: str, client_id: str, seconds: float) -> bool:

@@ -5,6 +5,8 @@ request may override both (they are listed in the model's infer config).
 - ``threshold``: threshold, drop connected components under ``min_size`` voxels (synapses: a size filter).
 - ``hysteresis``: components above ``low`` that contain a voxel above ``high``, then a size filter
   (axons; ExLLSM's defaults are high 0.98, low 0.2, 1000 voxels).
+  Both take ``skeleton=True`` to return the 3D skeleton (centre lines of axons, for tracing and
+  counting) instead of the mask.
 - ``watershed``: instances split by a watershed on the distance transform from its maxima
   (``min_distance`` apart), small instances removed (mitochondria); ``instances=True`` returns ids.
 - ``bilateral``: an in-plane bilateral filter of the probabilities, threshold, then erosion and dilation
@@ -35,17 +37,29 @@ def remove_small(binary: np.ndarray, min_size: int) -> np.ndarray:
     return keep[components]
 
 
-def threshold(probabilities: np.ndarray, threshold: float = 0.5, min_size: int = 0) -> np.ndarray:
-    return remove_small(probabilities > threshold, int(min_size)).astype(np.uint8)
+def _mask_or_skeleton(binary: np.ndarray, skeleton: bool) -> np.ndarray:
+    if skeleton:
+        from skimage.morphology import skeletonize
+
+        binary = skeletonize(binary)
+    return binary.astype(np.uint8)
 
 
-def hysteresis(probabilities: np.ndarray, high: float = 0.98, low: float = 0.2, min_size: int = 1000) -> np.ndarray:
+def threshold(
+    probabilities: np.ndarray, threshold: float = 0.5, min_size: int = 0, skeleton: bool = False
+) -> np.ndarray:
+    return _mask_or_skeleton(remove_small(probabilities > threshold, int(min_size)), skeleton)
+
+
+def hysteresis(
+    probabilities: np.ndarray, high: float = 0.98, low: float = 0.2, min_size: int = 1000, skeleton: bool = False
+) -> np.ndarray:
     from skimage.filters import apply_hysteresis_threshold
 
     if not low < high:
         raise ValueError(f"hysteresis needs low < high, got low {low}, high {high}")
     binary = apply_hysteresis_threshold(probabilities, low, high)
-    return remove_small(binary, int(min_size)).astype(np.uint8)
+    return _mask_or_skeleton(remove_small(binary, int(min_size)), skeleton)
 
 
 def watershed(

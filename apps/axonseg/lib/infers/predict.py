@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -28,13 +29,26 @@ def predict_probabilities(
     without an in-plane 90° rotation); the inverse-transformed probabilities are averaged.
     """
     image = normalize_percentiles(array, spec.percentiles)
-    if tta not in TTA_VARIANTS:
-        raise ValueError(f"tta must be one of {TTA_VARIANTS}, not {tta}")
     if tta == 1:
         return sliding_window_probabilities(network, image, spec, device)
     total = np.zeros(image.shape, dtype=np.float32)
-    for rotate in (False, True)[: tta // 8]:
-        for flips in itertools.product((False, True), repeat=3):
+    for probabilities in tta_probabilities(network, image, spec, device, tta):
+        total += probabilities
+    return total / tta
+
+
+def tta_probabilities(
+    network: torch.nn.Module,
+    image: np.ndarray,
+    spec: StructureSpec,
+    device: str | torch.device = "cpu",
+    tta: int = 8,
+) -> Iterator[np.ndarray]:
+    """Each test-time variant's probabilities for a normalised volume, mapped back onto the original grid."""
+    if tta not in TTA_VARIANTS:
+        raise ValueError(f"tta must be one of {TTA_VARIANTS}, not {tta}")
+    for rotate in (False, True)[: max(tta // 8, 1)]:
+        for flips in itertools.product((False, True), repeat=3 if tta > 1 else 0):
             axes = tuple(axis for axis, flip in enumerate(flips) if flip)
             variant = np.flip(image, axes) if axes else image
             if rotate:
@@ -42,8 +56,7 @@ def predict_probabilities(
             probabilities = sliding_window_probabilities(network, variant, spec, device)
             if rotate:
                 probabilities = np.rot90(probabilities, -1, axes=(1, 2))
-            total += np.flip(probabilities, axes) if axes else probabilities
-    return total / tta
+            yield np.ascontiguousarray(np.flip(probabilities, axes) if axes else probabilities)
 
 
 @torch.no_grad()
@@ -53,8 +66,10 @@ def sliding_window_probabilities(
     spec: StructureSpec,
     device: str | torch.device = "cpu",
     sw_batch_size: int = 2,
+    eval_mode: bool = True,
 ) -> np.ndarray:
-    """Probabilities for an already-normalised float32 volume.
+    """Probabilities for an already-normalised float32 volume (``eval_mode=False`` keeps the network's
+    layer modes, for Monte-Carlo dropout).
 
     Uses Gaussian-weighted sliding windows of ``spec.patch_size`` with ``spec.overlap``; volumes
     smaller than a window are padded by MONAI and cropped back. Padding replicates the edge: zero
@@ -62,7 +77,8 @@ def sliding_window_probabilities(
     (window 160) came back empty (F1 0.0 vs 0.73 with replicate padding).
     """
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
-    network.eval()
+    if eval_mode:
+        network.eval()
     logits = sliding_window_inference(
         tensor,
         roi_size=spec.patch_size,

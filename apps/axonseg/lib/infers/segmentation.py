@@ -7,6 +7,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -15,8 +16,9 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ..configs.spec import StructureSpec
 from ..errors import InvalidRequest
+from ..machine import default_device
 from ..networks import load_weights
-from ..transforms.io import Volume, read_volume, write_volume
+from ..transforms.io import Volume, copy_atomic, read_volume, write_volume
 from .postprocessing import default_options, resolve
 from .predict import TTA_VARIANTS, segment
 
@@ -34,6 +36,29 @@ class ModelWeights:
         self.trained_path = trained_path
         self._lock = threading.Lock()
         self._cached: tuple[tuple[str, float, str], torch.nn.Module, dict] | None = None
+
+    @property
+    def versions_dir(self) -> str:
+        """Every published set of weights, kept for rollback."""
+        return os.path.join(os.path.dirname(self.trained_path), "versions")
+
+    def publish(self, candidate: str) -> str:
+        """Archive the weights file ``candidate`` as a new version and serve it; returns the archived path.
+
+        Both steps end in a rename, so a reader (an infer worker reloading) never sees a partial file.
+        """
+        os.makedirs(self.versions_dir, exist_ok=True)
+        name = os.path.splitext(os.path.basename(self.trained_path))[0]
+        archived = os.path.join(self.versions_dir, f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}.pt")
+        copy_atomic(candidate, archived)
+        os.replace(candidate, self.trained_path)
+        return archived
+
+    def serve(self, path: str) -> None:
+        """Serve the weights at ``path`` (an archived or the shipped version), e.g. to roll back."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"weights file {path} is gone")
+        copy_atomic(path, self.trained_path)
 
     def path(self) -> str | None:
         for path in (self.trained_path, self.shipped_path):
@@ -91,7 +116,7 @@ class SegmentationInfer(InferTask):
         """Plain function form: segment ``volume``; returns the label array and result params."""
         device = request.get("device", "auto")
         if device in ("auto", None, ""):
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = default_device()
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             raise InvalidRequest(f"device '{device}' requested, but this server has no CUDA GPU")
         try:

@@ -75,6 +75,25 @@ class JobClient:
         except RedisError as e:
             raise self._unavailable(e) from e
 
+    def submit_unique(self, kind: str, key: str, *, description: str, **kwargs: Any) -> tuple[Job, bool]:
+        """Submit unless the job last submitted under ``key`` is still queued or running.
+
+        Returns ``(job, submitted)``: the new job, or the one already under way. Atomic across API
+        processes (a Redis lock around the check and the enqueue).
+        """
+        name = f"axonseg:unique:{key}"
+        try:
+            with self.connection.lock(f"{name}:lock", timeout=30, blocking_timeout=10):
+                job_id = self.connection.get(name)
+                job = self.job(job_id.decode()) if job_id else None
+                if job is not None and self.refresh_status(job, clean=True) in ACTIVE:
+                    return job, False
+                job = self.submit(kind, description=description, **kwargs)
+                self.connection.set(name, job.id, ex=JOB_KINDS[kind].timeout_s)
+                return job, True
+        except RedisError as e:
+            raise self._unavailable(e) from e
+
     def workers(self, queue: str | None = None) -> list[Worker]:
         try:
             workers = Worker.all(connection=self.connection)

@@ -35,4 +35,6 @@ JOB_KINDS = {
     "batch_infer": JobKind(
         "lib.jobs.tasks.batch_infer", TRAIN_QUEUE, timeout_s=7 * 24 * 3600, retries=0, result_ttl_s=30 * 86400
     ),
+    # Active-learning scores: whole volumes, many forward passes each, so the GPU (train) queue.
+    "score": JobKind("lib.jobs.tasks.score", TRAIN_QUEUE, timeout_s=24 * 3600, retries=0, result_ttl_s=86400),
 }

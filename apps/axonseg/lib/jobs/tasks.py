@@ -14,6 +14,7 @@ from typing import Any
 
 from rq import get_current_job
 
+from ..activelearning.scoring import dice_score, epistemic_score, tta_score
 from ..configs.registry import init_task_configs
 from ..configs.task_config import StructureTaskConfig
 from ..datastore import MicroscopyDatastore
@@ -22,7 +23,9 @@ from ..db.models import utcnow
 from ..db.store import Database
 from ..errors import AxonSegError, NotFound
 from ..infers.segmentation import SegmentationInfer
+from ..machine import default_device
 from ..trainers.supervised import EpochStats, TrainingStopped
+from ..transforms.io import read_volume
 
 logger = logging.getLogger(__name__)
 
@@ -85,21 +88,32 @@ def _progress(**values: Any) -> None:
         job.save_meta()
 
 
-def infer(model: str, image_path: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Segment one volume; returns the label file's bytes (NRRD on the image's geometry) and result params."""
+def infer(model: str, image_path: str, params: dict[str, Any], image_id: str | None = None) -> dict[str, Any]:
+    """Segment one volume; returns the label file's bytes (NRRD on the image's geometry) and result params.
+
+    For a datastore image (``image_id``), the prediction is also kept as its ``original`` label (what
+    the ``dice`` score compares the annotator's final label with) unless ``save_label`` is false.
+    """
     rt = runtime()
     try:
         task = rt.infer_task(model)
         result_path, result_params = task({**params, "model": model, "image": image_path})
     except AxonSegError as e:
         return _user_error(e)
+    version = rt.db.active_model_version(model)
+    result_params["model_version"] = version.id if version else None
     try:
+        if image_id and params.get("save_label", True):
+            info = {
+                "model": model,
+                "model_version": result_params["model_version"],
+                "client_id": params.get("client_id"),
+            }
+            rt.datastore().save_label(image_id, result_path, "original", info)
         with open(result_path, "rb") as f:
             data = f.read()
     finally:
         os.remove(result_path)
-    version = rt.db.active_model_version(model)
-    result_params["model_version"] = version.id if version else None
     return {"label": data, "filename": os.path.basename(result_path), "params": result_params}
 
 
@@ -127,9 +141,11 @@ def train(model: str, params: dict[str, Any]) -> dict[str, Any]:
     except Exception as e:
         rt.db.update_training_run(job_id, status="ERROR", error=f"{type(e).__name__}: {e}", finished_at=utcnow())
         raise
-    version = rt.db.register_model_version(
-        model, config.weights.trained_path, "trained", metrics={"best_metric": result.get("best_metric")}
-    )
+    if not result["published"]:  # validated worse than the served weights: those stay
+        rt.db.update_training_run(job_id, status="DONE", finished_at=utcnow())
+        return {**result, "model_version": None}
+    metrics = {k: result.get(k) for k in ("best_metric", "baseline_metric", "validation_images")}
+    version = rt.db.register_model_version(model, result["weights"], "trained", metrics=metrics)
     rt.db.update_training_run(job_id, status="DONE", model_version_id=version.id, finished_at=utcnow())
     return {**result, "model_version": version.id}
 
@@ -154,3 +170,49 @@ def batch_infer(model: str, image_ids: list[str], params: dict[str, Any]) -> dic
         except AxonSegError as e:
             failed[image_id] = str(e)
     return {"model": model, "labelled": done, "failed": failed}
+
+
+def score(model: str, method: str, image_ids: list[str], params: dict[str, Any]) -> dict[str, Any]:
+    """Score datastore images under ``model``'s active version and store each score in the database.
+
+    ``epistemic`` and ``tta`` read the image; ``dice`` compares the labels tagged ``original`` (the
+    model's prediction) and ``final`` (the annotator's), and skips images without both.
+    """
+    rt = runtime()
+    config = rt.configs[model]
+    datastore = rt.datastore()
+    version = rt.db.active_model_version(model)  # read before the weights: a newer file only makes the score fresher
+    device = default_device()
+    network, _, _ = config.weights.load(device)
+    scored: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    for index, image_id in enumerate(image_ids):
+        if rt.stop_event.is_set():
+            raise TrainingStopped(f"stopped after {index} of {len(image_ids)} images")
+        _progress(done=index, total=len(image_ids), image=image_id)
+        try:
+            if method == "dice":
+                original, final = (datastore.get_label_uri(image_id, tag) for tag in ("original", "final"))
+                if not (original and final):
+                    skipped[image_id] = "needs both an original (model) and a final (annotator) label"
+                    continue
+                value = dice_score(read_volume(original).array, read_volume(final).array)
+            elif method == "epistemic":
+                array = read_volume(datastore.get_image_uri(image_id)).array
+                value = epistemic_score(
+                    network, array, config.spec, device, int(params.get("samples", 8)), float(params.get("rate", 0.2))
+                )
+            else:
+                value = tta_score(network, read_volume(datastore.get_image_uri(image_id)).array, config.spec, device)
+        except (AxonSegError, OSError, ValueError) as e:
+            skipped[image_id] = str(e)
+            continue
+        rt.db.record_score(image_id, method, value, version.id if version else None)
+        scored[image_id] = value
+    return {
+        "model": model,
+        "method": method,
+        "model_version": version.id if version else None,
+        "scored": scored,
+        "skipped": skipped,
+    }

@@ -19,12 +19,12 @@ import socket
 import threading
 import uuid
 
-import torch
 from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.worker.base import WorkerStatus
 
+from ..machine import default_device
 from . import tasks
 from .queues import ALL_QUEUES
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
 
     runtime = tasks.configure(args.studies, args.workdir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     runtime.warm_up(device)
     connection = Redis.from_url(args.redis_url, health_check_interval=10)
     queues = [Queue(name, connection=connection) for name in args.queues]

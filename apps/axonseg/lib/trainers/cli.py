@@ -16,7 +16,7 @@ import sys
 import torch
 
 from ..configs.registry import SPECS
-from ..machine import describe_machine
+from ..machine import default_device, describe_machine
 from ..networks import load_weights
 from .augmentation import load_artifact_cubes, load_histogram_reference, training_transforms
 from .data import load_source
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, help="iterations per epoch; overrides the recipe")
     parser.add_argument("--val-every", type=int, help="epochs between validations; overrides the recipe")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument(
         "--card-only", action="store_true", help="re-render the model card and plot from the saved history"
     )

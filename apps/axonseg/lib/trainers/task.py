@@ -9,18 +9,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from ..configs.spec import StructureSpec
 from ..errors import InvalidRequest
 from ..infers.segmentation import ModelWeights
+from ..machine import default_device
 from .data import load_pair
-from .supervised import EpochStats, train_segmentation
+from .supervised import EpochStats, train_segmentation, validate
 
 logger = logging.getLogger(__name__)
 _CURVE_FIELDS = ("epoch", "loss", "validation", "total_time")
+_HOLD_OUT_EVERY = 4
 
 
 class SegmentationTrainer(TrainTask):
@@ -45,6 +46,8 @@ class SegmentationTrainer(TrainTask):
             "learning_rate": 1e-3,
             "batch_size": self.spec.recipe.batch_size,
             "device": "auto",
+            # "if_not_worse": publish only weights that validate at least as well as the served ones
+            "publish": "if_not_worse",
         }
 
     def stats(self) -> dict[str, Any]:
@@ -67,22 +70,35 @@ class SegmentationTrainer(TrainTask):
         should_stop: Callable[[], bool] | None = None,
         on_epoch: Callable[[EpochStats], None] | None = None,
     ) -> dict[str, Any]:
-        """Train, then publish the best weights atomically; returns the final stats.
+        """Fine-tune the served weights; publish the best epoch only if it validates no worse than them.
 
+        Validation uses held-out labelled images (every 4th by id, from 4 labelled images on; with
+        fewer, the training images). Publishing archives the weights under ``versions/`` and then
+        replaces the served file by rename, so readers see the old or the new weights, never half.
         ``should_stop`` is polled every iteration (a worker's cancel flag); ``on_epoch`` sees every
         epoch's stats after they are written to ``stats_path``.
+
+        Returns:
+            the final stats, with ``published`` (bool), ``baseline_metric`` (the served weights' F1
+            on the same validation images) and, if published, ``weights`` (the archived file).
         """
         params = {
             **self.config(),
             **{k: v for k, v in request.items() if k in self.config()},
         }
+        if params["publish"] not in ("if_not_worse", "always"):
+            raise InvalidRequest(f"publish must be 'if_not_worse' or 'always', not '{params['publish']}'")
         items = datastore.datalist()
         if not items:
             raise InvalidRequest(f"no submitted labels to train '{self.spec.name}' on; save a label first")
+        items = sorted(items, key=lambda item: os.path.basename(item["image"]))  # a stable hold-out
         volumes = [load_pair(item["image"], item["label"], self.spec) for item in items]
-        # Hold one volume out when there are enough; otherwise validation reuses the training set.
-        train, val = (volumes[:-1], volumes[-1:]) if len(volumes) >= 4 else (volumes, volumes)
-        device = params["device"] if params["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        held_out = set(range(_HOLD_OUT_EVERY - 1, len(volumes), _HOLD_OUT_EVERY))
+        train = [v for i, v in enumerate(volumes) if i not in held_out]
+        val = [v for i, v in enumerate(volumes) if i in held_out] or volumes
+        device = params["device"] if params["device"] != "auto" else default_device()
+        served, _, served_path = self.weights.load(device)
+        baseline = validate(served, val, self.spec, device)["f1"]
         candidate = f"{self.weights.trained_path}.candidate"
         if os.path.exists(candidate):  # left by a run that was stopped: never published, safe to drop
             os.remove(candidate)
@@ -114,7 +130,7 @@ class SegmentationTrainer(TrainTask):
             batch_size=int(params["batch_size"]),
             learning_rate=float(params["learning_rate"]),
             foreground_fraction=self.spec.recipe.foreground_fraction,
-            init_weights=self.weights.path(),
+            init_weights=served_path,
             device=device,
             meta={
                 "name": self.spec.name,
@@ -124,14 +140,22 @@ class SegmentationTrainer(TrainTask):
             on_epoch=report,
             should_stop=should_stop,
         )
-        os.replace(candidate, self.weights.trained_path)  # publish: readers see old or new weights
+        published = params["publish"] == "always" or final.best_metric >= baseline
         result = {
             **final.to_dict(),
             "name": self.spec.name,
             "start_ts": started,
             "status": "DONE",
             "images": len(items),
+            "validation_images": [v.name for v in val],
+            "baseline_metric": baseline,
+            "published": published,
             "history": history,
         }
+        if published:
+            result["weights"] = self.weights.publish(candidate)
+        else:
+            logger.info(f"{self.spec.name}: not published, F1 {final.best_metric:.3f} < served {baseline:.3f}")
+            os.remove(candidate)
         self._write_stats(result)
         return result

@@ -1,0 +1,79 @@
+"""Stored active-learning scores and the jobs that compute them, for one app.
+
+The API side of scoring: which images need a fresh score (none under the model's active version),
+queueing the scoring job once per (model, method), and reading scores back highest first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from monailabel.interfaces.datastore import Datastore
+
+from ..db.store import Database
+from ..errors import NotFound
+from ..jobs.client import JobClient
+from .scoring import SCORING_METHODS
+
+
+class Scores:
+    def __init__(self, db: Database, jobs: JobClient, datastore: Callable[[], Datastore], models: list[str]):
+        self.db = db
+        self.jobs = jobs
+        self.datastore = datastore
+        self.models = models
+
+    def _check(self, model: str, method: str) -> None:
+        if model not in self.models:
+            raise NotFound(f"unknown model '{model}'; available models: {', '.join(self.models)}")
+        if method not in SCORING_METHODS:
+            raise NotFound(f"unknown scoring method '{method}'; available: {', '.join(SCORING_METHODS)}")
+
+    def fresh(self, model: str, method: str) -> tuple[int | None, dict[str, float]]:
+        """``(active model version id, {image: score})`` of scores computed under that version."""
+        self._check(model, method)
+        version = self.db.active_model_version(model)
+        version_id = version.id if version else None
+        return version_id, self.db.scores(method, version_id)
+
+    def needing_score(self, model: str, method: str) -> list[str]:
+        """Images without a fresh score: unlabelled ones for ``epistemic``/``tta``; for ``dice``,
+        labelled ones that also have the model's original prediction."""
+        _, fresh = self.fresh(model, method)
+        datastore = self.datastore()
+        if method == "dice":
+            images = [i for i in datastore.get_labeled_images() if datastore.get_label_uri(i, "original")]
+        else:
+            images = datastore.get_unlabeled_images()
+        return [i for i in images if i not in fresh]
+
+    def submit(
+        self, model: str, method: str, images: list[str] | None = None, params: dict[str, Any] | None = None
+    ) -> str | None:
+        """Queue a scoring job and return its id. With ``images`` None: the images needing a score, and
+        only if no such job for (model, method) is under way (that job's id is returned instead);
+        None when every image has a fresh score."""
+        self._check(model, method)
+        kwargs = {"model": model, "method": method, "params": dict(params or {})}
+        if images is not None:
+            description = f"'{method}' scores of {len(images)} images under '{model}'"
+            return self.jobs.submit("score", description=description, image_ids=list(images), **kwargs).id
+        needed = self.needing_score(model, method)
+        if not needed:
+            return None
+        description = f"'{method}' scores of {len(needed)} images under '{model}'"
+        job, _ = self.jobs.submit_unique(
+            "score", f"score:{model}:{method}", description=description, image_ids=needed, **kwargs
+        )
+        return job.id
+
+    def report(self, model: str, method: str) -> dict[str, Any]:
+        version_id, values = self.fresh(model, method)
+        return {
+            "model": model,
+            "method": method,
+            "model_version": version_id,
+            "scores": dict(sorted(values.items(), key=lambda kv: -kv[1])),
+            "needs_score": self.needing_score(model, method),
+        }

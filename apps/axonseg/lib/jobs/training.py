@@ -1,0 +1,77 @@
+"""Training runs: the ``training_runs`` rows kept in step with their queue jobs, and submitting new ones.
+
+One place decides whether training is busy, so the ``/train`` endpoints and the automatic retrain
+after new labels (``lib.activelearning.retrain``) follow the same rule: one run at a time unless
+the caller asks to queue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..db.models import TrainingRun, utcnow
+from ..db.store import Database
+from ..errors import Busy, NotFound
+from .client import MONAI_STATUS, JobClient
+from .queues import TRAIN_QUEUE
+
+FINAL = ("DONE", "ERROR", "STOPPED")
+_SUBMIT_LOCK = "axonseg:train-submit"
+
+
+class TrainingRuns:
+    def __init__(self, db: Database, jobs: JobClient, models: list[str]):
+        self.db = db
+        self.jobs = jobs
+        self.models = models
+
+    def sync(self, run: TrainingRun) -> TrainingRun:
+        """Bring an unfinished run's status up to date with its queue job (which outlives API restarts)."""
+        if run.status in FINAL:
+            return run
+        job = self.jobs.job(run.job_id)
+        if job is None:
+            status, error = "ERROR", "the job is no longer in the queue (Redis lost it); start training again"
+        else:
+            status = MONAI_STATUS.get(self.jobs.refresh_status(job), "ERROR")
+            error = self.jobs.error_of(job) if status == "ERROR" else None
+            if status == "ERROR" and error and "AbandonedJobError" in error:
+                error = f"the worker running this job died ({job.worker_name}); nothing was published"
+        if status != run.status:
+            values: dict[str, Any] = {"status": status}
+            if status in FINAL:
+                values.update(error=run.error or error, finished_at=utcnow())
+            self.db.update_training_run(run.job_id, **values)
+            run = self.db.training_run(run.job_id)
+        return run
+
+    def active(self) -> list[TrainingRun]:
+        """Submitted or running runs, running ones first."""
+        runs = self.db.training_runs(statuses=("SUBMITTED", "RUNNING"))
+        active = [r for r in (self.sync(run) for run in runs) if r.status not in FINAL]
+        return sorted(active, key=lambda run: run.status != "RUNNING")
+
+    def submit(self, models: list[str], params: dict[str, Any], enqueue: bool) -> list[TrainingRun]:
+        """Queue one run per model; raises :class:`Busy` if training is busy and ``enqueue`` is false."""
+        unknown = [m for m in models if m not in self.models]
+        if unknown:
+            raise NotFound(f"unknown trainer '{unknown[0]}'; available trainers: {', '.join(self.models)}")
+        self.jobs.require_workers(TRAIN_QUEUE)
+        # One lock across API processes: the busy check and the enqueue happen together.
+        with self.jobs.connection.lock(_SUBMIT_LOCK, timeout=30, blocking_timeout=10):
+            busy = self.active()
+            if busy and not enqueue:
+                running = ", ".join(f"'{r.model}' ({r.status.lower()})" for r in busy)
+                raise Busy(f"training is busy: {running}; wait, stop it, or send enqueue=true to queue this run")
+            runs = []
+            for model in models:
+                job = self.jobs.submit(
+                    "train",
+                    description=f"training '{model}'",
+                    meta={"client_id": params.get("client_id")},
+                    model=model,
+                    params=params,
+                )
+                self.db.add_training_run(job.id, model, params)
+                runs.append(self.db.training_run(job.id))
+        return runs
