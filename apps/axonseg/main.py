@@ -80,6 +80,12 @@ class AxonSegApp(MONAILabelApp):
         self.jobs = JobClient(redis_url)
         self.task_configs = init_task_configs(conf["workdir"], self.model_dir)
         self.active_learning_model = conf.get("active_learning_model", next(iter(self.task_configs)))
+        if self.active_learning_model not in self.task_configs:
+            raise MONAILabelException(
+                MONAILabelError.APP_INIT_ERROR,
+                f"--conf active_learning_model {self.active_learning_model!r} is not a model; "
+                f"choose one of {', '.join(self.task_configs)}",
+            )
         self.training = TrainingRuns(self.db, self.jobs, list(self.task_configs))
         self.retrain = RetrainTrigger(
             self.db, self.training, int(conf.get("retrain_after_labels", 3)), self.active_learning_model

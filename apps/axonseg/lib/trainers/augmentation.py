@@ -110,6 +110,26 @@ def training_transforms(
     return Compose(steps)
 
 
+def describe(transforms: Compose, spec: StructureSpec, artifacts: Sequence[np.ndarray]) -> list[str]:
+    """The pipeline's steps as a person reads them (model cards, training logs)."""
+    aug = spec.recipe.augmentation
+    names = []
+    for step in transforms.transforms:
+        name = type(step).__name__
+        if name == "EnsureChannelFirstd":
+            continue
+        if name == "RandLambdad":
+            name = f"HistogramMatch to {aug.histogram_reference} (p 0.2)"
+        elif name == "RandArtifactCutMixd":
+            name = f"RandArtifactCutMixd ({len(artifacts)} cubes of label {aug.artifact_label})"
+        names.append(name)
+    if aug.artifact_label is not None and not artifacts:
+        names.append(
+            f"(artifact cutmix is configured, but the training regions hold no label-{aug.artifact_label} voxels)"
+        )
+    return names
+
+
 def load_histogram_reference(
     data_dir: str, spec: StructureSpec, voxels: int = 1 << 18, seed: int = 0
 ) -> np.ndarray | None:

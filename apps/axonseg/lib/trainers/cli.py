@@ -18,7 +18,7 @@ import torch
 from ..configs.registry import SPECS
 from ..machine import default_device, describe_machine
 from ..networks import load_weights
-from .augmentation import load_artifact_cubes, load_histogram_reference, training_transforms
+from .augmentation import describe, load_artifact_cubes, load_histogram_reference, training_transforms
 from .data import load_source
 from .report import plot_learning_curve, write_history, write_model_card
 from .supervised import train_segmentation
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
 
     artifacts = load_artifact_cubes(args.data_dir, spec)
     transforms = training_transforms(spec, load_histogram_reference(args.data_dir, spec), artifacts)
-    augmentation = [type(t).__name__ for t in transforms.transforms if type(t).__name__ != "EnsureChannelFirstd"]
+    augmentation = describe(transforms, spec, artifacts)
 
     def write_reports(history: list[dict], command: str, machine: str) -> None:
         write_history(history_path, history)

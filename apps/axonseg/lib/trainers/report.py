@@ -141,7 +141,7 @@ Label mapping (raw value → target; values not listed are ignored by the loss):
 - Augmentation, in order (`lib/trainers/augmentation.py`; {
         "anisotropic: in-plane warps only" if spec.anisotropic else "isotropic: 3D warps, z flips"
     }):
-  {", ".join(f"`{name}`" for name in augmentation)}.
+  {", ".join(augmentation)}.
 - Loss: {_LOSS_NAMES[recipe.loss]} over labelled voxels{
         f", foreground weight {recipe.pos_weight}" if recipe.pos_weight != 1 else ""
     }.
