@@ -6,6 +6,7 @@ import dataclasses
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -141,8 +142,12 @@ def test_scoring_jobs_rank_images_for_next_sample_and_go_stale_with_a_new_versio
     db.dispose()
     stale = requests.get(f"{server.url}/scoring/tta?model=synapse", timeout=10).json()
     assert stale["scores"] == {} and len(stale["needs_score"]) == 3
-    third = annotator(server, "ann3").next_sample("tta", {"model": "synapse"})
-    assert third["id"] == ranking[2] and third["unscored"] == 1 and third["scoring_job"]  # the two others are leased
+    # Three more annotators at the same moment: one image is left unleased, so exactly one gets it.
+    with ThreadPoolExecutor(3) as pool:
+        picks = list(pool.map(lambda n: annotator(server, n).next_sample("tta", {"model": "synapse"}), "xyz"))
+    got = [p for p in picks if p.get("id")]
+    assert len(got) == 1 and got[0]["id"] == ranking[2], picks
+    assert got[0]["unscored"] == 1 and got[0]["scoring_job"]  # stale scores: rescoring was queued
 
 
 def test_dice_score_measures_how_much_the_annotator_corrected(isolated, tmp_path):
