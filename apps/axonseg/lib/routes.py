@@ -42,6 +42,7 @@ from requests_toolbelt import MultipartEncoder
 
 from .datastore import check_image_id
 from .db.models import ModelVersion, TrainingRun
+from .db.store import file_checksum
 from .errors import InvalidRequest, NotFound, error_from_status
 from .jobs.client import describe_worker
 from .jobs.queues import INFER_QUEUE, TRAIN_QUEUE
@@ -279,10 +280,10 @@ async def activate_model_version(model: str, version_id: int):
         row = next((v for v in app.db.model_versions(model) if v.id == version_id), None)
         if row is None:
             raise NotFound(f"'{model}' has no version {version_id}; GET /models/{model}/versions lists them")
-        try:
-            config.weights.serve(row.path)
-        except FileNotFoundError as e:
-            raise NotFound(f"version {version_id} of '{model}' cannot be served: {e}") from e
+        if not os.path.isfile(row.path) or file_checksum(row.path) != row.checksum:
+            # e.g. a version recorded before versions were archived: its file has been overwritten since
+            raise NotFound(f"version {version_id} of '{model}' cannot be served: {row.path} is gone or changed")
+        config.weights.serve(row.path)
         return app.db.register_model_version(model, row.path, row.source)
 
     return _version(await run_in_threadpool(activate))
