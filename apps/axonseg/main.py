@@ -19,7 +19,8 @@ Conf keys (``--conf key value``):
                      and the one retrained on new labels (default: the first model, axon)
     retrain_after_labels    queue a fine-tuning run after this many new final labels (default 3;
                      0 turns it off)
-    auto_scoring     queue scoring jobs at start-up for images without a fresh score (default true)
+    auto_scoring     queue scoring jobs at start-up for images without a fresh score (default false:
+                     next-sample queues them when a score-ranked strategy first needs them)
     block_size       split volumes larger than this into ROI blocks served as images of their own,
                      "z,y,x" voxels (default 64,256,256; 0 turns it off)
 """
@@ -145,7 +146,7 @@ class AxonSegApp(MONAILabelApp):
     def async_scoring(self, method, params=None):
         """MONAI Label calls this at start-up: queue jobs for the images lacking a fresh score of the
         active-learning model (the stock version starts a second app in a subprocess per method)."""
-        if method is None and self.conf.get("auto_scoring", "true").lower() in ("false", "0", "no"):
+        if method is None and self.conf.get("auto_scoring", "false").lower() not in ("true", "1", "yes"):
             return {}
         methods = [method] if method else list(SCORING_METHODS)
         return {m: self.scores.submit(self.active_learning_model, m) for m in methods}
