@@ -60,8 +60,11 @@ def test_make_serve_seeds_workdir_and_serves_four_models(tmp_path):
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
-    time.sleep(3)
-    for worker in workers:  # Ctrl+C / SIGTERM stops the workers too
+    # Ctrl+C / SIGTERM stops the workers too (a busy one finishes or is killed within the stack's grace time)
+    deadline = time.time() + 30
+    while time.time() < deadline and any(os.path.exists(f"/proc/{w['pid']}") for w in workers):
+        time.sleep(0.5)
+    for worker in workers:
         assert not os.path.exists(f"/proc/{worker['pid']}"), f"worker {worker['pid']} outlived make serve"
     tracked_after = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
     assert tracked_after == tracked_before, "serving must not modify tracked files"
