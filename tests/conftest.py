@@ -99,6 +99,7 @@ class Server:
         database_url: str | None = None,
         conf: dict[str, str] | None = None,
         workers: tuple[str, ...] = ("infer", "train"),
+        env: dict[str, str] | None = None,
     ):
         self.workdir = workdir
         self.studies = workdir / "datastore"
@@ -118,6 +119,7 @@ class Server:
             "MONAILABEL_PYEXE": sys.executable,
             "REDIS_URL": redis_url,
             "PYTHONPATH": str(APP_DIR),
+            **(env or {}),
         }
         if database_url:
             self.env["DATABASE_URL"] = database_url

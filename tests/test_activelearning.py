@@ -174,8 +174,6 @@ def test_dice_score_measures_how_much_the_annotator_corrected(isolated, tmp_path
 class Training:
     """Stands in for the queue: counts submissions and is busy while ``busy`` is set."""
 
-    models = ["mitochondria", "axon"]
-
     def __init__(self, db: Database):
         self.db, self.busy, self.runs = db, False, []
 
@@ -193,7 +191,7 @@ def test_retrain_is_queued_after_k_new_final_labels_and_never_twice_at_once(tmp_
     upgrade(url)
     db = Database(url)
     training = Training(db)
-    trigger = RetrainTrigger(db, training, every=3, model="mitochondria")
+    trigger = RetrainTrigger(db, training, every=3, model="mitochondria", models=list(SPECS))
     for image in "abcdefg":
         db.record_image(image, f"/data/{image}.tif")
 
@@ -214,7 +212,8 @@ def test_retrain_is_queued_after_k_new_final_labels_and_never_twice_at_once(tmp_
     assert save("e") is None and save("f") is None
     assert save("g", model="axon")  # a label naming its model retrains that model (never trained: all 7 count)
     assert training.runs[-1] == ("axon", "7 new final labels")
-    assert RetrainTrigger(db, training, every=0, model="mitochondria").label_saved("a", {}) is None  # off
+    off = RetrainTrigger(db, training, every=0, model="mitochondria", models=list(SPECS))
+    assert off.label_saved("a", {}) is None
     db.dispose()
 
 

@@ -17,7 +17,16 @@ from lib.db.engine import upgrade
 from lib.db.store import Database
 from lib.transforms.io import Volume, read_volume, write_volume
 
-TABLES = {"images", "label_versions", "leases", "scores", "training_runs", "model_versions", "alembic_version"}
+TABLES = {
+    "images",
+    "label_versions",
+    "leases",
+    "scores",
+    "training_runs",
+    "model_versions",
+    "encoder_versions",
+    "alembic_version",
+}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -94,6 +103,22 @@ def test_model_versions_one_active_and_training_runs_record_epochs(db, tmp_path)
     db.record_score("img", "entropy", 0.25, v2.id)
     db.record_score("img", "entropy", 0.5, v2.id)  # re-scoring replaces the value for that model version
     assert db.scores("entropy", v2.id) == {"img": 0.5}
+
+
+def test_encoder_versions_are_recorded_once_per_file_and_linked_to_their_run(db, tmp_path):
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    first.write_bytes(b"encoder a")
+    second.write_bytes(b"encoder b")
+    a = db.register_encoder_version("axon", "light-sheet", "slice_permutation", str(first), {"accuracy": 0.9})
+    again = db.register_encoder_version("axon", "light-sheet", "slice_permutation", str(first))
+    b = db.register_encoder_version("mitochondria", "EM", "edges", str(second), {"mse": 0.1}, {"volumes": ["x.h5"]})
+    assert again.id == a.id  # the same file is one version
+    assert [v.id for v in db.encoder_versions()] == [a.id, b.id]
+    assert [v.id for v in db.encoder_versions("mitochondria")] == [b.id]
+    assert db.encoder_version(b.id).params == {"volumes": ["x.h5"]} and db.encoder_version(999) is None
+    db.add_training_run("job-ssl", "ssl_pretrain", {"task": "edges"})
+    db.update_training_run("job-ssl", status="DONE", encoder_version_id=b.id)
+    assert db.training_run("job-ssl").encoder_version_id == b.id
 
 
 def test_datastore_saves_from_threads_record_every_version_and_serve_the_latest(db, tmp_path):

@@ -32,7 +32,7 @@ def test_info_lists_four_valid_models_and_trainers(client):
     info = client.info()
     assert "config" not in info  # Slicer aborts on a top-level "config" key
     assert set(info["models"]) == set(MODELS)
-    assert set(info["trainers"]) == set(MODELS)
+    assert set(info["trainers"]) == {*MODELS, "ssl_pretrain"}
     for name in MODELS:
         model = info["models"][name]
         assert model["type"] == "segmentation"

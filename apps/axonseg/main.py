@@ -40,7 +40,7 @@ from lib.activelearning.retrain import RetrainTrigger
 from lib.activelearning.scores import Scores
 from lib.activelearning.scoring import SCORING_METHODS
 from lib.activelearning.strategies import QueuedScoring, ScoreRanked
-from lib.configs.registry import init_task_configs
+from lib.configs.registry import init_task_configs, init_trainers
 from lib.configs.task_config import StructureTaskConfig
 from lib.datastore import MicroscopyDatastore
 from lib.db.engine import database_url, upgrade
@@ -87,9 +87,14 @@ class AxonSegApp(MONAILabelApp):
                 f"--conf active_learning_model {self.active_learning_model!r} is not a model; "
                 f"choose one of {', '.join(self.task_configs)}",
             )
-        self.training = TrainingRuns(self.db, self.jobs, list(self.task_configs))
+        self.trainers = init_trainers(self.task_configs, conf["workdir"], studies)
+        self.training = TrainingRuns(self.db, self.jobs, self.trainers)
         self.retrain = RetrainTrigger(
-            self.db, self.training, int(conf.get("retrain_after_labels", 3)), self.active_learning_model
+            self.db,
+            self.training,
+            int(conf.get("retrain_after_labels", 3)),
+            self.active_learning_model,
+            list(self.task_configs),
         )
         self.scores = Scores(self.db, self.jobs, lambda: self.datastore(), list(self.task_configs))
         for name, config in self.task_configs.items():
@@ -129,7 +134,7 @@ class AxonSegApp(MONAILabelApp):
         return {name: config.infer() for name, config in self.task_configs.items()}
 
     def init_trainers(self):
-        return {name: config.trainer() for name, config in self.task_configs.items()}
+        return self.trainers
 
     def init_strategies(self):
         ranked = {m: ScoreRanked(m, self.scores, self.active_learning_model) for m in ("epistemic", "tta")}

@@ -8,7 +8,8 @@ the work runs in a worker, and handlers only await it, so the event loop stays f
     GET    /train/                    the running run, else the latest (all=true: every run;
                                       check_if_running=true: 200 with the running run, else 404)
     DELETE /train/                    stops the running training inside its worker
-    GET    /train/{model}/learning_curve.png   loss and validation scores of the latest retraining
+    GET    /train/{model}/learning_curve.png   loss and validation scores of the trainer's latest run
+    GET    /encoders/                 self-supervised pretrained encoders (ssl_pretrain), per structure
     POST   /batch/infer/{model}       segments many images in the background (train queue)
     GET    /jobs/                     queue lengths, job ids by state, live workers
     GET    /jobs/workers              live workers
@@ -172,6 +173,7 @@ def _train_task(run: TrainingRun) -> dict[str, Any]:
         ],
         "error": run.error,
         "model_version": run.model_version_id,
+        "encoder_version": run.encoder_version_id,
     }
 
 
@@ -235,15 +237,18 @@ async def train_stop():
     return _train_task(run)
 
 
-@router.get("/train/{model}/learning_curve.png", summary="Learning curve of the model's latest retraining (PNG)")
+@router.get("/train/{model}/learning_curve.png", summary="Learning curve of the trainer's latest run (PNG)")
 async def learning_curve(model: str):
-    stats = await run_in_threadpool(lambda: _app().task_config(model).trainer().stats())
+    trainer = _app().trainers.get(model)
+    if trainer is None:
+        raise NotFound(f"unknown trainer '{model}'; available trainers: {', '.join(_app().trainers)}")
+    stats = await run_in_threadpool(trainer.stats)
     if not stats.get("history"):
-        raise NotFound(f"'{model}' has not been retrained here yet; POST /train/{model} starts a run")
+        raise NotFound(f"'{model}' has not been trained here yet; POST /train/{model} starts a run")
 
     def draw() -> bytes:
         png = io.BytesIO()
-        plot_learning_curve(png, stats["history"], f"{model}: retraining on submitted labels ({stats['status']})")
+        plot_learning_curve(png, stats["history"], f"{model}: {trainer.description} ({stats['status']})")
         return png.getvalue()
 
     return Response(await run_in_threadpool(draw), media_type="image/png")
@@ -287,6 +292,30 @@ async def activate_model_version(model: str, version_id: int):
         return app.db.register_model_version(model, row.path, row.source)
 
     return _version(await run_in_threadpool(activate))
+
+
+# --- pretrained encoders -------------------------------------------------------------------------
+@router.get("/encoders/", summary="Self-supervised pretrained encoders (from ssl_pretrain)")
+async def encoder_versions(structure: str | None = None):
+    """Each can be given to a model's trainer as ``pretrained_encoder`` (its id)."""
+    app = _app()
+    if structure is not None:
+        app.task_config(structure)
+    rows = await run_in_threadpool(app.db.encoder_versions, structure)
+    return [
+        {
+            "id": row.id,
+            "structure": row.structure,
+            "modality": row.modality,
+            "task": row.task,
+            "file": os.path.basename(row.path),
+            "checksum": row.checksum,
+            "metrics": row.metrics,
+            "params": row.params,
+            "created_at": _fmt(row.created_at),
+        }
+        for row in rows
+    ]
 
 
 # --- active-learning scores ----------------------------------------------------------------------

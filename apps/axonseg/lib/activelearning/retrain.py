@@ -25,16 +25,24 @@ class RetrainTrigger:
     """Args:
     every: final labels that trigger a run (0 turns automatic retraining off).
     model: the model retrained unless a saved label's info names another one.
+    models: the models a label's info may name (not ``ssl_pretrain``, which needs no labels).
     params: the fine-tuning request (the trainer's config keys).
     """
 
     def __init__(
-        self, db: Database, training: TrainingRuns, every: int, model: str, params: dict[str, Any] | None = None
+        self,
+        db: Database,
+        training: TrainingRuns,
+        every: int,
+        model: str,
+        models: list[str],
+        params: dict[str, Any] | None = None,
     ):
         self.db = db
         self.training = training
         self.every = every
         self.model = model
+        self.models = models
         self.params = dict(params or {})
 
     def new_labels(self, model: str) -> int:
@@ -44,7 +52,7 @@ class RetrainTrigger:
 
     def label_saved(self, image_id: str, label_info: dict[str, Any]) -> TrainingRun | None:
         """The datastore's ``on_final_label`` hook; returns the run it queued, if any."""
-        model = label_info.get("model") if label_info.get("model") in self.training.models else self.model
+        model = label_info.get("model") if label_info.get("model") in self.models else self.model
         if self.every <= 0:
             return None
         count = self.new_labels(model)

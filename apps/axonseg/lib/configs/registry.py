@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from ..trainers.pretrain_task import PRETRAIN_TRAINER, PretrainTrainer
+from ..trainers.task import StructureTrainer
 from . import axon, membrane, mitochondria, synapse
 from .spec import StructureSpec
 from .task_config import StructureTaskConfig
@@ -25,3 +27,20 @@ def init_task_configs(workdir: str, model_dir: str = MODEL_DIR) -> dict[str, Str
         config.init(name, model_dir, {"workdir": workdir}, None)
         configs[name] = config
     return configs
+
+
+def init_trainers(configs: dict[str, StructureTaskConfig], workdir: str, studies: str) -> dict[str, StructureTrainer]:
+    """Every trainer by name: one per model (retraining on labels) plus ``ssl_pretrain``.
+
+    ``ssl_pretrain`` may read volumes inside the datastore folder and the folders listed in
+    ``AXONSEG_VOLUME_ROOTS`` (``os.pathsep``-separated; API and workers must see the same paths).
+    """
+    trainers: dict[str, StructureTrainer] = {name: config.trainer() for name, config in configs.items()}
+    roots = [studies, *(r for r in os.environ.get("AXONSEG_VOLUME_ROOTS", "").split(os.pathsep) if r)]
+    trainers[PRETRAIN_TRAINER] = PretrainTrainer(
+        {name: config.spec for name, config in configs.items()},
+        os.path.join(workdir, "encoders"),
+        os.path.join(workdir, "models", f"{PRETRAIN_TRAINER}.train_stats.json"),
+        roots,
+    )
+    return trainers

@@ -44,6 +44,22 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class EncoderVersion(Base):
+    """A self-supervised pretrained U-Net encoder (``ssl_pretrain``), for fine-tuning one structure."""
+
+    __tablename__ = "encoder_versions"
+    __table_args__ = (UniqueConstraint("structure", "checksum"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    structure: Mapped[str] = mapped_column(String(64), index=True)  # the model whose U-Net it fits
+    modality: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(64))  # the pretext task, e.g. "slice_permutation"
+    checksum: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any] | None]  # the pretext task's last score, e.g. {"accuracy": 0.9}
+    params: Mapped[dict[str, Any] | None]  # the run's parameters and the volumes it read
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class LabelVersion(Base):
     """Every label save is kept; the highest version of an (image, tag) is the one served by default."""
 
@@ -96,5 +112,6 @@ class TrainingRun(Base):
     epochs: Mapped[list[Any]] = mapped_column(JSON, default=list)
     error: Mapped[str | None] = mapped_column(Text)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    encoder_version_id: Mapped[int | None] = mapped_column(ForeignKey("encoder_versions.id"))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .engine import make_engine
-from .models import Image, LabelVersion, Lease, ModelVersion, Score, TrainingRun, utcnow
+from .models import EncoderVersion, Image, LabelVersion, Lease, ModelVersion, Score, TrainingRun, utcnow
 
 # Saves that race for the same (image, tag, version) retry with the next number.
 _VERSION_RETRIES = 50
@@ -228,6 +228,46 @@ class Database:
     def model_versions(self, model: str) -> list[ModelVersion]:
         with self.session() as s:
             return list(s.scalars(select(ModelVersion).where(ModelVersion.model == model).order_by(ModelVersion.id)))
+
+    # pretrained encoders --------------------------------------------------------------------
+    def register_encoder_version(
+        self,
+        structure: str,
+        modality: str,
+        task: str,
+        path: str,
+        metrics: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> EncoderVersion:
+        """Record the encoder file at ``path`` (once per structure and checksum)."""
+        checksum = file_checksum(path)
+        with self.session() as s, s.begin():
+            row = s.scalar(
+                select(EncoderVersion).where(EncoderVersion.structure == structure, EncoderVersion.checksum == checksum)
+            )
+            if row is None:
+                row = EncoderVersion(
+                    structure=structure,
+                    modality=modality,
+                    task=task,
+                    checksum=checksum,
+                    path=path,
+                    metrics=metrics,
+                    params=params,
+                )
+                s.add(row)
+        return row
+
+    def encoder_version(self, version_id: int) -> EncoderVersion | None:
+        with self.session() as s:
+            return s.get(EncoderVersion, version_id)
+
+    def encoder_versions(self, structure: str | None = None) -> list[EncoderVersion]:
+        with self.session() as s:
+            query = select(EncoderVersion).order_by(EncoderVersion.id)
+            if structure is not None:
+                query = query.where(EncoderVersion.structure == structure)
+            return list(s.scalars(query))
 
     # training runs --------------------------------------------------------------------------
     def add_training_run(self, job_id: str, model: str, params: dict[str, Any], status: str = "SUBMITTED") -> None:

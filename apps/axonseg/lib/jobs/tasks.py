@@ -15,7 +15,7 @@ from typing import Any
 from rq import get_current_job
 
 from ..activelearning.scoring import dice_score, epistemic_score, tta_score
-from ..configs.registry import init_task_configs
+from ..configs.registry import init_task_configs, init_trainers
 from ..configs.task_config import StructureTaskConfig
 from ..datastore import MicroscopyDatastore
 from ..db.engine import database_url
@@ -25,6 +25,7 @@ from ..errors import AxonSegError, NotFound
 from ..infers.segmentation import SegmentationInfer
 from ..machine import default_device
 from ..trainers.supervised import EpochStats, TrainingStopped
+from ..trainers.task import StructureTrainer
 from ..transforms.io import read_volume
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Runtime:
     studies: str
     workdir: str
     configs: dict[str, StructureTaskConfig]
+    trainers: dict[str, StructureTrainer]
     db: Database
     # Set by the worker when the API asks to stop the running job; polled by long jobs.
     stop_event: threading.Event = field(default_factory=threading.Event)
@@ -66,7 +68,10 @@ _runtime: Runtime | None = None
 
 def configure(studies: str, workdir: str) -> Runtime:
     global _runtime
-    _runtime = Runtime(studies, workdir, init_task_configs(workdir), Database(database_url(workdir)))
+    configs = init_task_configs(workdir)
+    _runtime = Runtime(
+        studies, workdir, configs, init_trainers(configs, workdir, studies), Database(database_url(workdir))
+    )
     return _runtime
 
 
@@ -118,12 +123,13 @@ def infer(model: str, image_path: str, params: dict[str, Any], image_id: str | N
 
 
 def train(model: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Retrain ``model`` on the datastore's final labels; records the run and the new model version."""
+    """Run the trainer ``model`` (a model's retraining or ``ssl_pretrain``); records the run and what it
+    produced (a model or encoder version)."""
     rt = runtime()
     job = get_current_job()
     job_id = job.id if job else "local"
     rt.db.update_training_run(job_id, status="RUNNING")
-    config = rt.configs[model]  # the API accepted only known trainers
+    trainer = rt.trainers[model]  # the API accepted only known trainers
 
     def on_epoch(stats: EpochStats) -> None:
         epoch = stats.to_dict()
@@ -131,7 +137,9 @@ def train(model: str, params: dict[str, Any]) -> dict[str, Any]:
         _progress(**{k: epoch.get(k) for k in ("epoch", "total_epochs", "loss", "best_metric", "total_time")})
 
     try:
-        result = config.trainer()(params, rt.datastore(), should_stop=rt.stop_event.is_set, on_epoch=on_epoch)
+        resolved = trainer.resolve(params, rt.db)  # e.g. an encoder version id becomes its file
+        result = trainer(resolved, rt.datastore(), should_stop=rt.stop_event.is_set, on_epoch=on_epoch)
+        recorded = trainer.record(result, rt.db)
     except TrainingStopped as e:
         rt.db.update_training_run(job_id, status="STOPPED", error=str(e), finished_at=utcnow())
         raise
@@ -141,13 +149,14 @@ def train(model: str, params: dict[str, Any]) -> dict[str, Any]:
     except Exception as e:
         rt.db.update_training_run(job_id, status="ERROR", error=f"{type(e).__name__}: {e}", finished_at=utcnow())
         raise
-    if not result["published"]:  # validated worse than the served weights: those stay
-        rt.db.update_training_run(job_id, status="DONE", finished_at=utcnow())
-        return {**result, "model_version": None}
-    metrics = {k: result.get(k) for k in ("best_metric", "baseline_metric", "validation_images")}
-    version = rt.db.register_model_version(model, result["weights"], "trained", metrics=metrics)
-    rt.db.update_training_run(job_id, status="DONE", model_version_id=version.id, finished_at=utcnow())
-    return {**result, "model_version": version.id}
+    rt.db.update_training_run(
+        job_id,
+        status="DONE",
+        model_version_id=recorded.get("model_version"),
+        encoder_version_id=recorded.get("encoder_version"),
+        finished_at=utcnow(),
+    )
+    return {**result, **recorded}
 
 
 def batch_infer(model: str, image_ids: list[str], params: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 from ..db.models import TrainingRun, utcnow
 from ..db.store import Database
 from ..errors import Busy, NotFound
+from ..trainers.task import StructureTrainer
 from .client import MONAI_STATUS, JobClient
 from .queues import TRAIN_QUEUE
 
@@ -20,10 +21,10 @@ _SUBMIT_LOCK = "axonseg:train-submit"
 
 
 class TrainingRuns:
-    def __init__(self, db: Database, jobs: JobClient, models: list[str]):
+    def __init__(self, db: Database, jobs: JobClient, trainers: dict[str, StructureTrainer]):
         self.db = db
         self.jobs = jobs
-        self.models = models
+        self.trainers = trainers
 
     def sync(self, run: TrainingRun) -> TrainingRun:
         """Bring an unfinished run's status up to date with its queue job (which outlives API restarts)."""
@@ -52,10 +53,15 @@ class TrainingRuns:
         return sorted(active, key=lambda run: run.status != "RUNNING")
 
     def submit(self, models: list[str], params: dict[str, Any], enqueue: bool) -> list[TrainingRun]:
-        """Queue one run per model; raises :class:`Busy` if training is busy and ``enqueue`` is false."""
-        unknown = [m for m in models if m not in self.models]
+        """Queue one run per model; raises :class:`Busy` if training is busy and ``enqueue`` is false.
+
+        Each trainer checks the parameters first, so a bad request is refused here and never queued.
+        """
+        unknown = [m for m in models if m not in self.trainers]
         if unknown:
-            raise NotFound(f"unknown trainer '{unknown[0]}'; available trainers: {', '.join(self.models)}")
+            raise NotFound(f"unknown trainer '{unknown[0]}'; available trainers: {', '.join(self.trainers)}")
+        for model in models:
+            self.trainers[model].resolve(params, self.db)
         self.jobs.require_workers(TRAIN_QUEUE)
         # One lock across API processes: the busy check and the enqueue happen together.
         with self.jobs.connection.lock(_SUBMIT_LOCK, timeout=30, blocking_timeout=10):

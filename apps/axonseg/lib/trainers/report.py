@@ -16,6 +16,14 @@ def write_history(path: str, history: list[dict]) -> None:
         json.dump(history, f, indent=1)
 
 
+_VALIDATION_CURVES = (
+    ("f1", "s-", "tab:red", "val F1"),
+    ("foreground_iou", "^--", "tab:orange", "val fg IoU"),
+    ("accuracy", "s-", "tab:red", "pretext accuracy"),
+    ("mse", "^--", "tab:orange", "reconstruction MSE"),
+)
+
+
 def plot_learning_curve(out: str | IO[bytes], history: list[dict], title: str) -> None:
     """Loss per epoch and validation F1 / foreground IoU where measured, as a PNG file or stream.
 
@@ -41,21 +49,12 @@ def plot_learning_curve(out: str | IO[bytes], history: list[dict], title: str) -
     if validated:
         ax2 = ax.twinx()
         ve = [h["epoch"] for h in validated]
-        ax2.plot(
-            ve,
-            [h["validation"]["f1"] for h in validated],
-            "s-",
-            color="tab:red",
-            label="val F1",
-        )
-        ax2.plot(
-            ve,
-            [h["validation"]["foreground_iou"] for h in validated],
-            "^--",
-            color="tab:orange",
-            label="val fg IoU",
-        )
-        ax2.set_ylim(0, 1)
+        # Segmentation runs validate F1 / IoU; pretext tasks score accuracy or MSE on fixed crops.
+        for key, style, color, name in _VALIDATION_CURVES:
+            if key in validated[0]["validation"]:
+                ax2.plot(ve, [h["validation"][key] for h in validated], style, color=color, label=name)
+        if all(0 <= v <= 1 for h in validated for v in h["validation"].values()):
+            ax2.set_ylim(0, 1)
         ax2.set_ylabel("validation score", color="tab:red")
         ax2.legend(loc="center right", fontsize=8)
     ax.set_title(title, fontsize=10)

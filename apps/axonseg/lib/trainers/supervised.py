@@ -22,6 +22,7 @@ from ..metrics import voxel_scores
 from ..networks import build_network, load_weights, save_weights
 from .augmentation import training_transforms
 from .data import PatchSampler, TrainingVolume
+from .encoder import load_encoder, set_encoder_trainable
 from .losses import LOSSES
 
 
@@ -68,6 +69,8 @@ def train_segmentation(
     seed: int = 0,
     val_every: int = 1,
     init_weights: str | None = None,
+    pretrained_encoder: str | None = None,
+    freeze_encoder_epochs: int = 0,
     transforms: Compose | None = None,
     device: str = "cpu",
     meta: dict | None = None,
@@ -78,6 +81,10 @@ def train_segmentation(
 
     Args:
         init_weights: start from this weights file (fine-tuning) instead of random weights.
+        pretrained_encoder: an encoder file (``lib.trainers.encoder``) loaded into a fresh U-Net,
+            whose decoder starts from random weights; not together with ``init_weights``.
+        freeze_encoder_epochs: keep the pretrained encoder fixed for this many first epochs, so the
+            fresh decoder adapts to it before both train together.
         transforms: patch augmentations; default the recipe's, without the ones that need reference data.
         on_epoch: called after every epoch with its :class:`EpochStats` (progress reporting).
         should_stop: polled every iteration; True raises :class:`TrainingStopped` and keeps the
@@ -87,10 +94,15 @@ def train_segmentation(
     """
     torch.manual_seed(seed)
     loss_fn = LOSSES[spec.recipe.loss]
+    if init_weights and pretrained_encoder:
+        raise ValueError("start from whole weights or from a pretrained encoder, not both")
     if init_weights:
         network, _ = load_weights(init_weights, device)
     else:
-        network = build_network(**spec.network_args()).to(device)
+        network = build_network(**spec.network_args())
+        if pretrained_encoder:
+            load_encoder(network, pretrained_encoder, spec.network_args())
+        network = network.to(device)
     transforms = transforms if transforms is not None else training_transforms(spec)
     sampler = PatchSampler(train, spec.patch_size, foreground_fraction, seed, transforms)
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
@@ -99,6 +111,8 @@ def train_segmentation(
     stats = EpochStats(0, epochs, 0.0, 0.0, 0.0)
     for epoch in range(1, epochs + 1):
         network.train()
+        if pretrained_encoder:
+            set_encoder_trainable(network, epoch > freeze_encoder_epochs)
         epoch_start, losses = time.time(), []
         for _ in range(iterations_per_epoch):
             if should_stop and should_stop():

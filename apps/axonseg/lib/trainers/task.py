@@ -13,10 +13,12 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from ..configs.spec import StructureSpec
-from ..errors import InvalidRequest
+from ..db.store import Database
+from ..errors import InvalidRequest, NotFound
 from ..infers.segmentation import ModelWeights
 from ..machine import default_device
 from .data import load_pair
+from .encoder import read_encoder
 from .supervised import EpochStats, train_segmentation, validate
 
 logger = logging.getLogger(__name__)
@@ -24,31 +26,28 @@ _CURVE_FIELDS = ("epoch", "loss", "validation", "total_time")
 _HOLD_OUT_EVERY = 4
 
 
-class SegmentationTrainer(TrainTask):
-    """Fine-tunes the served weights on the datastore's final labels, then publishes them.
+class StructureTrainer(TrainTask):
+    """What every axonseg trainer offers the API and the train worker besides MONAI Label's ``TrainTask``.
 
-    Progress is written to ``stats_path`` after every epoch, which ``/info/`` shows as
-    ``train_stats``: the fields 3D Slicer reads (epoch, total_epochs, total_time, best_metric), the
-    epoch's loss and validation scores, and ``history`` (every epoch so far), which
-    ``/train/{model}/learning_curve.png`` draws.
+    - ``resolve(request, db)``: the request merged over ``config()`` and checked; the API calls it
+      before queueing (a bad request is a 4xx, not a failed job) and the worker again before running.
+    - ``__call__(params, datastore, should_stop, on_epoch)``: the run; progress goes to ``stats_path``
+      (``/info/`` shows it as ``train_stats``).
+    - ``record(result, db)``: what the run produced, recorded in the database (a model or encoder version).
     """
 
-    def __init__(self, spec: StructureSpec, weights: ModelWeights, stats_path: str):
-        super().__init__(f"Retrain '{spec.name}' on submitted labels")
-        self.spec = spec
-        self.weights = weights
+    def __init__(self, description: str, stats_path: str):
+        super().__init__(description)
         self.stats_path = stats_path
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "max_epochs": 10,
-            "iterations_per_epoch": 20,
-            "learning_rate": 1e-3,
-            "batch_size": self.spec.recipe.batch_size,
-            "device": "auto",
-            # "if_not_worse": publish only weights that validate at least as well as the served ones
-            "publish": "if_not_worse",
-        }
+    def resolve(self, request: dict[str, Any], db: Database | None = None) -> dict[str, Any]:
+        config = self.config()
+        params = {**config, **{k: v for k, v in request.items() if k in config}}
+        # Slicer shows list-valued options as a drop-down and sends the chosen item; scripts may omit it.
+        return {k: v[0] if isinstance(v, list) and v else v for k, v in params.items()}
+
+    def record(self, result: dict[str, Any], db: Database) -> dict[str, Any]:
+        return {}
 
     def stats(self) -> dict[str, Any]:
         try:
@@ -62,6 +61,70 @@ class SegmentationTrainer(TrainTask):
         with open(tmp, "w") as f:
             json.dump(stats, f)
         os.replace(tmp, self.stats_path)
+
+
+class SegmentationTrainer(StructureTrainer):
+    """Fine-tunes the served weights on the datastore's final labels, then publishes them.
+
+    Progress is written to ``stats_path`` after every epoch, which ``/info/`` shows as
+    ``train_stats``: the fields 3D Slicer reads (epoch, total_epochs, total_time, best_metric), the
+    epoch's loss and validation scores, and ``history`` (every epoch so far), which
+    ``/train/{model}/learning_curve.png`` draws.
+    """
+
+    def __init__(self, spec: StructureSpec, weights: ModelWeights, stats_path: str):
+        super().__init__(f"Retrain '{spec.name}' on submitted labels", stats_path)
+        self.spec = spec
+        self.weights = weights
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "max_epochs": 10,
+            "iterations_per_epoch": 20,
+            "learning_rate": 1e-3,
+            "batch_size": self.spec.recipe.batch_size,
+            "device": "auto",
+            # "if_not_worse": publish only weights that validate at least as well as the served ones
+            "publish": "if_not_worse",
+            # An ssl_pretrain encoder version id (GET /encoders/) or an encoder file: start from it
+            # with a fresh decoder instead of from the served weights.
+            "pretrained_encoder": "",
+            "freeze_encoder_epochs": 0,
+        }
+
+    def resolve(self, request: dict[str, Any], db: Database | None = None) -> dict[str, Any]:
+        params = super().resolve(request, db)
+        if params["publish"] not in ("if_not_worse", "always"):
+            raise InvalidRequest(f"publish must be 'if_not_worse' or 'always', not '{params['publish']}'")
+        try:
+            params["freeze_encoder_epochs"] = int(params["freeze_encoder_epochs"])
+        except (TypeError, ValueError):
+            raise InvalidRequest("freeze_encoder_epochs must be a whole number of epochs") from None
+        encoder = str(params["pretrained_encoder"] or "").strip()
+        if encoder.isdigit():
+            if db is None:
+                raise InvalidRequest("an encoder version id needs the database; give the encoder file's path")
+            version = db.encoder_version(int(encoder))
+            if version is None:
+                raise NotFound(f"no encoder version {encoder}; GET /encoders/ lists them")
+            if version.structure != self.spec.name:
+                raise InvalidRequest(
+                    f"encoder version {encoder} was pretrained for '{version.structure}', not '{self.spec.name}'"
+                )
+            encoder = version.path
+        if encoder:
+            read_encoder(encoder, self.spec.network_args())  # exists and fits this U-Net
+        params["pretrained_encoder"] = encoder
+        return params
+
+    def record(self, result: dict[str, Any], db: Database) -> dict[str, Any]:
+        """A published run becomes the model's active version."""
+        if not result["published"]:  # validated worse than the served weights: those stay
+            return {"model_version": None}
+        metrics = {k: result.get(k) for k in ("best_metric", "baseline_metric", "validation_images")}
+        return {
+            "model_version": db.register_model_version(self.spec.name, result["weights"], "trained", metrics=metrics).id
+        }
 
     def __call__(
         self,
@@ -82,12 +145,7 @@ class SegmentationTrainer(TrainTask):
             the final stats, with ``published`` (bool), ``baseline_metric`` (the served weights' F1
             on the same validation images) and, if published, ``weights`` (the archived file).
         """
-        params = {
-            **self.config(),
-            **{k: v for k, v in request.items() if k in self.config()},
-        }
-        if params["publish"] not in ("if_not_worse", "always"):
-            raise InvalidRequest(f"publish must be 'if_not_worse' or 'always', not '{params['publish']}'")
+        params = self.resolve(request)
         items = datastore.datalist()
         if not items:
             raise InvalidRequest(f"no submitted labels to train '{self.spec.name}' on; save a label first")
@@ -130,12 +188,16 @@ class SegmentationTrainer(TrainTask):
             batch_size=int(params["batch_size"]),
             learning_rate=float(params["learning_rate"]),
             foreground_fraction=self.spec.recipe.foreground_fraction,
-            init_weights=served_path,
+            # A pretrained encoder starts a fresh network: fine-tuning the served one would mix the two.
+            init_weights=None if params["pretrained_encoder"] else served_path,
+            pretrained_encoder=params["pretrained_encoder"] or None,
+            freeze_encoder_epochs=params["freeze_encoder_epochs"],
             device=device,
             meta={
                 "name": self.spec.name,
                 "recipe": "retrain",
                 "images": [os.path.basename(i["image"]) for i in items],
+                "pretrained_encoder": params["pretrained_encoder"] or None,
             },
             on_epoch=report,
             should_stop=should_stop,

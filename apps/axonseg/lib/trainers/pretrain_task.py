@@ -1,0 +1,185 @@
+"""The ``ssl_pretrain`` train task: pretrain a structure's U-Net encoder on unlabelled volumes.
+
+It trains on every datastore image (labels are not needed) or on the volumes a request names, and
+writes a new encoder file per run under ``<workdir>/encoders/``; the train job records it as an
+encoder version (``encoder_versions`` table, ``GET /encoders/``), which segmentation trainers take
+as ``pretrained_encoder``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from monailabel.interfaces.datastore import Datastore
+
+from ..configs.spec import StructureSpec
+from ..db.store import Database
+from ..errors import InvalidRequest
+from ..machine import default_device
+from ..transforms.intensity import normalize_percentiles
+from ..transforms.io import read_volume
+from .pretext import PRETEXT_TASKS, make_pretext_task
+from .pretrain import pretrain_encoder
+from .supervised import EpochStats
+from .task import StructureTrainer
+
+logger = logging.getLogger(__name__)
+
+PRETRAIN_TRAINER = "ssl_pretrain"
+_CURVE_FIELDS = ("epoch", "loss", "validation", "total_time")
+
+
+class PretrainTrainer(StructureTrainer):
+    """Self-supervised pretraining of one structure's encoder with one pretext task per run.
+
+    Args:
+        specs: the structures an encoder can be pretrained for (its U-Net geometry and normalisation).
+        encoders_dir: where encoder files are written (one new file per run, never overwritten).
+        volume_roots: folders a request's ``volumes`` may lie in; other paths are refused.
+    """
+
+    def __init__(self, specs: dict[str, StructureSpec], encoders_dir: str, stats_path: str, volume_roots: list[str]):
+        super().__init__(
+            "Self-supervised pretraining of a structure's U-Net encoder on unlabelled volumes "
+            "(slice permutation, masked or edge reconstruction)",
+            stats_path,
+        )
+        self.specs = specs
+        self.encoders_dir = encoders_dir
+        self.volume_roots = [os.path.realpath(r) for r in volume_roots]
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "structure": list(self.specs),
+            "task": list(PRETEXT_TASKS),
+            # Volume files to pretrain on, comma-separated (inside the allowed folders); empty: every
+            # datastore image.
+            "volumes": "",
+            "dataset": "",  # HDF5/Zarr/N5 dataset inside those files (default: found automatically)
+            "max_epochs": 10,
+            "iterations_per_epoch": 40,
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "seed": 0,
+            "device": "auto",
+        }
+
+    def resolve(self, request: dict[str, Any], db: Database | None = None) -> dict[str, Any]:
+        params = super().resolve(request, db)
+        if params["structure"] not in self.specs:
+            raise InvalidRequest(f"unknown structure '{params['structure']}'; choose one of {', '.join(self.specs)}")
+        if params["task"] not in PRETEXT_TASKS:
+            raise InvalidRequest(f"unknown pretext task '{params['task']}'; choose one of {', '.join(PRETEXT_TASKS)}")
+        for key, kind in (("max_epochs", int), ("iterations_per_epoch", int), ("batch_size", int), ("seed", int)):
+            try:
+                params[key] = kind(params[key])
+            except (TypeError, ValueError):
+                raise InvalidRequest(f"{key} must be a whole number, not {params[key]!r}") from None
+            if params[key] < (0 if key == "seed" else 1):
+                raise InvalidRequest(f"{key} must be at least {0 if key == 'seed' else 1}")
+        volumes = params["volumes"]
+        paths = [p.strip() for p in (volumes.split(",") if isinstance(volumes, str) else volumes) if p.strip()]
+        params["volumes"] = [self._allowed(p) for p in paths]
+        return params
+
+    def _allowed(self, path: str) -> str:
+        real = os.path.realpath(path)
+        if not any(os.path.commonpath([real, root]) == root for root in self.volume_roots):
+            raise InvalidRequest(
+                f"volume {path!r} is outside the folders pretraining may read ({', '.join(self.volume_roots)}); "
+                "put it there or set AXONSEG_VOLUME_ROOTS"
+            )
+        if not os.path.isfile(real) and not os.path.isdir(real):  # Zarr/N5 are folders
+            raise InvalidRequest(f"volume {path!r} does not exist")
+        return real
+
+    def _read_volumes(self, params: dict[str, Any], datastore: Datastore, spec: StructureSpec):
+        if params["volumes"]:
+            sources = [(p, params["dataset"] or None) for p in params["volumes"]]
+        else:  # whole volumes: a volume split into ROI blocks is read once, not block by block
+            ids = [i for i in datastore.list_images() if datastore.block_of(i) is None]
+            sources = [(datastore.get_image_uri(i), None) for i in ids]
+        if not sources:
+            raise InvalidRequest("no volumes to pretrain on: the datastore is empty and no 'volumes' were given")
+        arrays = []
+        for path, dataset in sources:
+            array = read_volume(path, dataset).array  # VolumeError (422) for a file that is not a 3D volume
+            arrays.append(normalize_percentiles(array, spec.percentiles))
+        return [os.path.basename(p) for p, _ in sources], arrays
+
+    def __call__(
+        self,
+        request: dict[str, Any],
+        datastore: Datastore,
+        should_stop: Callable[[], bool] | None = None,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+    ) -> dict[str, Any]:
+        """Pretrain and write a new encoder file; returns the stats with ``encoder`` (its path)."""
+        params = self.resolve(request)
+        spec = self.specs[params["structure"]]
+        names, volumes = self._read_volumes(params, datastore, spec)
+        device = params["device"] if params["device"] != "auto" else default_device()
+        os.makedirs(self.encoders_dir, exist_ok=True)
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        output = os.path.join(self.encoders_dir, f"{spec.name}-{params['task']}-{stamp}.pt")
+        started = time.time()
+        history: list[dict[str, Any]] = []
+        label = f"{PRETRAIN_TRAINER} {spec.name}/{params['task']}"
+
+        def report(stats: EpochStats) -> None:
+            logger.info(f"{label} epoch {stats.epoch}/{stats.total_epochs} loss {stats.loss:.4f} {stats.validation}")
+            history.append({k: v for k, v in stats.to_dict().items() if k in _CURVE_FIELDS})
+            self._write_stats(
+                {
+                    **stats.to_dict(),
+                    "name": PRETRAIN_TRAINER,
+                    "start_ts": started,
+                    "status": "RUNNING",
+                    "history": history,
+                }
+            )
+            if on_epoch:
+                on_epoch(stats)
+
+        final = pretrain_encoder(
+            spec,
+            make_pretext_task(params["task"], seed=params["seed"]),
+            volumes,
+            output,
+            epochs=params["max_epochs"],
+            iterations_per_epoch=params["iterations_per_epoch"],
+            batch_size=params["batch_size"],
+            learning_rate=float(params["learning_rate"]),
+            seed=params["seed"],
+            device=device,
+            meta={"volumes": names},
+            on_epoch=report,
+            should_stop=should_stop,
+        )
+        result = {
+            **final.to_dict(),
+            "name": PRETRAIN_TRAINER,
+            "start_ts": started,
+            "status": "DONE",
+            "structure": spec.name,
+            "modality": spec.modality,
+            "task": params["task"],
+            "volumes": names,
+            "encoder": output,
+            "history": history,
+        }
+        self._write_stats(result)
+        return result
+
+    def record(self, result: dict[str, Any], db: Database) -> dict[str, Any]:
+        """The new encoder file becomes an encoder version of its structure."""
+        params = {k: result[k] for k in ("volumes", "total_epochs")}
+        version = db.register_encoder_version(
+            result["structure"], result["modality"], result["task"], result["encoder"], result["validation"], params
+        )
+        return {"encoder_version": version.id}
