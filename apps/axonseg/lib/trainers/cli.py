@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, help="override the recipe")
     parser.add_argument("--iterations", type=int, help="iterations per epoch; overrides the recipe")
     parser.add_argument("--val-every", type=int, help="epochs between validations; overrides the recipe")
+    parser.add_argument("--pretrained-encoder", help="start from this ssl_pretrain encoder file with a fresh decoder")
+    parser.add_argument("--freeze-encoder-epochs", type=int, default=0, help="keep that encoder fixed this long")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default=default_device())
     parser.add_argument(
@@ -99,8 +101,16 @@ def main(argv: list[str] | None = None) -> None:
         seed=recipe.seed,
         val_every=args.val_every or recipe.val_every,
         transforms=transforms,
+        pretrained_encoder=args.pretrained_encoder,
+        freeze_encoder_epochs=args.freeze_encoder_epochs,
         device=args.device,
-        meta={"name": spec.name, "recipe": "reference", "command": command, "machine": machine},
+        meta={
+            "name": spec.name,
+            "recipe": "reference",
+            "command": command,
+            "machine": machine,
+            "pretrained_encoder": args.pretrained_encoder,
+        },
         on_epoch=on_epoch,
     )
     write_reports(history, command, machine)
