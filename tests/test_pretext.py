@@ -215,3 +215,25 @@ def test_pretrain_writes_an_encoder_with_its_provenance(tmp_path, lucchi_raw):
             batch_size=2, learning_rate=1e-3, should_stop=lambda: next(stopped),
         )  # fmt: skip
     assert not (tmp_path / "never.pt").exists()
+
+
+def test_pretrain_request_is_resolved_and_paths_stay_inside_the_allowed_folders(tmp_path):
+    from lib.trainers.pretrain_task import PretrainTrainer
+
+    allowed = tmp_path / "volumes"
+    allowed.mkdir()
+    for name in ("a.h5", "b.h5"):
+        (allowed / name).write_bytes(b"")
+    (tmp_path / "secret.h5").write_bytes(b"")
+    (allowed / "link.h5").symlink_to(tmp_path / "secret.h5")
+    trainer = PretrainTrainer(SPECS, str(tmp_path / "encoders"), str(tmp_path / "stats.json"), [str(allowed)])
+    defaults = trainer.resolve({})
+    assert defaults["structure"] == "axon" and defaults["task"] == "slice_permutation" and defaults["volumes"] == []
+    both = trainer.resolve({"volumes": [str(allowed / "a.h5"), str(allowed / "b.h5")], "task": "edges"})
+    assert both["volumes"] == [str(allowed / "a.h5"), str(allowed / "b.h5")] and both["task"] == "edges"
+    assert trainer.resolve({"volumes": f"{allowed / 'a.h5'}, {allowed / 'b.h5'}"})["volumes"] == both["volumes"]
+    for volumes in (str(allowed / ".." / "secret.h5"), str(allowed / "link.h5"), "/etc/passwd"):
+        with pytest.raises(InvalidRequest, match="outside the folders"):
+            trainer.resolve({"volumes": volumes})
+    with pytest.raises(InvalidRequest, match="at least 1"):
+        trainer.resolve({"batch_size": 0})

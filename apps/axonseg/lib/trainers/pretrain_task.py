@@ -57,8 +57,8 @@ class PretrainTrainer(StructureTrainer):
         return {
             "structure": list(self.specs),
             "task": list(PRETEXT_TASKS),
-            # Volume files to pretrain on, comma-separated (inside the allowed folders); empty: every
-            # datastore image.
+            # Volume files to pretrain on, comma-separated or a JSON list (inside the allowed folders);
+            # empty: every datastore image.
             "volumes": "",
             "dataset": "",  # HDF5/Zarr/N5 dataset inside those files (default: found automatically)
             "max_epochs": 10,

@@ -42,9 +42,10 @@ class StructureTrainer(TrainTask):
 
     def resolve(self, request: dict[str, Any], db: Database | None = None) -> dict[str, Any]:
         config = self.config()
-        params = {**config, **{k: v for k, v in request.items() if k in config}}
-        # Slicer shows list-valued options as a drop-down and sends the chosen item; scripts may omit it.
-        return {k: v[0] if isinstance(v, list) and v else v for k, v in params.items()}
+        # A list-valued option is a choice (Slicer shows a drop-down and sends the item); its default
+        # is the first item.
+        defaults = {k: v[0] if isinstance(v, list) and v else v for k, v in config.items()}
+        return {**defaults, **{k: v for k, v in request.items() if k in config}}
 
     def record(self, result: dict[str, Any], db: Database) -> dict[str, Any]:
         return {}
