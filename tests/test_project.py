@@ -44,7 +44,7 @@ def test_make_serve_seeds_workdir_and_serves_four_models(tmp_path):
                 time.sleep(1)
         assert info is not None, (tmp_path / "serve.log").read_text()[-3000:]
         assert sorted(info["models"]) == ["axon", "membrane", "mitochondria", "synapse"]
-        assert sorted(info["trainers"]) == ["axon", "membrane", "mitochondria", "synapse"]
+        assert sorted(info["trainers"]) == ["axon", "membrane", "mitochondria", "ssl_pretrain", "synapse"]
         assert info["datastore"]["total"] == 3
         seeded = sorted(p.name for p in (workdir / "datastore").iterdir() if p.suffix in (".h5", ".tif", ".nrrd"))
         assert seeded == ["gala_fibsem.h5", "trailmap_chunk.nrrd", "trailmap_original.tif"]
