@@ -37,19 +37,24 @@ def build_network(
     )
 
 
-def save_weights(path: str, network: torch.nn.Module, network_args: dict, meta: dict[str, Any]) -> None:
-    """Write weights to ``path`` atomically: readers see the old file or the new one, never half."""
+def save_checkpoint(path: str, checkpoint: dict[str, Any]) -> None:
+    """``torch.save`` to ``path`` atomically: readers see the old file or the new one, never half."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
     os.close(fd)
     try:
-        state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
-        torch.save({"state_dict": state, "network": network_args, "meta": meta}, tmp)
+        torch.save(checkpoint, tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_weights(path: str, network: torch.nn.Module, network_args: dict, meta: dict[str, Any]) -> None:
+    """Write a whole network's weights to ``path`` atomically."""
+    state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    save_checkpoint(path, {"state_dict": state, "network": network_args, "meta": meta})
 
 
 def load_weights(path: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:

@@ -9,13 +9,13 @@ instead of loading half of it.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import torch
 from monai.networks.nets import DynUNet
 
 from ..errors import InvalidRequest
+from ..networks import save_checkpoint
 
 ENCODER_PARTS = ("input_block", "downsamples", "bottleneck")
 # Network arguments an encoder depends on (dropout does not change the weights' shapes).
@@ -46,20 +46,11 @@ def set_encoder_trainable(network: DynUNet, trainable: bool) -> None:
 
 def save_encoder(path: str, network: DynUNet, network_args: dict, meta: dict[str, Any]) -> None:
     """Write the encoder's weights to ``path`` atomically (readers never see half a file)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     state = {
         part: {k: v.detach().cpu() for k, v in module.state_dict().items()}
         for part, module in encoder_modules(network).items()
     }
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"encoder": state, "network": network_args, "meta": meta}, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_checkpoint(path, {"encoder": state, "network": network_args, "meta": meta})
 
 
 def read_encoder(path: str, network_args: dict) -> dict[str, Any]:

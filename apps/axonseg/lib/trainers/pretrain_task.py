@@ -8,7 +8,6 @@ as ``pretrained_encoder``.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 import uuid
@@ -28,10 +27,7 @@ from .pretrain import pretrain_encoder
 from .supervised import EpochStats
 from .task import StructureTrainer
 
-logger = logging.getLogger(__name__)
-
 PRETRAIN_TRAINER = "ssl_pretrain"
-_CURVE_FIELDS = ("epoch", "loss", "validation", "total_time")
 
 
 class PretrainTrainer(StructureTrainer):
@@ -129,22 +125,6 @@ class PretrainTrainer(StructureTrainer):
         output = os.path.join(self.encoders_dir, f"{spec.name}-{params['task']}-{stamp}.pt")
         started = time.time()
         history: list[dict[str, Any]] = []
-        label = f"{PRETRAIN_TRAINER} {spec.name}/{params['task']}"
-
-        def report(stats: EpochStats) -> None:
-            logger.info(f"{label} epoch {stats.epoch}/{stats.total_epochs} loss {stats.loss:.4f} {stats.validation}")
-            history.append({k: v for k, v in stats.to_dict().items() if k in _CURVE_FIELDS})
-            self._write_stats(
-                {
-                    **stats.to_dict(),
-                    "name": PRETRAIN_TRAINER,
-                    "start_ts": started,
-                    "status": "RUNNING",
-                    "history": history,
-                }
-            )
-            if on_epoch:
-                on_epoch(stats)
 
         final = pretrain_encoder(
             spec,
@@ -158,7 +138,7 @@ class PretrainTrainer(StructureTrainer):
             seed=params["seed"],
             device=device,
             meta={"volumes": names},
-            on_epoch=report,
+            on_epoch=self._epoch_reporter(PRETRAIN_TRAINER, started, history, on_epoch),
             should_stop=should_stop,
         )
         result = {

@@ -50,6 +50,22 @@ class StructureTrainer(TrainTask):
     def record(self, result: dict[str, Any], db: Database) -> dict[str, Any]:
         return {}
 
+    def _epoch_reporter(
+        self, name: str, started: float, history: list[dict[str, Any]], on_epoch: Callable[[EpochStats], None] | None
+    ) -> Callable[[EpochStats], None]:
+        """Per epoch: log it, add it to ``history`` (the learning curve), write the RUNNING stats, pass it on."""
+
+        def report(stats: EpochStats) -> None:
+            logger.info(f"{name} epoch {stats.epoch}/{stats.total_epochs} loss {stats.loss:.4f} {stats.validation}")
+            history.append({k: v for k, v in stats.to_dict().items() if k in _CURVE_FIELDS})
+            self._write_stats(
+                {**stats.to_dict(), "name": name, "start_ts": started, "status": "RUNNING", "history": history}
+            )
+            if on_epoch:
+                on_epoch(stats)
+
+        return report
+
     def stats(self) -> dict[str, Any]:
         try:
             with open(self.stats_path) as f:
@@ -164,21 +180,6 @@ class SegmentationTrainer(StructureTrainer):
         started = time.time()
         history: list[dict[str, Any]] = []  # every epoch so far: the learning curve
 
-        def report(stats: EpochStats) -> None:
-            logger.info(f"{self.spec.name} epoch {stats.epoch}/{stats.total_epochs} loss {stats.loss:.4f}")
-            history.append({k: v for k, v in stats.to_dict().items() if k in _CURVE_FIELDS})
-            self._write_stats(
-                {
-                    **stats.to_dict(),
-                    "name": self.spec.name,
-                    "start_ts": started,
-                    "status": "RUNNING",
-                    "history": history,
-                }
-            )
-            if on_epoch:
-                on_epoch(stats)
-
         final = train_segmentation(
             self.spec,
             train,
@@ -200,7 +201,7 @@ class SegmentationTrainer(StructureTrainer):
                 "images": [os.path.basename(i["image"]) for i in items],
                 "pretrained_encoder": params["pretrained_encoder"] or None,
             },
-            on_epoch=report,
+            on_epoch=self._epoch_reporter(self.spec.name, started, history, on_epoch),
             should_stop=should_stop,
         )
         published = params["publish"] == "always" or final.best_metric >= baseline
