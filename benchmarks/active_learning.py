@@ -31,7 +31,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "apps" / "axonseg"))
 
-from lib.activelearning.blocks import grid  # noqa: E402
 from lib.activelearning.scoring import epistemic_score, tta_score  # noqa: E402
 from lib.configs.registry import SPECS  # noqa: E402
 from lib.configs.spec import DataSource  # noqa: E402
@@ -40,8 +39,9 @@ from lib.networks import build_network, save_weights  # noqa: E402
 from lib.trainers.augmentation import training_transforms  # noqa: E402
 from lib.trainers.data import TrainingVolume, load_source  # noqa: E402
 from lib.trainers.supervised import train_segmentation, validate  # noqa: E402
-from lib.transforms.intensity import normalize_percentiles  # noqa: E402
+from lib.transforms.intensity import intensity_stats, normalize  # noqa: E402
 from lib.transforms.io import read_volume  # noqa: E402
+from lib.volumes.regions import grid, region_id  # noqa: E402
 
 SPEC = SPECS["mitochondria"]
 BLOCK = (32, 128, 128)
@@ -113,13 +113,18 @@ def main() -> None:
     region = tuple(slice(a, b) for a, b in POOL_REGION)
     raw = read_volume(path, "raw").array[region]
     label = read_volume(path, "labels/mito").array[region]
-    blocks = grid("lucchi", raw.shape, BLOCK)
-    raws = [raw[b.region] for b in blocks]
-    # Each block is an image of its own, normalised on its own, as the app serves and trains blocks.
+    blocks = grid(raw.shape, BLOCK)
+    raws = [raw[b.slices] for b in blocks]
+    # Each block is a region of the pool, normalised by the pool's statistics, as the app serves and trains regions.
+    stats = intensity_stats(raw)
     volumes = [
-        TrainingVolume(b.id, normalize_percentiles(r, SPEC.percentiles), (label[b.region] > 0).astype(np.uint8), mask)
+        TrainingVolume(
+            region_id("lucchi", b, False),
+            normalize(r, stats, SPEC.percentiles),
+            (label[b.slices] > 0).astype(np.uint8),
+            np.ones(b.shape, bool),
+        )
         for b, r in zip(blocks, raws)
-        for mask in [np.ones(b.shape, bool)]
     ]
     val = load_source(str(args.data_dir), VALIDATION, SPEC)
     workdir = args.out / "active_learning_work"

@@ -40,7 +40,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "apps" / "axonseg"))
 
-from lib.activelearning.blocks import grid  # noqa: E402
 from lib.configs.registry import SPECS  # noqa: E402
 from lib.configs.spec import DataSource  # noqa: E402
 from lib.machine import default_device, describe_machine  # noqa: E402
@@ -52,6 +51,7 @@ from lib.trainers.pretrain import pretrain_encoder  # noqa: E402
 from lib.trainers.supervised import train_segmentation, validate  # noqa: E402
 from lib.transforms.intensity import normalize_percentiles  # noqa: E402
 from lib.transforms.io import read_volume  # noqa: E402
+from lib.volumes.regions import grid, region_id  # noqa: E402
 
 LUCCHI = "lucchi_pp_train.h5"
 MITO_CUBE = (64, 128, 128)
@@ -79,10 +79,11 @@ def labelled_cubes(data_dir: Path, structure: str) -> tuple[list[TrainingVolume]
     region = ((MITO_CUBE_REGION[0], MITO_CUBE_REGION[1]), (None, None), (None, None))
     slab = load_source(str(data_dir), DataSource(LUCCHI, "labels/mito", region=region), spec)
     cubes = []
-    for block in grid("lucchi", slab.image.shape, MITO_CUBE):
-        target = slab.target[block.region]
+    for block in grid(slab.image.shape, MITO_CUBE):
+        target = slab.target[block.slices]
         if target.mean() >= 0.02:
-            cubes.append(TrainingVolume(block.id, slab.image[block.region], target, slab.mask[block.region]))
+            name = region_id("lucchi", block, False)
+            cubes.append(TrainingVolume(name, slab.image[block.slices], target, slab.mask[block.slices]))
     return cubes, [load_source(str(data_dir), MITO_HELD_OUT, spec)]
 
 

@@ -177,9 +177,15 @@ class Server:
         return requests.get(f"{self.url}/info/", timeout=30).status_code == 200
 
     def files(self) -> set[str]:
-        """Every file in the datastore, and any temporary file in the views cache (to check that a
-        failed request left nothing behind; complete views are a cache and may appear any time)."""
-        stored = {str(p.relative_to(self.workdir)) for p in self.studies.rglob("*") if p.is_file()}
+        """Every file of the studies folder, the volume store and the label versions, and any temporary
+        file in the views cache (to check that a failed request left nothing behind; complete views are
+        a cache and may appear any time)."""
+        stored = {
+            str(p.relative_to(self.workdir))
+            for folder in (self.studies, self.workdir / "volumes", self.workdir / "label_versions")
+            for p in folder.rglob("*")
+            if p.is_file() and not p.name.endswith(".lock")
+        }
         partial = {str(p) for p in (self.workdir / "views").rglob("*") if ".part" in p.name or ".tmp" in p.name}
         return stored | partial
 
@@ -246,6 +252,14 @@ def client(server):
     MONAILabelClient, _ = slicer_client_class()
     (server.workdir / "client").mkdir(exist_ok=True)
     return MONAILabelClient(server.url, tmpdir=str(server.workdir / "client"), client_id="pytest-annotator")
+
+
+def record_test_image(db, image_id: str, shape=(4, 8, 8), structures=None) -> None:
+    """An image row with one whole region, for tests of what refers to images (leases, scores, labels)."""
+    from lib.db.models import Image, Region
+
+    image = Image(id=image_id, original_path=f"/data/{image_id}.tif", shape=list(shape), structures=structures)
+    db.add_image(image, [Region(id=image_id, image_id=image_id, offset=[0, 0, 0], shape=list(shape), whole=True)])
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):

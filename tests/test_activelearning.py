@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 import torch
-from conftest import APP_DIR, SAMPLE_DATA, slicer_client_class, wait_for, wait_for_job
+from conftest import APP_DIR, SAMPLE_DATA, record_test_image, slicer_client_class, wait_for, wait_for_job
 
 from lib.activelearning.leases import WithoutLeased
 from lib.activelearning.retrain import RetrainTrigger
@@ -63,7 +63,7 @@ def ranked(tmp_path):
     db = Database(url)
     images = ["a", "b", "c", "d", "e"]
     for image in images:
-        db.record_image(image, f"/data/{image}.tif")
+        record_test_image(db, image)
     weights = tmp_path / "v1.pt"
     weights.write_bytes(b"weights one")
     version = db.register_model_version("mitochondria", str(weights), "shipped")
@@ -112,7 +112,8 @@ def test_unknown_model_or_method_is_a_clear_404(ranked):
 
 
 def test_scoring_jobs_rank_images_for_next_sample_and_go_stale_with_a_new_version(isolated):
-    server = isolated()
+    # synapse scores EM images only: the sample FIB-SEM volume, tiled into 4 regions
+    server = isolated(conf={"region_size": "64,64,100"})
     client = slicer_client_class()[0](server.url)
     assert {"epistemic", "tta", "dice"} <= set(client.info()["scoring"])
     assert {"epistemic", "tta"} <= set(client.info()["strategies"])
@@ -122,7 +123,8 @@ def test_scoring_jobs_rank_images_for_next_sample_and_go_stale_with_a_new_versio
     done = wait_for_job(server.url, job["id"])
     assert done["status"] == "DONE", done
     report = requests.get(f"{server.url}/scoring/tta?model=synapse", timeout=10).json()
-    assert report["needs_score"] == [] and len(report["scores"]) == 3, report
+    assert report["needs_score"] == [] and len(report["scores"]) == 4, report
+    assert all(region.startswith("gala_fibsem_block_") for region in report["scores"])  # no light-sheet image
     ranking = list(report["scores"])  # highest first
     assert all(v >= 0 for v in report["scores"].values())
 
@@ -141,13 +143,13 @@ def test_scoring_jobs_rank_images_for_next_sample_and_go_stale_with_a_new_versio
     db.register_model_version("synapse", str(copy), "trained")
     db.dispose()
     stale = requests.get(f"{server.url}/scoring/tta?model=synapse", timeout=10).json()
-    assert stale["scores"] == {} and len(stale["needs_score"]) == 3
-    # Three more annotators at the same moment: one image is left unleased, so exactly one gets it.
+    assert stale["scores"] == {} and len(stale["needs_score"]) == 4
+    # Three more annotators at the same moment: two regions are left unleased, so exactly two get one.
     with ThreadPoolExecutor(3) as pool:
         picks = list(pool.map(lambda n: annotator(server, n).next_sample("tta", {"model": "synapse"}), "xyz"))
     got = [p for p in picks if p.get("id")]
-    assert len(got) == 1 and got[0]["id"] == ranking[2], picks
-    assert got[0]["unscored"] == 1 and got[0]["scoring_job"]  # stale scores: rescoring was queued
+    assert len(got) == 2 and {g["id"] for g in got} == set(ranking[2:]), picks
+    assert all(g["unscored"] >= 1 and g["scoring_job"] for g in got)  # stale scores: rescoring was queued
 
 
 def test_dice_score_measures_how_much_the_annotator_corrected(isolated, tmp_path):
@@ -159,7 +161,10 @@ def test_dice_score_measures_how_much_the_annotator_corrected(isolated, tmp_path
     corrected[: corrected.shape[0] // 2] = 1  # the annotator paints half the volume
     final = tmp_path / "final.nrrd"
     write_volume(str(final), dataclasses.replace(prediction, array=corrected.astype(np.uint8)))
-    client.save_label("gala_fibsem", str(final), "final", {"client_id": "ann1"})
+    # as Slicer saves it: segments named after the label the model returned
+    client.save_label(
+        "gala_fibsem", str(final), "final", {"client_id": "ann1", "label_info": [{"name": "synapse", "idx": 1}]}
+    )
     reply = requests.post(f"{server.url}/scoring/dice", json={"model": "synapse"}, timeout=30)
     assert reply.status_code == 200, reply.text
     assert wait_for_job(server.url, reply.json()["id"], 120)["status"] == "DONE"
@@ -186,34 +191,37 @@ class Training:
         return [self.db.training_run(job_id)]
 
 
-def test_retrain_is_queued_after_k_new_final_labels_and_never_twice_at_once(tmp_path):
+def test_retrain_counts_each_region_once_per_structure_and_never_queues_twice(tmp_path):
     url = f"sqlite:///{tmp_path}/rt.db"
     upgrade(url)
     db = Database(url)
     training = Training(db)
     trigger = RetrainTrigger(db, training, every=3, model="mitochondria", models=list(SPECS))
     for image in "abcdefg":
-        db.record_image(image, f"/data/{image}.tif")
+        record_test_image(db, image)
 
-    def save(image: str, tag: str = "final", **info):
-        db.add_label_version(image, tag, f"/v/{image}", "0" * 64)
-        return trigger.label_saved(image, info)
+    def save(image: str, structure: str = "mitochondria", tag: str = "final"):
+        db.add_label_version(db.region(image), structure, tag, f"/v/{image}", "0" * 64)
+        return trigger.label_saved(image, structure, {}) if tag == "final" else None
 
     assert save("a") is None and save("b") is None
+    assert save("a") is None  # the same region saved again: still 2 labelled regions
     assert save("c", tag="original") is None  # a model's prediction is not an annotator's label
+    assert save("c", structure="membrane") is None  # another structure's label does not count
     assert trigger.new_labels("mitochondria") == 2
     training.busy = True
-    assert save("c") is None  # 3 labels, but a run is under way: no duplicate
+    assert save("c") is None  # 3 regions, but a run is under way: no duplicate
     training.busy = False
     run = save("d")
     assert run is not None and training.runs == [("mitochondria", "4 new final labels")]
     time.sleep(0.01)
     assert trigger.new_labels("mitochondria") == 0  # counting starts again at the run
     assert save("e") is None and save("f") is None
-    assert save("g", model="axon")  # a label naming its model retrains that model (never trained: all 7 count)
-    assert training.runs[-1] == ("axon", "7 new final labels")
+    assert save("g", structure="membrane") is None  # membrane: 2 regions (c, g)
+    assert save("a", structure="membrane")  # a label retrains the structure it belongs to
+    assert training.runs[-1] == ("membrane", "3 new final labels")
     off = RetrainTrigger(db, training, every=0, model="mitochondria", models=list(SPECS))
-    assert off.label_saved("a", {}) is None
+    assert off.label_saved("a", "mitochondria", {}) is None
     db.dispose()
 
 
@@ -254,12 +262,17 @@ def test_publishing_is_atomic_for_readers(tmp_path):
 
 
 def test_labels_trigger_one_retrain_then_only_better_weights_publish_and_rollback_restores(isolated):
-    server = isolated(conf={"retrain_after_labels": "2", "active_learning_model": "mitochondria"})
+    # mitochondria labels go on EM images: the sample FIB-SEM volume, tiled into 4 regions
+    server = isolated(
+        conf={"retrain_after_labels": "2", "active_learning_model": "mitochondria", "region_size": "64,64,100"}
+    )
     client = slicer_client_class()[0](server.url)
 
     def accept_prediction(image: str) -> None:  # an annotator who agrees with the model
         label, _ = client.infer("mitochondria", image, {})
-        client.save_label(image, label, "final", {"client_id": "ann1"})
+        client.save_label(
+            image, label, "final", {"client_id": "ann1", "label_info": [{"name": "mitochondria", "idx": 1}]}
+        )
 
     def runs() -> list[dict]:
         return requests.get(f"{server.url}/train/?all=true", timeout=10).json() if has_runs() else []
@@ -267,12 +280,14 @@ def test_labels_trigger_one_retrain_then_only_better_weights_publish_and_rollbac
     def has_runs() -> bool:
         return requests.get(f"{server.url}/train/", timeout=10).status_code == 200
 
-    accept_prediction("gala_fibsem")
+    accept_prediction("gala_fibsem_block_z0_y0_x0")
     assert runs() == []
-    accept_prediction("trailmap_original")  # the second new label queues a fine-tuning run
+    accept_prediction("gala_fibsem_block_z0_y0_x0")  # the same region again counts once
+    assert runs() == []
+    accept_prediction("gala_fibsem_block_z0_y64_x0")  # the second labelled region queues a fine-tuning run
     triggered = runs()
     assert len(triggered) == 1 and triggered[0]["request"]["client_id"] == "retrain-trigger"
-    accept_prediction("trailmap_chunk")  # while it is under way, no second run
+    accept_prediction("gala_fibsem_block_z0_y0_x100")  # while it is under way, no second run
     assert len(runs()) == 1
     requests.delete(f"{server.url}/train/", timeout=60)
     wait_for(lambda: runs()[0]["status"] == "STOPPED", 120, "the triggered run to stop")
@@ -315,30 +330,30 @@ def test_labels_trigger_one_retrain_then_only_better_weights_publish_and_rollbac
     assert missing.status_code == 404 and "no version 999" in missing.json()["detail"]
 
 
-def test_next_sample_serves_blocks_of_a_large_volume_and_their_labels_fill_the_parent(isolated, tmp_path):
-    server = isolated(conf={"block_size": "32,64,64"}, workers=())  # every sample volume is > 2 blocks
+def test_next_sample_serves_regions_of_a_large_volume_and_their_labels_land_in_the_image(isolated, tmp_path):
+    server = isolated(conf={"region_size": "32,64,64"}, workers=())  # every sample volume is > 2 regions
     client = slicer_client_class()[0](server.url)
     files = {p.name.split(".")[0]: p for p in SAMPLE_DATA.iterdir() if p.suffix in (".h5", ".nrrd", ".tif")}
     samples = [annotator(server, name).next_sample("first", {}) for name in ("ann1", "ann2")]
     assert samples[0]["id"] != samples[1]["id"]  # leased apart
     assert samples[0]["parent"] == samples[1]["parent"] == "gala_fibsem" and samples[0]["offset"] == [0, 0, 0]
     parent = read_volume(str(files["gala_fibsem"]))
-    labels = []
     for sample in samples:
         reply = requests.get(f"{server.url}/datastore/image?image={sample['id']}", timeout=30)
         (tmp_path / f"{sample['id']}.nrrd").write_bytes(reply.content)
         served = read_volume(str(tmp_path / f"{sample['id']}.nrrd"))
         region = tuple(slice(o, o + s) for o, s in zip(sample["offset"], served.shape))
         assert np.array_equal(served.array, parent.array[region])
+        expected_origin = tuple(o * s for o, s in zip(sample["offset"], parent.spacing))
+        assert served.origin == pytest.approx(expected_origin)  # shown where it lies in the volume
         label = (served.array > np.median(served.array)).astype(np.uint8)
         path = write_volume(str(tmp_path / f"{sample['id']}_label.nrrd"), dataclasses.replace(served, array=label))
-        client.save_label(sample["id"], path, "final", {"client_id": "ann2"})
-        labels.append((region, label))
-    assembled = requests.get(f"{server.url}/datastore/label?label=gala_fibsem&tag=final", timeout=30)
-    assert assembled.status_code == 200
-    (tmp_path / "assembled.nrrd").write_bytes(assembled.content)
-    whole = read_volume(str(tmp_path / "assembled.nrrd")).array
-    assert whole.shape == parent.shape
-    for region, label in labels:
-        assert np.array_equal(whole[region], label)
-    assert whole.sum() == sum(int(label.sum()) for _, label in labels)  # nothing outside the labelled blocks
+        client.save_label(sample["id"], path, "final", {"client_id": "ann2", "model": "mitochondria"})
+        back = requests.get(f"{server.url}/datastore/label?label={sample['id']}&tag=final", timeout=30)
+        (tmp_path / "back.nrrd").write_bytes(back.content)
+        assert np.array_equal(read_volume(str(tmp_path / "back.nrrd")).array, label)
+        versions = requests.get(f"{server.url}/labels/{sample['id']}/versions", timeout=30).json()
+        assert [(v["version"], v["structure"]) for v in versions] == [(1, "mitochondria")]
+    # nothing to assemble: the labels were written into the image's label array at their offsets
+    whole = requests.get(f"{server.url}/datastore/label?label=gala_fibsem&tag=final", timeout=30)
+    assert whole.status_code == 404

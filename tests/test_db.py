@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
-from conftest import SAMPLE_DATA, postgres_schema
+from conftest import postgres_schema, record_test_image
 from sqlalchemy import inspect
 
-from lib.datastore import MicroscopyDatastore
 from lib.db.engine import upgrade
 from lib.db.store import Database
-from lib.transforms.io import Volume, read_volume, write_volume
 
 TABLES = {
     "images",
+    "regions",
     "label_versions",
     "leases",
     "scores",
@@ -45,28 +42,35 @@ def test_migrations_create_every_table_and_are_idempotent(db):
 
 
 def test_parallel_saves_on_one_image_keep_every_version(db):
-    db.record_image("a", "/data/a.tif", "tiff", (4, 5, 6), (0.05, 0.004, 0.004))
+    record_test_image(db, "a")
+    region = db.region("a")
     n = 24
     with ThreadPoolExecutor(8) as pool:
-        rows = list(pool.map(lambda i: db.add_label_version("a", "final", f"/v/{i}", f"{i:064d}", f"c{i}"), range(n)))
+        rows = list(
+            pool.map(lambda i: db.add_label_version(region, "axon", "final", f"/v/{i}", f"{i:064d}", f"c{i}"), range(n))
+        )
     assert sorted(r.version for r in rows) == list(range(1, n + 1))
     versions = db.label_versions("a")
     assert [v.version for v in versions] == list(range(1, n + 1))
     assert {v.client_id for v in versions} == {f"c{i}" for i in range(n)}
-    assert db.label_version("a", "final").version == n  # latest by default
-    assert db.label_version("a", "final", 3).path == next(r.path for r in rows if r.version == 3)
+    assert db.label_version("a", "axon", "final").version == n  # latest by default
+    assert db.label_version("a", "axon", "final", 3).path == next(r.path for r in rows if r.version == 3)
+    db.add_label_version(region, "mitochondria", "final", "/v/m", "0" * 64)  # another structure counts apart
+    assert db.label_version("a", "mitochondria", "final").version == 1
+    assert db.count_labelled_regions("axon") == 1 and sorted(db.labelled_regions()["a"]) == ["axon", "mitochondria"]
 
 
 def test_parallel_saves_on_different_images(db):
     for i in range(6):
-        db.record_image(f"img{i}", f"/data/{i}.tif")
+        record_test_image(db, f"img{i}")
+    regions = [db.region(f"img{i}") for i in range(6)]
     with ThreadPoolExecutor(6) as pool:
-        list(pool.map(lambda i: db.add_label_version(f"img{i % 6}", "final", "/p", "0" * 64), range(18)))
+        list(pool.map(lambda i: db.add_label_version(regions[i % 6], "axon", "final", "/p", "0" * 64), range(18)))
     assert all([v.version for v in db.label_versions(f"img{i}")] == [1, 2, 3] for i in range(6))
 
 
 def test_lease_is_exclusive_until_it_expires(db):
-    db.record_image("a", "/data/a.tif")
+    record_test_image(db, "a")
     assert db.acquire_lease("a", "alice", 1.0)
     assert not db.acquire_lease("a", "bob", 1.0)
     assert db.leased_by_others("bob") == {"a"} and db.leased_by_others("alice") == set()
@@ -78,7 +82,7 @@ def test_lease_is_exclusive_until_it_expires(db):
 
 
 def test_concurrent_claims_on_one_image_have_one_winner(db):
-    db.record_image("a", "/data/a.tif")
+    record_test_image(db, "a")
     with ThreadPoolExecutor(8) as pool:
         won = list(pool.map(lambda i: db.acquire_lease("a", f"c{i}", 60), range(16)))
     assert sum(won) == 1
@@ -99,7 +103,7 @@ def test_model_versions_one_active_and_training_runs_record_epochs(db, tmp_path)
     db.update_training_run("job-1", status="DONE", model_version_id=v2.id)
     run = db.training_run("job-1")
     assert [e["epoch"] for e in run.epochs] == [1, 2] and run.status == "DONE" and run.model_version_id == v2.id
-    db.record_image("img", "/data/img.tif")
+    record_test_image(db, "img")
     db.record_score("img", "entropy", 0.25, v2.id)
     db.record_score("img", "entropy", 0.5, v2.id)  # re-scoring replaces the value for that model version
     assert db.scores("entropy", v2.id) == {"img": 0.5}
@@ -121,35 +125,22 @@ def test_encoder_versions_are_recorded_once_per_file_and_linked_to_their_run(db,
     assert db.training_run("job-ssl").encoder_version_id == b.id
 
 
-def test_datastore_saves_from_threads_record_every_version_and_serve_the_latest(db, tmp_path):
-    studies = tmp_path / "studies"
-    studies.mkdir()
-    shutil.copy(SAMPLE_DATA / "trailmap_chunk.nrrd", studies)
-    datastore = MicroscopyDatastore(str(studies), str(tmp_path / "views"), db=db, versions_path=str(tmp_path / "v"))
-    datastore.record_all_images()
-    image = read_volume(datastore.get_image_uri("trailmap_chunk"))
-    labels = []
-    for i in range(8):
-        path = tmp_path / f"label{i}.nrrd"
-        array = np.zeros(image.shape, np.uint8)
-        array[i, :, :] = 1  # each save is distinguishable
-        write_volume(str(path), Volume(array, image.spacing, image.origin, image.direction))
-        labels.append(path)
-    with ThreadPoolExecutor(4) as pool:
-        list(
-            pool.map(
-                lambda i: datastore.save_label("trailmap_chunk", str(labels[i]), "final", {"client_id": f"c{i}"}),
-                range(8),
-            )
-        )
-    versions = db.label_versions("trailmap_chunk")
-    assert [v.version for v in versions] == list(range(1, 9))
-    for v in versions:  # every version's file is kept and is the one its client sent
-        saved = read_volume(v.path).array
-        assert saved[int(v.client_id[1:])].all() and saved.sum() == image.shape[1] * image.shape[2]
-    latest = read_volume(datastore.get_label_uri("trailmap_chunk", "final")).array
-    assert np.array_equal(latest, read_volume(versions[-1].path).array)
-    assert db.image("trailmap_chunk").shape == list(image.shape)
+def test_image_info_updates_from_threads_are_all_kept(db):
+    record_test_image(db, "a")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: db.update_image_info("a", {f"k{i}": i}), range(24)))
+        list(pool.map(lambda i: db.update_region_info("a", {f"r{i}": i}), range(24)))
+    assert db.image("a").info == {f"k{i}": i for i in range(24)}
+    assert db.region("a").info == {f"r{i}": i for i in range(24)}
+
+
+def test_removing_an_image_removes_its_regions_and_what_refers_to_them(db):
+    record_test_image(db, "a")
+    db.acquire_lease("a", "alice", 60)
+    db.record_score("a", "tta", 0.5, None)
+    db.add_label_version(db.region("a"), "axon", "final", "/v", "0" * 64)
+    db.remove_image("a")
+    assert db.region("a") is None and db.leases() == [] and db.scores("tta") == {} and db.label_versions("a") == []
 
 
 def test_migrations_match_the_models(db):

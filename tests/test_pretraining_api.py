@@ -74,7 +74,7 @@ def test_pretrain_through_the_api_then_fine_tune_from_the_encoder(isolated, tmp_
     image = "ssl_gala"
     client.upload_image(str(SAMPLE_DATA / "gala_fibsem.h5"), image)
     label, _ = client.infer("mitochondria", image, {})
-    client.save_label(image, label, "final", {"client_id": "pytest-ssl"})
+    client.save_label(image, label, "final", {"client_id": "pytest-ssl", "model": "mitochondria"})
     for model, encoder, status, message in (
         ("mitochondria", "9999", 404, "no encoder version 9999"),
         ("membrane", str(done["encoder_version"]), 400, "pretrained for 'mitochondria'"),

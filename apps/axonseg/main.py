@@ -21,8 +21,16 @@ Conf keys (``--conf key value``):
                      0 turns it off)
     auto_scoring     queue scoring jobs at start-up for images without a fresh score (default false:
                      next-sample queues them when a score-ranked strategy first needs them)
-    block_size       split volumes larger than this into ROI blocks served as images of their own,
-                     "z,y,x" voxels (default 64,256,256; 0 turns it off)
+    region_size      tile volumes larger than this into regions that annotators are handed one at a time,
+                     "z,y,x" voxels, rounded up to whole chunks (default 64,256,256; 0 turns it off;
+                     ``block_size`` is the old name)
+    max_voxels_in_memory   the most voxels one request may make a process hold (a whole-image view,
+                     a NRRD/NIfTI file); above it the request is refused with 413 (default 536870912)
+    max_image_voxels the largest image accepted (default 68719476736 = 64 Gvox)
+    view_cache_mb    bound on the NRRD crops of regions kept for downloads (default 2048)
+
+Environment (also): AXONSEG_VOLUME_ROOTS, folders (``os.pathsep``-separated) whose Zarr/N5 volumes may be
+registered in place (``POST /volumes/register``) or pretrained on.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from lib.activelearning.scoring import SCORING_METHODS
 from lib.activelearning.strategies import QueuedScoring, ScoreRanked
 from lib.configs.registry import init_task_configs, init_trainers
 from lib.configs.task_config import StructureTaskConfig
-from lib.datastore import MicroscopyDatastore
+from lib.datastore import DEFAULT_MAX_IMAGE_VOXELS, DEFAULT_MAX_VOXELS_IN_MEMORY, MicroscopyDatastore
 from lib.db.engine import database_url, upgrade
 from lib.db.store import Database
 from lib.errors import NotFound
@@ -50,6 +58,8 @@ from lib.jobs.client import JobClient
 from lib.jobs.training import TrainingRuns
 from lib.routes import replace_routes
 from lib.server import install_http_guards
+from lib.volumes.roots import volume_roots
+from lib.volumes.upgrade import upgrade_workdir
 
 logger = logging.getLogger(__name__)
 
@@ -118,16 +128,22 @@ class AxonSegApp(MONAILabelApp):
         return self.task_configs[model]
 
     def init_datastore(self) -> MicroscopyDatastore:
+        workdir = self.conf["workdir"]
         datastore = MicroscopyDatastore(
             self.studies,
-            os.path.join(self.conf["workdir"], "views"),
+            workdir,
+            self.db,
+            {name: config.spec for name, config in self.task_configs.items()},
+            region_size=_region_size(self.conf.get("region_size", self.conf.get("block_size", "64,256,256"))),
+            max_voxels_in_memory=int(float(self.conf.get("max_voxels_in_memory", DEFAULT_MAX_VOXELS_IN_MEMORY))),
+            max_image_voxels=int(float(self.conf.get("max_image_voxels", DEFAULT_MAX_IMAGE_VOXELS))),
+            volume_roots=volume_roots(),
             dataset=self.conf.get("dataset"),
-            db=self.db,
-            versions_path=os.path.join(self.conf["workdir"], "label_versions"),
             on_final_label=self.retrain.label_saved,
-            block_size=_block_size(self.conf.get("block_size", "64,256,256")),
+            view_cache_mb=float(self.conf.get("view_cache_mb", 2048)),
         )
-        datastore.record_all_images()
+        upgrade_workdir(datastore, workdir)  # a work folder from before the chunked store
+        datastore.add_found_files()
         return datastore
 
     def init_infers(self):
@@ -178,11 +194,11 @@ class AxonSegApp(MONAILabelApp):
             if not result or not result.get("id"):
                 return {}
             if self.db.acquire_lease(result["id"], client_id, self.lease_s):
-                result["path"] = self.datastore().get_image_uri(result["id"])
+                result["path"] = self.datastore().get_image_uri(result["id"])  # the region's NRRD crop
                 result["lease_s"] = self.lease_s
-                block = self.datastore().block_of(result["id"])
-                if block is not None:  # where the block lies in its volume
-                    result.update(parent=block.parent, offset=list(block.offset))
+                # where the region lies in its image (parent only for images split into regions)
+                info = self.datastore().get_image_info(result["id"])
+                result.update({k: info[k] for k in ("image", "parent", "offset", "shape") if k in info})
                 return result
             hidden.add(result["id"])  # claimed by someone else a moment ago
         return {}
@@ -196,7 +212,7 @@ class AxonSegApp(MONAILabelApp):
             replace_routes(fastapi_app)
 
 
-def _block_size(text: str) -> tuple[int, int, int] | None:
+def _region_size(text: str) -> tuple[int, int, int] | None:
     if text.strip() in ("", "0"):
         return None
     try:
@@ -204,5 +220,5 @@ def _block_size(text: str) -> tuple[int, int, int] | None:
     except ValueError:
         size = ()
     if len(size) != 3 or min(size) < 1:
-        raise ValueError(f"--conf block_size must be 'z,y,x' voxels (e.g. 64,256,256) or 0, not {text!r}")
+        raise ValueError(f"--conf region_size must be 'z,y,x' voxels (e.g. 64,256,256) or 0, not {text!r}")
     return size  # type: ignore[return-value]

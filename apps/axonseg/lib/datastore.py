@@ -1,51 +1,67 @@
-"""The microscopy datastore: MONAI Label's local datastore, extended for microscopy formats.
+"""MONAI Label's ``Datastore`` interface over the chunked volume store (voxels) and SQL (the one index).
 
-- Accepts TIFF, HDF5, Zarr, N5, NRRD and NIfTI; originals are kept byte for byte.
-- Slicer picks a reader by file extension and cannot open most of these, so ``get_image_uri``
-  serves a NRRD *view* (same array, real voxel size) written once next to the datastore.
-  NRRD/NIfTI originals are served as they are.
-- Every upload and label is read and checked before it is stored, and files appear atomically,
-  so a bad or interrupted request leaves nothing behind.
-- With a database, images are recorded there and every label save is kept as a new version
-  (file under ``versions_path``, row in ``label_versions``); the datastore's label file is the latest.
-- The datastore JSON is re-read under its file lock before every write, so processes sharing it
-  (API server, workers) never overwrite each other's updates.
+- **Images** are volumes in the store (``lib.volumes.store``): ingested into OME-Zarr by streaming,
+  or Zarr/N5 registered in place from a folder listed in ``AXONSEG_VOLUME_ROOTS``. The database row
+  holds what the server knows of them; geometry is the server's, clients only add metadata.
+- **Regions** are what MONAI Label calls images: a small image is one region under its own id, a
+  large one is tiled into regions (rows, not copies). Next sample leases a region, scores are per
+  region, and ``GET /datastore/image`` serves a region as a NRRD crop cut from the chunks on demand
+  (cached within ``view_cache_mb``), placed at its physical position.
+- **Labels** belong to a structure: one uint32 label array per (image, structure, tag) aligned with
+  the regions, written only where a region's label lands. Every save is also a version (its own
+  NRRD crop plus a ``label_versions`` row: who, when, model version, checksum); the array holds the
+  latest. A label with several structures (Slicer's ``label_info`` segment names) is split by name.
+- Every normalisation uses the image's intensity statistics, computed once at ingest.
+
+Nothing here loads a whole volume, except to serve a whole image or read a file format that cannot
+be streamed (NRRD/NIfTI), both bounded by ``max_voxels_in_memory``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import math
 import os
 import re
-import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 from filelock import FileLock
-from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
-from monailabel.interfaces.datastore import DefaultLabelTag
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
-from .activelearning.blocks import Block, crop, grid, needs_blocks, paste
-from .db.store import Database, file_checksum
-from .errors import InvalidRequest, NotFound, VolumeError
-from .transforms.io import (
-    FORMATS,
-    Volume,
-    copy_atomic,
-    read_volume,
-    remove_path,
-    volume_extension,
-    write_volume,
-)
+from .configs.spec import StructureSpec
+from .db.models import Image, LabelVersion, Region
+from .db.store import Database
+from .errors import InvalidRequest, NotFound, UploadTooLarge, VolumeError
+from .transforms.intensity import IntensityStats, StatsAccumulator
+from .transforms.io import Volume, remove_path, volume_format, write_volume
+from .volumes.regions import Roi, align, grid, needs_regions
+from .volumes.regions import region_id as make_region_id
+from .volumes.sources import VolumeSource, open_source
+from .volumes.store import DEFAULT_CHUNKS, VolumeStore, chunks_for
 
 logger = logging.getLogger(__name__)
 
 IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-SERVED_FORMATS = ("nrrd", "nifti")  # formats 3D Slicer opens with real geometry
+MODALITIES = ("em", "light-sheet")
+# Info fields the server sets; clients cannot overwrite them (PUT /datastore/image/info, upload params).
+SERVER_FIELDS = frozenset(
+    {
+        "id", "image", "region", "parent", "offset", "shape", "dataset", "voxel_size_um", "spacing_um",
+        "storage_uri", "modality", "structures", "chunks", "dtype", "intensity", "format", "levels", "path",
+        "name", "origin_um", "registered", "labels",
+    }
+)  # fmt: skip
+# Upload parameters that choose how a file is read, not what the server records.
+UPLOAD_OPTIONS = ("dataset", "modality")
+DEFAULT_REGION_SIZE = (64, 256, 256)
+DEFAULT_MAX_VOXELS_IN_MEMORY = 512 * 1024**2  # 0.5 Gvox: a 2 GB float32 array
+DEFAULT_MAX_IMAGE_VOXELS = 64 * 1024**3
 
 
 def check_image_id(image_id: str) -> str:
@@ -58,341 +74,665 @@ def check_image_id(image_id: str) -> str:
     return image_id
 
 
-def _geometry(volume: Volume) -> dict[str, Any]:
-    return {"shape": list(volume.shape), "spacing_um": list(volume.spacing), "dtype": str(volume.array.dtype)}
+def guess_modality(voxel_size: tuple[float, float, float] | None) -> str | None:
+    """EM pixels are nanometres, light-sheet and expansion microscopy voxels a fraction of a micrometre or more."""
+    if voxel_size is None:
+        return None
+    return "em" if voxel_size[2] < 0.05 else "light-sheet"
 
 
-class MicroscopyDatastore(LocalDatastore):
-    """Local datastore for microscopy volumes.
+def _checksum(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
-    Args:
-        datastore_path: folder holding the original images (and ``labels/``).
-        views_path: folder for the NRRD views served to Slicer.
-        dataset: default dataset path inside HDF5/Zarr/N5 uploads (found automatically if None).
-        db: where images and label versions are recorded (None: no history, as in stock MONAI Label).
-        versions_path: folder for every saved label version (required with ``db``).
-        on_final_label: called with ``(image_id, label_info)`` after a final label is stored (the
-            app's retrain trigger); its errors are logged, never lose the label.
-        block_size: split volumes larger than this (z, y, x voxels) into ROI blocks that are images of
-            their own (``lib.activelearning.blocks``); the parent is then neither handed out nor trained
-            on, and its final label is assembled from its blocks' labels (unlabelled blocks read 0).
+
+@dataclasses.dataclass(frozen=True)
+class RegionData:
+    """A region's voxels read with context, and where the region lies inside them."""
+
+    array: np.ndarray  # raw intensities of ``read_roi``
+    read_roi: Roi
+    region_roi: Roi
+    stats: IntensityStats
+    volume: Volume  # ``array`` with the physical geometry of ``read_roi``
+    region_volume: Volume  # the region's voxels with their physical geometry
+
+    @property
+    def inner(self) -> tuple[slice, slice, slice]:
+        return self.region_roi.relative_to(self.read_roi)
+
+
+class MicroscopyDatastore(Datastore):
+    """Args:
+    studies: the folder MONAI Label was started on; volume files found there are ingested at start-up.
+    workdir: holds ``volumes/`` (the store), ``views/`` (NRRD crop cache) and ``label_versions/``.
+    db: the index.
+    specs: the structures, by model name (their label names and modalities).
+    region_size: regions of large images, (z, y, x) voxels (rounded up to whole chunks); None: no tiling.
+    max_voxels_in_memory: the most voxels a request may make the server hold at once (whole-image
+        views, NRRD/NIfTI files); above it requests are refused with 413.
+    max_image_voxels: the largest image accepted (a tiny HDF5 file can declare a huge dataset).
+    volume_roots: folders whose Zarr/N5 volumes may be registered in place (read-only).
+    dataset: default dataset inside HDF5/Zarr/N5 files.
+    on_final_label: called with ``(region_id, structure, label_info)`` after each final label version
+        (the retrain trigger); its errors are logged and never lose the label.
+    view_cache_mb: bound on the NRRD crops kept in ``views/``.
     """
 
     def __init__(
         self,
-        datastore_path: str,
-        views_path: str,
+        studies: str,
+        workdir: str,
+        db: Database,
+        specs: dict[str, StructureSpec],
+        region_size: tuple[int, int, int] | None = DEFAULT_REGION_SIZE,
+        max_voxels_in_memory: int = DEFAULT_MAX_VOXELS_IN_MEMORY,
+        max_image_voxels: int = DEFAULT_MAX_IMAGE_VOXELS,
+        volume_roots: Iterable[str] = (),
         dataset: str | None = None,
-        db: Database | None = None,
-        versions_path: str | None = None,
-        on_final_label: Callable[[str, dict[str, Any]], Any] | None = None,
-        block_size: tuple[int, int, int] | None = None,
+        on_final_label: Callable[[str, str, dict[str, Any]], Any] | None = None,
+        view_cache_mb: float = 2048,
     ):
-        self._block_size = tuple(int(b) for b in block_size) if block_size else None
-        self._views_path = views_path
-        self._on_final_label = on_final_label
-        self._dataset = dataset
-        self._db = db
-        self._versions_path = versions_path
-        os.makedirs(views_path, exist_ok=True)
-        super().__init__(datastore_path, extensions=[f"*{ext}" for ext in FORMATS], auto_reload=False)
-        # One lock object: re-entrant within a thread (a block's label write-back nests in a save),
-        # exclusive across threads and processes.
-        self._lock = FileLock(self._lock_file)
+        self._name = "axonseg"
+        self._description = "Microscopy volumes in a chunked store, indexed in SQL"
+        self.studies = os.path.abspath(studies)
+        self.db = db
+        self.specs = specs
+        self.store = VolumeStore(os.path.join(workdir, "volumes"))
+        self.views_path = os.path.join(workdir, "views")
+        self.versions_path = os.path.join(workdir, "label_versions")
+        self.locks_path = os.path.join(workdir, "locks")
+        for folder in (self.views_path, self.versions_path, self.locks_path):
+            os.makedirs(folder, exist_ok=True)
+        self.region_size = tuple(int(v) for v in region_size) if region_size else None
+        self.max_voxels_in_memory = int(max_voxels_in_memory)
+        self.max_image_voxels = int(max_image_voxels)
+        self.volume_roots = [os.path.realpath(r) for r in volume_roots if r]
+        self.dataset = dataset
+        self.on_final_label = on_final_label
+        self.view_cache_bytes = int(view_cache_mb * 1e6)
 
-    def record_all_images(self) -> None:
-        """Describe every image in the database (images dropped into the folder are found at start-up),
-        and split the large ones into blocks if that has not happened yet."""
-        for image_id in self.list_images():
-            info = self._datastore.objects[image_id].image.info
-            self._record_image(image_id, info)
-            if self._block_size and "parent" not in info and "blocks" not in info:
-                if "shape" not in info:  # found on disk: describing it reads it once (and writes its view)
-                    self.get_image_uri(image_id)
-                    info = self._datastore.objects[image_id].image.info
-                self._split_if_large(image_id, tuple(info["shape"]))
+    # --- MONAI Label's small interface ------------------------------------------------------
+    def name(self) -> str:
+        return self._name
 
-    def _record_image(self, image_id: str, info: dict[str, Any]) -> None:
-        if self._db is not None:
-            self._db.record_image(
-                image_id,
-                self._original_uri(image_id),
-                info.get("format"),
-                info.get("shape"),
-                info.get("spacing_um"),
-            )
+    def set_name(self, name: str) -> None:
+        self._name = name
 
-    def _config_changed(self) -> bool:
-        path = self._datastore_config_path
-        return os.path.exists(path) and os.stat(path).st_mtime != self._config_ts
+    def description(self) -> str:
+        return self._description
 
-    def _refresh(self) -> None:
-        """Pick up what other processes wrote (a worker's batch labels) before answering a read."""
-        if self._config_changed():
-            with self._lock:
-                self._reload_locked()
+    def set_description(self, description: str) -> None:
+        self._description = description
 
-    def json(self):
-        self._refresh()
-        return super().json()
+    def refresh(self) -> None:
+        """Nothing to re-read: every process reads the database."""
 
-    def status(self) -> dict[str, Any]:
-        self._refresh()
-        return super().status()
+    # --- structures and modalities ----------------------------------------------------------
+    def structures_for(self, modality: str | None) -> list[str]:
+        """The structures an image of ``modality`` may carry (all of them when the modality is unknown)."""
+        return [n for n, s in self.specs.items() if modality is None or s.modality_group == modality]
 
-    def get_labeled_images(self, *args: Any, **kwargs: Any) -> list[str]:
-        self._refresh()
-        return super().get_labeled_images(*args, **kwargs)
+    def structure_of(self, name: str) -> str | None:
+        """A structure by model name or label name (Slicer names segments after the label), any case."""
+        key = str(name).strip().lower()
+        for model, spec in self.specs.items():
+            if key in (model.lower(), spec.label_name.lower()):
+                return model
+        return None
 
-    def get_unlabeled_images(self, *args: Any, **kwargs: Any) -> list[str]:
-        """Unlabelled images, without volumes split into blocks (their blocks are listed instead)."""
-        self._refresh()
-        return [i for i in super().get_unlabeled_images(*args, **kwargs) if not self._has_blocks(i)]
+    # --- adding images ----------------------------------------------------------------------
+    def add_image(
+        self, image_id: str, image_filename: str, image_info: dict[str, Any], replace_legacy: bool = False
+    ) -> str:
+        """Ingest an uploaded or found file; a bad file raises a 4xx and stores nothing.
 
-    def _has_blocks(self, image_id: str) -> bool:
-        obj = self._datastore.objects.get(image_id)
-        return bool(obj and obj.image.info.get("blocks"))
-
-    def block_of(self, image_id: str) -> Block | None:
-        """The block ``image_id`` is, or None for an ordinary image."""
-        obj = self._datastore.objects.get(image_id)
-        info = obj.image.info if obj else {}
-        if "parent" not in info:
-            return None
-        return Block(info["parent"], tuple(info["offset"]), tuple(info["shape"]))
-
-    def get_label_uri(self, label_id: str, label_tag: str) -> str:
-        self._refresh()
-        return super().get_label_uri(label_id, label_tag)
-
-    def _reload_locked(self) -> None:
-        """Re-read the datastore JSON if another process changed it; call with the file lock held."""
-        if self._config_changed():
-            ts = os.stat(self._datastore_config_path).st_mtime  # before reading: a later write is seen next time
-            with open(self._datastore_config_path) as f:
-                self._datastore = LocalDatastoreModel.model_validate_json(f.read())
-            self._datastore.base_path = self._datastore_path
-            self._config_ts = ts
-
-    # --- reading ---------------------------------------------------------------------------------
-
-    def _original_uri(self, image_id: str) -> str:
-        return super().get_image_uri(image_id)
-
-    def _served_path(self, original: str, image_id: str) -> str:
-        if FORMATS.get(volume_extension(original)) in SERVED_FORMATS:
-            return original
-        return os.path.join(self._views_path, f"{image_id}.nrrd")
-
-    def get_image_uri(self, image_id: str) -> str:
-        """Path of the file served for ``image_id`` (a NRRD view for non-Slicer formats), or "".
-
-        Writes a missing or stale view, and records shape and voxel size the first time an image
-        that was found on disk (not uploaded) is served.
+        ``replace_legacy``: the image is recorded from before the chunked store (``lib.volumes.upgrade``).
         """
-        original = self._original_uri(image_id)
-        if not original:
-            return ""
-        served = self._served_path(original, image_id)
-        volume = None
-        if served != original and (not os.path.exists(served) or os.path.getmtime(served) < os.path.getmtime(original)):
-            volume = read_volume(original, self._dataset_of(image_id))
-            write_volume(served, volume)
-        if "shape" not in self._datastore.objects[image_id].image.info:
-            if volume is None:
-                volume = read_volume(served)
-            info = {"format": FORMATS[volume_extension(original)], **_geometry(volume)}
-            self.update_image_info(image_id, info)
-            self._record_image(image_id, info)
-        return served
-
-    def get_image_info(self, image_id: str) -> dict[str, Any]:
-        """Image info with ``path``/``name`` of the *served* file (MONAI Label's next-sample reply
-        copies these, and Slicer chooses its reader by ``name``). Never reads the volume, so that
-        strategies can list every image cheaply.
-        """
-        info = super().get_image_info(image_id)
-        if not info:
-            return info
-        served = self._served_path(info["path"], image_id)
-        return {**info, "original_path": info["path"], "path": served, "name": os.path.basename(served)}
-
-    def _dataset_of(self, image_id: str) -> str | None:
-        obj = self._datastore.objects.get(image_id)
-        return (obj.image.info.get("dataset") if obj else None) or self._dataset
-
-    def datalist(self, full_path: bool = True) -> list[dict[str, Any]]:
-        """Image/label pairs for training; images are the served files, so geometry matches labels."""
-        self._refresh()
-        items = super().datalist(full_path=True)
-        # A split volume's label is assembled from its blocks, which train as images of their own.
-        items = [i for i in items if not self._has_blocks(self._to_id(os.path.basename(i["image"]))[0])]
-        for item in items:
-            image_id = self._to_id(os.path.basename(item["image"]))[0]
-            item["image"] = self.get_image_uri(image_id)
-        return items
-
-    # --- writing ---------------------------------------------------------------------------------
-
-    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
-        """Validate and store an uploaded volume; raises a 4xx error and stores nothing if bad."""
-        ext = volume_extension(image_filename)
-        if not ext:
-            raise VolumeError(
-                f"unsupported file type '{os.path.basename(image_filename)}'; expected one of: {', '.join(FORMATS)}"
-            )
-        image_id = check_image_id(image_id or self._to_id(os.path.basename(image_filename))[0])
-        if image_id in self._datastore.objects:
+        info = dict(image_info or {})
+        image_id = check_image_id(image_id or _stem(image_filename))
+        existing = self.db.image(image_id)
+        if existing is not None and not (replace_legacy and existing.storage_uri is None):
             raise InvalidRequest(f"image '{image_id}' already exists; delete it first or upload under another id")
-        image_info = dict(image_info or {})
-        volume = read_volume(image_filename, image_info.get("dataset") or self._dataset)
-        dest = os.path.join(self._datastore.image_path(), f"{image_id}{ext}")
-        with self._lock:
-            self._reload_locked()
+        modality = _check_modality(info.get("modality"))
+        with open_source(
+            image_filename, info.get("dataset") or self.dataset, max_voxels_in_memory=self.max_voxels_in_memory
+        ) as source:
+            self._check_size(source)
+            stored = self.store.ingest(source, image_id, chunks=self._chunks(source.shape))
             try:
-                copy_atomic(image_filename, dest)
-                image_info.update(
-                    ts=int(time.time()),
-                    name=os.path.basename(dest),
-                    format=volume.source_format,
-                    dataset=volume.meta.get("dataset", image_info.get("dataset")),
-                    **_geometry(volume),
-                )
-                self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=image_info, ext=ext))
-                if FORMATS[ext] not in SERVED_FORMATS:
-                    write_volume(os.path.join(self._views_path, f"{image_id}.nrrd"), volume)
-                self._update_datastore_file(lock=False)
-            except Exception:
-                self._datastore.objects.pop(image_id, None)
-                remove_path(dest)
-                remove_path(os.path.join(self._views_path, f"{image_id}.nrrd"))
+                self._record(image_id, source, stored, modality, image_filename, info, replace_legacy)
+            except BaseException:
+                self.store.remove(image_id)
                 raise
-        self._record_image(image_id, image_info)
-        logger.info(f"Added image {image_id}: {volume.source_format} {volume.shape} spacing {volume.spacing} µm")
-        if "parent" not in image_info:
-            self._split_if_large(image_id, volume.shape, volume)
         return image_id
 
-    def _split_if_large(self, image_id: str, shape: tuple[int, ...], volume: Volume | None = None) -> list[str]:
-        """Add a block image per ROI block of a volume larger than ``block_size``; returns their ids."""
-        if not self._block_size or not needs_blocks(shape, self._block_size):
-            return []
-        volume = volume or read_volume(self._original_uri(image_id), self._dataset_of(image_id))
-        blocks = grid(image_id, volume.shape, self._block_size)
-        with tempfile.TemporaryDirectory() as folder:
-            for block in blocks:
-                if block.id not in self._datastore.objects:
-                    path = write_volume(os.path.join(folder, f"{block.id}.nrrd"), crop(volume, block))
-                    self.add_image(block.id, path, {"parent": image_id, "offset": list(block.offset)})
-        self.update_image_info(image_id, {"blocks": [b.id for b in blocks], "block_size": list(self._block_size)})
-        logger.info(f"Split {image_id} {volume.shape} into {len(blocks)} blocks of {self._block_size}")
-        return [b.id for b in blocks]
+    def register_volume(self, image_id: str, path: str, dataset: str | None = None, modality: str | None = None) -> str:
+        """Use a Zarr/N5 volume inside one of ``volume_roots`` where it is, read-only."""
+        image_id = check_image_id(image_id)
+        real = os.path.realpath(path)
+        root = next((r for r in self.volume_roots if real == r or real.startswith(r + os.sep)), None)
+        if root is None:
+            raise InvalidRequest(
+                f"'{os.path.basename(path)}' is not inside a folder listed in AXONSEG_VOLUME_ROOTS; "
+                "only volumes there can be registered in place"
+            )
+        if not real.lower().rstrip("/").endswith((".zarr", ".n5")):
+            raise VolumeError("only Zarr and N5 volumes can be registered in place; upload other formats")
+        if self.db.image(image_id) is not None:
+            raise InvalidRequest(f"image '{image_id}' already exists")
+        with open_source(real, dataset or self.dataset, root=root) as source:
+            self._check_size(source)
+            accumulator = StatsAccumulator(source.shape)
+            step = accumulator.step
+            for roi in grid(source.shape, (max(step, 64), 1 << 30, 1 << 30)):  # z-slabs of whole planes
+                first = (-roi.offset[0]) % step
+                planes = [roi.offset[0] + z for z in range(first, roi.shape[0], step)]
+                for z in planes:
+                    plane = source.read((slice(z, z + 1), slice(0, source.shape[1]), slice(0, source.shape[2])))
+                    accumulator.add(plane, (z, 0, 0))
+            stored = self.store.register(source, image_id, accumulator.stats(), self._chunks(source.shape))
+            try:
+                self._record(image_id, source, stored, _check_modality(modality), path, {})
+            except BaseException:
+                self.store.remove(image_id)
+                raise
+        return image_id
 
-    def save_label(
+    def _check_size(self, source: VolumeSource) -> None:
+        voxels = math.prod(source.shape)
+        if voxels > self.max_image_voxels:
+            raise UploadTooLarge(
+                f"'{os.path.basename(source.path)}' declares {source.shape} = {voxels / 1e9:.1f} Gvox, more than "
+                f"this server's limit of {self.max_image_voxels / 1e9:.1f} Gvox (--conf max_image_voxels)"
+            )
+
+    def _chunks(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The store's chunks: no larger than a region, so regions are whole chunks."""
+        limit = tuple(min(c, r) for c, r in zip(DEFAULT_CHUNKS, self.region_size or DEFAULT_CHUNKS))
+        return chunks_for(shape, limit)  # type: ignore[arg-type]
+
+    def _region_rois(self, shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> list[Roi]:
+        if self.region_size and needs_regions(shape, self.region_size):
+            return grid(shape, align(self.region_size, chunks))
+        return [Roi.whole(shape)]
+
+    def _record(
         self,
         image_id: str,
-        label_filename: str,
-        label_tag: str,
-        label_info: dict[str, Any],
-    ) -> str:
-        """Validate a label against its image (same shape) and store it atomically as the newest version.
-
-        ``label_info`` may carry ``client_id`` and ``model`` (MONAI Label's clients send them); they are
-        recorded with the version.
-        """
-        check_image_id(image_id)
-        obj = self._datastore.objects.get(image_id)
-        if not obj:
-            raise NotFound(f"image '{image_id}' is not in the datastore")
-        ext = volume_extension(label_filename)
-        if FORMATS.get(ext) not in SERVED_FORMATS + ("tiff", "hdf5"):
-            raise VolumeError(
-                f"labels must be NRRD, NIfTI, TIFF or HDF5 files, got '{os.path.basename(label_filename)}'"
-            )
-        label = read_volume(label_filename)
-        self.get_image_uri(image_id)  # records the image's shape if it was never described
-        image_shape = tuple(obj.image.info["shape"])
-        if label.shape != image_shape:
-            raise VolumeError(f"label shape {label.shape} does not match image '{image_id}' shape {image_shape}")
-        label_info = dict(label_info or {})
-        self._store_label(image_id, label_filename, label_tag, label_info)
-        if label_tag == DefaultLabelTag.FINAL.value:
-            block = self.block_of(image_id)
-            if block is not None:
-                self._write_back(block, label.array, label_info)
-            if self._on_final_label is not None:
-                try:
-                    self._on_final_label(image_id, label_info)
-                except Exception:
-                    logger.exception(f"after saving the final label of '{image_id}'")
-        return image_id
-
-    def _store_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> None:
-        """Keep a checked label as the newest version of (image, tag): history row, then the file."""
-        ext = volume_extension(label_filename)
-        label_dir = self._datastore.label_path(label_tag)
-        os.makedirs(label_dir, exist_ok=True)
-        dest = os.path.join(label_dir, f"{image_id}{ext}")
-        with self._lock:
-            self._reload_locked()
-            obj = self._datastore.objects[image_id]
-            if self._db is not None:
-                label_info["version"] = self._record_label_version(image_id, label_filename, label_tag, ext, label_info)
-            copy_atomic(label_filename, dest)
-            # A label saved under another extension before must not shadow this one.
-            old = obj.labels.get(label_tag)
-            if old and old.ext != ext:
-                remove_path(os.path.join(label_dir, f"{image_id}{old.ext}"))
-            info = dict(label_info, ts=int(time.time()), name=os.path.basename(dest))
-            obj.labels[label_tag] = DataModel(info=info, ext=ext)
-            self._update_datastore_file(lock=False)
-
-    def _write_back(self, block: Block, block_label: np.ndarray, label_info: dict[str, Any]) -> None:
-        """Paste a block's final label into its parent's final label (zeros where no block is labelled yet)."""
-        parent = read_volume(self.get_image_uri(block.parent))
-        # Read, paste and store under one lock: two blocks of a parent saved at once must both land.
-        with self._lock, tempfile.TemporaryDirectory() as folder:
-            self._reload_locked()
-            current = self.get_label_uri(block.parent, DefaultLabelTag.FINAL.value)
-            base = read_volume(current).array if current else np.zeros(parent.shape, np.uint8)
-            assembled = paste(base.astype(np.uint8), block_label.astype(np.uint8), block)
-            path = write_volume(
-                os.path.join(folder, f"{block.parent}.nrrd"), dataclasses.replace(parent, array=assembled)
-            )
-            info = {"client_id": label_info.get("client_id"), "from_block": block.id, "offset": list(block.offset)}
-            self._store_label(block.parent, path, DefaultLabelTag.FINAL.value, info)
-
-    def _record_label_version(self, image_id: str, label_filename: str, tag: str, ext: str, info: dict) -> int:
-        """Keep this save's file and record it; returns its version number."""
-        assert self._db is not None and self._versions_path is not None
-        folder = os.path.join(self._versions_path, image_id, tag)
-        os.makedirs(folder, exist_ok=True)
-        kept = os.path.join(folder, f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}{ext}")
-        copy_atomic(label_filename, kept)
-        if self._db.image(image_id) is None:  # e.g. the database was reset under a live datastore
-            self._record_image(image_id, self._datastore.objects[image_id].image.info)
-        model = info.get("model")
-        active = self._db.active_model_version(model) if isinstance(model, str) else None
-        row = self._db.add_label_version(
-            image_id,
-            tag,
-            kept,
-            file_checksum(kept),
-            client_id=info.get("client_id"),
-            model_version_id=active.id if active else None,
-            info={k: v for k, v in info.items() if k not in ("client_id",)},
+        source: VolumeSource,
+        stored,
+        modality: str | None,
+        original: str,
+        info: dict[str, Any],
+        replace_legacy: bool = False,
+    ) -> None:
+        modality = modality or guess_modality(source.voxel_size)
+        rois = self._region_rois(stored.shape, stored.chunks)
+        whole = len(rois) == 1
+        found = os.path.dirname(os.path.abspath(original)) == self.studies
+        image = Image(
+            id=image_id,
+            original_path=os.path.abspath(original) if found else os.path.basename(original),
+            format=source.source_format,
+            shape=list(stored.shape),
+            voxel_size_um=list(source.voxel_size) if source.voxel_size else None,
+            modality=modality,
+            structures=self.structures_for(modality),
+            dtype=stored.dtype,
+            chunks=list(stored.chunks),
+            storage_uri=stored.uri,
+            dataset=stored.dataset,
+            registered=stored.registered,
+            levels=stored.levels,
+            intensity=stored.stats.to_json(),
+            origin_um=list(source.origin),
+            direction=None if source.direction is None else np.asarray(source.direction).tolist(),
+            info={k: v for k, v in info.items() if k not in SERVER_FIELDS},
         )
-        if tag == DefaultLabelTag.FINAL.value:
-            self._db.release_lease(image_id)  # labelled now: the annotator's claim has served its purpose
-        return row.version
+        regions = [
+            Region(
+                id=make_region_id(image_id, roi, whole),
+                image_id=image_id,
+                offset=list(roi.offset),
+                shape=list(roi.shape),
+                whole=whole,
+                position=i,
+            )
+            for i, roi in enumerate(rois)
+        ]
+        try:
+            self.db.add_image(image, regions, replace_legacy)
+        except KeyError as e:
+            raise InvalidRequest(str(e).strip("'\"")) from None
+        logger.info(
+            f"Added image {image_id}: {source.source_format} {stored.shape} voxel size {source.voxel_size} µm, "
+            f"{modality or 'unknown modality'}, {len(regions)} region(s)"
+        )
+
+    def add_found_files(self) -> list[str]:
+        """Ingest the volume files in the studies folder that are not in the store yet (start-up)."""
+        known = {row.id for row in self.db.images() if row.storage_uri}
+        added = []
+        for entry in sorted(os.listdir(self.studies)):
+            path = os.path.join(self.studies, entry)
+            if entry.startswith(".") or _stem(entry) in known or not _is_volume(path):
+                continue
+            try:
+                added.append(self.add_image(_stem(entry), path, {}))
+            except (VolumeError, InvalidRequest, UploadTooLarge) as e:
+                logger.warning(f"not adding {entry} from {self.studies}: {e}")
+        return added
+
+    # --- images and regions -----------------------------------------------------------------
+    def list_images(self) -> list[str]:
+        return [r.id for r in self.db.regions()]
+
+    def _region(self, region_id: str) -> Region:
+        check_image_id(region_id)
+        region = self.db.region(region_id)
+        if region is None:
+            raise NotFound(f"image '{region_id}' is not in the datastore")
+        return region
+
+    def _image(self, image_id: str) -> Image:
+        image = self.db.image(image_id)
+        if image is None:
+            raise NotFound(f"image '{image_id}' is not in the datastore")
+        return image
+
+    def region_and_image(self, region_id: str) -> tuple[Region, Image]:
+        region = self._region(region_id)
+        return region, self._image(region.image_id)
+
+    def stats(self, image: Image) -> IntensityStats:
+        return IntensityStats.from_json(image.intensity or {})
+
+    def _open(self, image: Image) -> VolumeSource:
+        return open_source(image.storage_uri, image.dataset or None)
+
+    def read(self, image: Image, roi: Roi) -> np.ndarray:
+        """Raw voxels of ``roi`` (only the chunks it touches are read)."""
+        if image.registered:
+            with self._open(image) as source:
+                return source.read(roi.slices)
+        return self.store.image_array(image.id)[roi.slices]
+
+    def _region_or_whole(self, image_id: str) -> tuple[Region, Image]:
+        """A region, or for the id of an image split into regions, the whole image as one (unsaved) region."""
+        region = self.db.region(check_image_id(image_id))
+        if region is not None:
+            return region, self._image(region.image_id)
+        image = self._image(image_id)
+        return Region(id=image.id, image_id=image.id, offset=[0, 0, 0], shape=list(image.shape), whole=True), image
+
+    def is_region(self, image_id: str) -> bool:
+        return self.db.region(check_image_id(image_id)) is not None
+
+    def read_region(self, region_id: str, context: tuple[int, int, int] = (0, 0, 0)) -> RegionData:
+        """A region (or a whole image) with ``context`` voxels around it, clipped to the image."""
+        region, image = self._region_or_whole(region_id)
+        region_roi = Roi(tuple(region.offset), tuple(region.shape))  # type: ignore[arg-type]
+        read_roi = region_roi.grow(context, tuple(image.shape))  # type: ignore[arg-type]
+        if read_roi.size > self.max_voxels_in_memory:
+            raise UploadTooLarge(
+                f"'{region_id}' with its context is {read_roi.size / 1e6:.0f} Mvox, more than this server holds "
+                f"in memory at once ({self.max_voxels_in_memory / 1e6:.0f} Mvox, --conf max_voxels_in_memory)"
+            )
+        array = self.read(image, read_roi)
+        inner = array[region_roi.relative_to(read_roi)]
+        return RegionData(
+            array,
+            read_roi,
+            region_roi,
+            self.stats(image),
+            self._volume(image, read_roi, array),
+            self._volume(image, region_roi, inner),
+        )
+
+    @staticmethod
+    def _volume(image: Image, roi: Roi, array: np.ndarray) -> Volume:
+        """``array`` (voxels of ``roi``) placed where ``roi`` lies: the origin moves by the offset, through
+        the direction cosines, so a viewer shows the crop where it lies in the image."""
+        spacing = tuple(image.voxel_size_um or (1.0, 1.0, 1.0))
+        origin = np.array((image.origin_um or (0.0, 0.0, 0.0))[::-1], float)
+        direction = np.eye(3) if image.direction is None else np.asarray(image.direction, float)
+        offset_xyz = np.array(roi.offset[::-1], float) * np.array(spacing[::-1], float)
+        origin_zyx = tuple((origin + direction @ offset_xyz)[::-1].tolist())
+        return Volume(array, spacing, origin_zyx, None if image.direction is None else direction)  # type: ignore[arg-type]
+
+    def get_image_uri(self, image_id: str) -> str:
+        """A NRRD file of the region (or of a whole image within ``max_voxels_in_memory``), from the cache."""
+        region, _ = self._region_or_whole(image_id)  # an image split into regions may be asked for whole
+        path = os.path.join(self.views_path, f"{region.id}.nrrd")
+        if not os.path.exists(path):
+            image = self._image(region.image_id)
+            roi = Roi(tuple(region.offset), tuple(region.shape))  # type: ignore[arg-type]
+            if roi.size > self.max_voxels_in_memory:
+                raise UploadTooLarge(
+                    f"'{image_id}' is {roi.size / 1e9:.2f} Gvox, more than one view may hold "
+                    f"({self.max_voxels_in_memory / 1e9:.2f} Gvox, --conf max_voxels_in_memory); "
+                    f"ask for one of its regions instead (GET /datastore/?output=all lists them)"
+                )
+            write_volume(path, self._volume(image, roi, self.read(image, roi)))
+            self._trim_views()
+        else:
+            os.utime(path)  # recently used
+        return path
+
+    def _trim_views(self) -> None:
+        """Drop the least recently used crops beyond the cache bound."""
+        files = []
+        for entry in os.scandir(self.views_path):
+            if entry.is_file() and ".part" not in entry.name:
+                stat = entry.stat()
+                files.append((stat.st_mtime, stat.st_size, entry.path))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self.view_cache_bytes:
+                break
+            remove_path(path)
+            total -= size
+
+    def get_image(self, image_id: str, params=None) -> Any:
+        with open(self.get_image_uri(image_id), "rb") as f:
+            return f.read()
+
+    def get_image_info(self, image_id: str) -> dict[str, Any]:
+        """Client metadata, then the server's fields over it (a client cannot change geometry)."""
+        region = self.db.region(check_image_id(image_id))
+        image = self.db.image(region.image_id if region else image_id)
+        if image is None:
+            return {}
+        info = {**(image.info or {}), **((region.info or {}) if region else {})}
+        server = {
+            "id": image_id,
+            "image": image.id,
+            "name": f"{image_id}.nrrd",
+            "path": os.path.join(self.views_path, f"{image_id}.nrrd"),
+            "format": image.format,
+            "dtype": image.dtype,
+            "voxel_size_um": image.voxel_size_um,
+            "spacing_um": image.voxel_size_um or [1.0, 1.0, 1.0],
+            "modality": image.modality,
+            "structures": image.structures,
+            "registered": image.registered,
+        }
+        if region is not None:
+            server.update(region=region.id, shape=region.shape, offset=region.offset)
+            if not region.whole:
+                server["parent"] = image.id
+        else:
+            server.update(shape=image.shape, offset=[0, 0, 0], regions=len(self.db.regions(image.id)))
+        return {**info, **server}
+
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        """Merge client metadata; the server's fields are refused."""
+        refused = sorted(set(info) & SERVER_FIELDS)
+        if refused:
+            raise InvalidRequest(f"{', '.join(refused)} are set by the server and cannot be changed")
+        region = self.db.region(check_image_id(image_id))
+        if region is not None:
+            self.db.update_region_info(region.id, info)
+        else:
+            self._image(image_id)
+            self.db.update_image_info(image_id, info)
 
     def remove_image(self, image_id: str) -> None:
-        check_image_id(image_id)
-        if image_id not in self._datastore.objects:
-            raise NotFound(f"image '{image_id}' is not in the datastore")
-        # LocalDatastore removes files only; Zarr/N5 originals are folders, gone before it refreshes.
-        remove_path(self._original_uri(image_id))
-        remove_path(os.path.join(self._views_path, f"{image_id}.nrrd"))
-        super().remove_image(image_id)
-        if self._db is not None:
-            self._db.remove_image(image_id)
+        """Remove an image (by its id or any of its regions') with its labels and history."""
+        region = self.db.region(check_image_id(image_id))
+        image = self._image(region.image_id if region else image_id)
+        regions = self.db.regions(image.id)
+        self.db.remove_image(image.id)
+        self.store.remove(image.id)
+        if os.path.dirname(image.original_path) == self.studies:  # found there: it would be added again
+            remove_path(image.original_path)
+        for r in regions:
+            remove_path(os.path.join(self.views_path, f"{r.id}.nrrd"))
+            remove_path(os.path.join(self.versions_path, r.id))
+
+    # --- labels -----------------------------------------------------------------------------
+    def _lock(self, image_id: str, structure: str, tag: str) -> FileLock:
+        return FileLock(os.path.join(self.locks_path, f"{image_id}.{structure}.{tag}.lock"))
+
+    @staticmethod
+    def _array_name(structure: str, tag: str) -> str:
+        return structure if tag == DefaultLabelTag.FINAL.value else f"{structure}-{tag}"
+
+    def split_structures(self, array: np.ndarray, label_info: dict[str, Any], image: Image) -> dict[str, np.ndarray]:
+        """Which structures a saved label map holds: Slicer's ``label_info`` segment names split it by
+        value; otherwise the ``model``/``structure`` it names (or the image's only structure) gets it whole."""
+        segments = label_info.get("label_info")
+        allowed = image.structures or list(self.specs)
+        if isinstance(segments, list) and segments:
+            parts: dict[str, np.ndarray] = {}
+            for segment in segments:
+                if not isinstance(segment, dict):
+                    continue
+                structure = self.structure_of(segment.get("name", ""))
+                value = segment.get("idx", segment.get("id"))
+                if structure is None or value is None:
+                    continue
+                mask = (array == int(value)).astype(np.uint32)
+                parts[structure] = np.maximum(parts[structure], mask) if structure in parts else mask
+            if parts:
+                return self._allowed(parts, allowed, image)
+        named = label_info.get("structure") or label_info.get("model")
+        if named:
+            structure = self.structure_of(str(named))
+            if structure is None:
+                raise InvalidRequest(f"unknown structure '{named}'; known: {', '.join(self.specs)}")
+            return self._allowed({structure: array}, allowed, image)
+        if len(allowed) == 1:
+            return {allowed[0]: array}
+        raise InvalidRequest(
+            f"say which structure this label is: name its segments after one of {', '.join(allowed)} "
+            '(Slicer\'s label_info) or send params {"model": NAME}'
+        )
+
+    @staticmethod
+    def _allowed(parts: dict[str, np.ndarray], allowed: list[str], image: Image) -> dict[str, np.ndarray]:
+        wrong = sorted(set(parts) - set(allowed))
+        if wrong:
+            raise InvalidRequest(
+                f"image '{image.id}' is {image.modality or 'of unknown modality'}: it can carry "
+                f"{', '.join(allowed)} labels, not {', '.join(wrong)}"
+            )
+        return parts
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        """Check a label against its region and store it as the newest version of each structure it holds."""
+        region, image = self.region_and_image(image_id)
+        tag = label_tag or DefaultLabelTag.FINAL.value
+        info = dict(label_info or {})
+        with open_source(label_filename, max_voxels_in_memory=self.max_voxels_in_memory) as source:
+            if tuple(source.shape) != tuple(region.shape):
+                raise VolumeError(
+                    f"label shape {tuple(source.shape)} does not match image '{image_id}' shape {tuple(region.shape)}"
+                )
+            array = source.read(Roi.whole(source.shape).slices)
+        if not np.issubdtype(array.dtype, np.integer):
+            if not np.all(np.isfinite(array)) or np.any(array != np.round(array)) or array.min() < 0:
+                raise VolumeError("a label must hold whole, non-negative numbers (label values or object ids)")
+        if array.size and array.max() > np.iinfo(np.uint32).max:
+            raise VolumeError("label values above 4294967295 do not fit the uint32 label arrays")
+        for structure, part in self.split_structures(array, info, image).items():
+            self.write_label(region, image, structure, tag, part, info)
+        return image_id
+
+    def write_label(
+        self, region: Region, image: Image, structure: str, tag: str, array: np.ndarray, info: dict[str, Any]
+    ) -> LabelVersion:
+        """One label version: its own file, its row, then the label array (which holds the latest)."""
+        array = np.asarray(array, dtype=np.uint32)
+        roi = Roi(tuple(region.offset), tuple(region.shape))  # type: ignore[arg-type]
+        folder = os.path.join(self.versions_path, region.id, structure, tag)
+        os.makedirs(folder, exist_ok=True)
+        kept = os.path.join(folder, f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.nrrd")
+        write_volume(kept, self._volume(image, roi, array))
+        model = info.get("model") if info.get("model") in self.specs else structure
+        active = self.db.active_model_version(model) if tag != DefaultLabelTag.FINAL.value else None
+        recorded = {k: v for k, v in info.items() if k not in ("client_id", "label_info")}
+        with self._lock(image.id, structure, tag):
+            try:
+                row = self.db.add_label_version(
+                    region,
+                    structure,
+                    tag,
+                    kept,
+                    _checksum(array),
+                    client_id=info.get("client_id"),
+                    model_version_id=active.id if active else None,
+                    info=recorded,
+                )
+            except KeyError as e:  # the image was removed meanwhile
+                remove_path(kept)
+                raise NotFound(str(e).strip("'\"")) from None
+            shape, chunks = tuple(image.shape), tuple(image.chunks)
+            self.store.write_label(image.id, self._array_name(structure, tag), roi, array, shape, chunks)  # type: ignore[arg-type]
+        if tag == DefaultLabelTag.FINAL.value:
+            self.db.release_lease(region.id)  # labelled now: the annotator's claim has served its purpose
+            if self.on_final_label is not None:
+                try:
+                    self.on_final_label(region.id, structure, info)
+                except Exception:
+                    logger.exception(f"after saving the final {structure} label of '{region.id}'")
+        return row
+
+    def read_label(self, region_id: str, structure: str, tag: str = DefaultLabelTag.FINAL.value) -> np.ndarray | None:
+        """The latest label of a region for one structure, or None if it has none."""
+        region, image = self.region_and_image(region_id)
+        if self.db.label_version(region.id, structure, tag) is None:
+            return None
+        roi = Roi(tuple(region.offset), tuple(region.shape))  # type: ignore[arg-type]
+        return self.store.read_label(image.id, self._array_name(structure, tag), roi)
+
+    def latest_structure(self, region_id: str, tag: str) -> str | None:
+        rows = self.db.label_versions(region_id, tag)
+        structured = [r for r in rows if r.structure]
+        return max(structured, key=lambda r: r.created_at).structure if structured else None
+
+    def get_label_uri(self, label_id: str, label_tag: str, structure: str | None = None) -> str:
+        """The latest version's file for (region, structure, tag): the most recently saved structure by default."""
+        check_image_id(label_id)
+        structure = structure or self.latest_structure(label_id, label_tag)
+        row = self.db.label_version(label_id, structure, label_tag) if structure else None
+        return row.path if row is not None and os.path.exists(row.path) else ""
+
+    def get_label(self, label_id: str, label_tag: str, params=None) -> Any:
+        path = self.get_label_uri(label_id, label_tag)
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    def get_labels_by_image_id(self, image_id: str) -> dict[str, str]:
+        return {
+            tag: uri for tag in (DefaultLabelTag.FINAL.value, "original") if (uri := self.get_label_uri(image_id, tag))
+        }
+
+    def get_label_by_image_id(self, image_id: str, tag: str) -> str:
+        return self.get_label_uri(image_id, tag)
+
+    def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
+        structure = self.latest_structure(label_id, label_tag)
+        row = self.db.label_version(label_id, structure, label_tag) if structure else None
+        if row is None:
+            return {}
+        return {
+            **(row.info or {}),
+            "structure": row.structure,
+            "version": row.version,
+            "client_id": row.client_id,
+            "checksum": row.checksum,
+            "model_version": row.model_version_id,
+            "ts": int(row.created_at.timestamp()),
+            "name": os.path.basename(row.path),
+        }
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        structure = self.latest_structure(label_id, label_tag)
+        if structure is None:
+            raise NotFound(f"image '{label_id}' has no '{label_tag}' label")
+        self.db.update_label_version_info(label_id, structure, label_tag, info)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        raise InvalidRequest("label versions are kept; save a corrected label instead (GET /labels/{image}/versions)")
+
+    def get_labeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
+        """Regions with a label of ``label_tag`` (final by default) of any of ``labels`` (structures)."""
+        labelled = self.db.labelled_regions(label_tag or DefaultLabelTag.FINAL.value)
+        wanted = set(labels) if labels else None
+        return [r for r in self.list_images() if r in labelled and (wanted is None or wanted & set(labelled[r]))]
+
+    def get_unlabeled_images(
+        self, label_tag: str | None = None, labels: list[str] | None = None, structure: str | None = None
+    ) -> list[str]:
+        """Regions without a final label (of ``structure``, among images that may carry it)."""
+        labelled = self.db.labelled_regions(label_tag or DefaultLabelTag.FINAL.value, structure)
+        if structure is None:
+            return [r for r in self.list_images() if r not in labelled]
+        allowed = {i.id for i in self.db.images() if structure in (i.structures or [])}
+        return [r.id for r in self.db.regions() if r.image_id in allowed and r.id not in labelled]
+
+    def training_regions(self, structure: str, tag: str = DefaultLabelTag.FINAL.value) -> list[str]:
+        """Regions with a ``structure`` label, on images of a modality that structure suits, in id order."""
+        labelled = self.db.labelled_regions(tag, structure)
+        allowed = {i.id for i in self.db.images() if structure in (i.structures or [])}
+        return sorted(r.id for r in self.db.regions() if r.id in labelled and r.image_id in allowed)
+
+    def datalist(self) -> list[dict[str, Any]]:
+        """Labelled regions as MONAI Label lists them; ``image``/``label`` are ids (crops are made on demand)."""
+        labelled = self.db.labelled_regions(DefaultLabelTag.FINAL.value)
+        return [
+            {"image": r, "label": r, "structures": sorted(labelled[r])} for r in self.list_images() if r in labelled
+        ]
+
+    def get_dataset_archive(self, limit_cases: int | None) -> str:
+        raise InvalidRequest("a whole-dataset archive is not offered for chunked volumes; download regions instead")
+
+    def status(self) -> dict[str, Any]:
+        regions = self.list_images()
+        labelled = self.db.labelled_regions(DefaultLabelTag.FINAL.value)
+        return {
+            "total": len(regions),
+            "completed": sum(1 for r in regions if r in labelled),
+            "images": len(self.db.images()),
+            "label_tags": {DefaultLabelTag.FINAL.value: len(labelled)},
+        }
+
+    def json(self) -> dict[str, Any]:
+        objects = {}
+        for region_id in self.list_images():
+            labels = {}
+            for tag in (DefaultLabelTag.FINAL.value, "original"):
+                label = self.get_label_info(region_id, tag)
+                if label:
+                    labels[tag] = {"info": label, "ext": ".nrrd"}
+            objects[region_id] = {"image": {"info": self.get_image_info(region_id), "ext": ".nrrd"}, "labels": labels}
+        return {"name": self._name, "description": self._description, "objects": objects}
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(str(path).rstrip("/"))
+    for ext in (".ome.zarr", ".ome.tiff", ".ome.tif", ".nii.gz"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return os.path.splitext(name)[0]
+
+
+def _is_volume(path: str) -> bool:
+    try:
+        volume_format(path)
+        return True
+    except VolumeError:
+        return False
+
+
+def _check_modality(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    key = str(value).strip().lower().replace("_", "-")
+    aliases = {"lightsheet": "light-sheet", "light-sheet": "light-sheet", "expansion": "light-sheet", "em": "em"}
+    if key not in aliases and not key.startswith("electron"):
+        raise InvalidRequest(f"modality must be one of {', '.join(MODALITIES)}, not '{value}'")
+    return aliases.get(key, "em")

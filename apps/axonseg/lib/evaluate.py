@@ -26,6 +26,7 @@ from .infers.predict import TTA_VARIANTS, predict_probabilities
 from .machine import default_device, describe_machine
 from .metrics import detection_scores, instance_scores, roc_auc, skeleton_scores, voxel_scores
 from .networks import load_weights
+from .transforms.intensity import intensity_stats
 from .transforms.io import read_volume
 from .transforms.labels import map_labels
 
@@ -94,7 +95,8 @@ def evaluate(
     weights = weights or os.path.join(MODEL_DIR, f"{model}.pt")
     network, meta = load_weights(weights, device)
     started = time.perf_counter()
-    probabilities = predict_probabilities(network, raw, spec, device, tta)
+    # The crop is normalised by the whole volume's statistics, as training and serving normalise any region.
+    probabilities = predict_probabilities(network, raw, spec, device, tta, stats=intensity_stats(image.array))
     prediction = postprocess(probabilities, spec, method, **effective)
     seconds = time.perf_counter() - started
     report = {

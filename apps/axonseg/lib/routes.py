@@ -15,8 +15,10 @@ the work runs in a worker, and handlers only await it, so the event loop stays f
     GET    /jobs/workers              live workers
     GET    /jobs/{id}                 one job: state, position in its queue, progress, error
     DELETE /jobs/{id}                 cancel
-    GET    /labels/{image}/versions   every saved label version
+    GET    /labels/{image}/versions   every saved label version of a region (per structure)
     GET    /labels/{image}/versions/{n}   one version's file (latest is also /datastore/label)
+    *      /datastore/..., /activelearning/{strategy}   MONAI Label's, run in the thread pool
+    POST   /volumes/register          use a Zarr/N5 volume in place
     GET    /leases/                   live annotator leases
     GET    /models/{model}/versions   every set of weights the model has served
     POST   /models/{model}/versions/{id}/activate   serve an earlier version (roll back)
@@ -35,9 +37,11 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, FastAPI, File, Form, UploadFile
+from fastapi import APIRouter, BackgroundTasks, FastAPI, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
+from monailabel.endpoints import activelearning as al_endpoints
+from monailabel.endpoints import datastore as ds_endpoints
 from monailabel.interfaces.utils.app import app_instance
 from requests_toolbelt import MultipartEncoder
 
@@ -93,11 +97,10 @@ async def infer(
         upload = await run_in_threadpool(_save_upload, app, file)
         image_path, name = upload, file.filename or "upload"
     elif image:
-        check_image_id(image)
-        image_path = await run_in_threadpool(app.datastore().get_image_uri, image)
-        if not image_path:
+        await run_in_threadpool(app.datastore().get_image_info, check_image_id(image))
+        if not await run_in_threadpool(app.datastore().get_image_info, image):
             raise NotFound(f"image '{image}' is not in the datastore")
-        name = image
+        image_path, name = None, image
     else:
         raise InvalidRequest("send an image id (?image=...) or a file to segment")
     try:
@@ -109,9 +112,9 @@ async def infer(
             description=f"inference '{model}' on '{name}'",
             meta={"client_id": request.get("client_id"), "image": image or None},
             model=model,
+            params={**request, "max_voxels_in_memory": app.datastore().max_voxels_in_memory},
+            image_id=None if upload else image,
             image_path=image_path,
-            params=request,
-            image_id=image or None,
         )
         result = await jobs.wait(job, app.infer_timeout_s)
     finally:
@@ -348,7 +351,7 @@ async def batch_infer(model: str, params: dict | None = None):
     app = _app()
     params = dict(params or {})
     app.task_config(model)
-    images = params.pop("images", None) or app.datastore().get_unlabeled_images()
+    images = params.pop("images", None) or app.datastore().get_unlabeled_images(structure=model)
     known = set(app.datastore().list_images())
     for image in images:
         check_image_id(image)
@@ -397,32 +400,136 @@ async def job_cancel(job_id: str):
 
 
 # --- label history and leases --------------------------------------------------------------------
-@router.get("/labels/{image}/versions", summary="Every saved version of an image's label")
-async def label_versions(image: str, tag: str = "final"):
+@router.get("/labels/{image}/versions", summary="Every saved version of a region's labels")
+def label_versions(image: str, tag: str = "final", structure: str | None = None):
+    """Versions of every structure (or of ``structure``), oldest first; ``structure`` None on rows saved
+    before labels had structures (legacy)."""
     app = _app()
     check_image_id(image)
-    rows = await run_in_threadpool(app.db.label_versions, image, tag)
+    if structure is not None:
+        app.task_config(structure)
     return [
         {
             "version": r.version,
+            "structure": r.structure,
             "tag": r.tag,
             "client_id": r.client_id,
             "created_at": r.created_at.isoformat(),
             "checksum": r.checksum,
             "model_version": r.model_version_id,
         }
-        for r in rows
+        for r in app.db.label_versions(image, tag, structure)
     ]
 
 
-@router.get("/labels/{image}/versions/{version}", summary="Download one label version")
-async def label_version_file(image: str, version: int, tag: str = "final"):
+@router.get("/labels/{image}/versions/{version}", summary="Download one label version (NRRD of the region)")
+def label_version_file(image: str, version: int, tag: str = "final", structure: str | None = None):
     app = _app()
     check_image_id(image)
-    row = await run_in_threadpool(app.db.label_version, image, tag, version)
+    structure = structure or app.datastore().latest_structure(image, tag)
+    row = app.db.label_version(image, structure, tag, version) if structure else None
     if row is None or not os.path.exists(row.path):
-        raise NotFound(f"image '{image}' has no '{tag}' label version {version}")
-    return FileResponse(row.path, filename=f"{image}.v{version}{''.join(pathlib.Path(row.path).suffixes)}")
+        raise NotFound(f"image '{image}' has no '{tag}' {structure or ''} label version {version}")
+    return FileResponse(row.path, filename=f"{image}.{structure}.v{version}.nrrd")
+
+
+# --- the datastore, off the event loop ----------------------------------------------------------
+# MONAI Label's own handlers are ``async def`` around blocking reads and writes; these run the same
+# functions in the thread pool (FastAPI runs plain ``def`` handlers there), so /info/ stays fast while
+# volumes are ingested, cut into crops or labels written.
+@router.get("/datastore/", summary="Images and labels of the datastore")
+def datastore_summary(output: ds_endpoints.ResultType | None = None):
+    return ds_endpoints.datastore(output)
+
+
+@router.put("/datastore/", include_in_schema=False)
+@router.put("/datastore/image", summary="Upload an image (ingested into the chunked store)")
+def datastore_add_image(
+    background_tasks: BackgroundTasks, image: str | None = None, params: str = Form("{}"), file: UploadFile = File(...)
+):
+    _parse_params(params)
+    return ds_endpoints.add_image(background_tasks, image, params, file, None)
+
+
+@router.delete("/datastore/", include_in_schema=False)
+@router.delete("/datastore/image", summary="Remove an image with its regions and labels")
+def datastore_remove_image(id: str):
+    return ds_endpoints.remove_image(id, None)
+
+
+@router.head("/datastore/image", summary="Check that an image exists")
+def datastore_check_image(image: str, check_sum: str | None = None):
+    return ds_endpoints.download_image(image, check_only=True, check_sum=check_sum)
+
+
+@router.get("/datastore/image", summary="Download a region (or small image) as NRRD")
+def datastore_image(image: str):
+    return ds_endpoints.download_image(image)
+
+
+@router.get("/datastore/image/info", summary="Image info: the server's geometry over client metadata")
+def datastore_image_info(image: str):
+    return ds_endpoints.get_image_info(image)
+
+
+@router.put("/datastore/image/info", summary="Add client metadata to an image (geometry is the server's)")
+def datastore_update_image_info(image: str, info: str = Form("{}")):
+    app = _app()
+    app.datastore().update_image_info(image, _parse_params(info))
+    return app.datastore().get_image_info(image)
+
+
+@router.put("/datastore/label", summary="Save a label (split by structure, kept as a new version)")
+def datastore_save_label(
+    background_tasks: BackgroundTasks,
+    image: str,
+    params: str = Form("{}"),
+    tag: str = "final",
+    label: UploadFile = File(...),
+):
+    _parse_params(params)
+    return ds_endpoints.save_label(background_tasks, image, params, tag, label, None)
+
+
+@router.get("/datastore/label", summary="Download a region's latest label (of one structure) as NRRD")
+def datastore_label(label: str, tag: str = "final", structure: str | None = None):
+    app = _app()
+    if structure is not None:
+        app.task_config(structure)
+    path = app.datastore().get_label_uri(label, tag, structure)
+    if not path:
+        raise NotFound(f"image '{label}' has no '{tag}' {structure or ''} label")
+    return FileResponse(path, media_type="application/octet-stream", filename=f"{label}.nrrd")
+
+
+@router.head("/datastore/label", summary="Check that a label exists")
+def datastore_check_label(image: str, tag: str):
+    if not _app().datastore().get_label_uri(image, tag):
+        raise NotFound(f"image '{image}' has no '{tag}' label")
+    return {}
+
+
+@router.get("/datastore/label/info", summary="The latest label version's info")
+def datastore_label_info(label: str, tag: str):
+    return ds_endpoints.get_label_info(label, tag)
+
+
+@router.post("/activelearning/{strategy}", summary="Next sample: a region chosen by the strategy, leased to you")
+def next_sample(strategy: str, params: dict | None = None):
+    return al_endpoints.sample(strategy, params, None)
+
+
+@router.post("/volumes/register", summary="Register a Zarr/N5 volume in place (read-only)")
+def register_volume(params: dict):
+    """Body: ``path`` (inside a folder of AXONSEG_VOLUME_ROOTS), ``image`` (id), optional ``dataset``,
+    ``modality``."""
+    app = _app()
+    if not params.get("path") or not params.get("image"):
+        raise InvalidRequest("send the volume's 'path' and the 'image' id to register it under")
+    image = app.datastore().register_volume(
+        str(params["image"]), str(params["path"]), params.get("dataset"), params.get("modality")
+    )
+    return app.datastore().get_image_info(image)
 
 
 @router.get("/leases/", summary="Live annotator leases")

@@ -1,5 +1,6 @@
-"""Retraining on submitted labels without anyone asking: after ``every`` new final labels since a
-model's last training run, a fine-tuning run of that model is queued.
+"""Retraining on submitted labels without anyone asking: after ``every`` newly labelled regions of a
+structure since its model's last training run, a fine-tuning run of that model is queued. A region
+counts once however often it is saved, and only for the structure its label belongs to.
 
 Never a duplicate: while any training run is submitted or running, nothing is queued (the busy rule
 of :class:`~lib.jobs.training.TrainingRuns`); the next saved label checks again. The run itself
@@ -23,9 +24,9 @@ TRIGGER_CLIENT = "retrain-trigger"
 
 class RetrainTrigger:
     """Args:
-    every: final labels that trigger a run (0 turns automatic retraining off).
-    model: the model retrained unless a saved label's info names another one.
-    models: the models a label's info may name (not ``ssl_pretrain``, which needs no labels).
+    every: newly labelled regions that trigger a run (0 turns automatic retraining off).
+    model: kept for the app's configuration (the active-learning model); labels retrain their own structure.
+    models: the models that retrain on labels (not ``ssl_pretrain``, which needs no labels).
     params: the fine-tuning request (the trainer's config keys).
     """
 
@@ -46,14 +47,14 @@ class RetrainTrigger:
         self.params = dict(params or {})
 
     def new_labels(self, model: str) -> int:
-        """Final labels saved since ``model``'s last training run started (all of them if it never trained)."""
+        """Regions given a final ``model`` label since its last training run started (all if it never trained)."""
         last = self.db.training_runs(model=model, limit=1)
-        return self.db.count_label_versions("final", since=last[0].started_at if last else None)
+        return self.db.count_labelled_regions(model, "final", since=last[0].started_at if last else None)
 
-    def label_saved(self, image_id: str, label_info: dict[str, Any]) -> TrainingRun | None:
-        """The datastore's ``on_final_label`` hook; returns the run it queued, if any."""
-        model = label_info.get("model") if label_info.get("model") in self.models else self.model
-        if self.every <= 0:
+    def label_saved(self, image_id: str, structure: str, label_info: dict[str, Any]) -> TrainingRun | None:
+        """The datastore's ``on_final_label`` hook (once per saved structure); returns the run it queued, if any."""
+        model = structure
+        if self.every <= 0 or model not in self.models:
             return None
         count = self.new_labels(model)
         if count < self.every:

@@ -38,14 +38,15 @@ class Scores:
         return version_id, self.db.scores(method, version_id)
 
     def needing_score(self, model: str, method: str) -> list[str]:
-        """Images without a fresh score: unlabelled ones for ``epistemic``/``tta``; for ``dice``,
-        labelled ones that also have the model's original prediction."""
+        """Regions without a fresh score: those without a final label of the model's structure for
+        ``epistemic``/``tta``; for ``dice``, labelled ones that also have the model's original prediction."""
         _, fresh = self.fresh(model, method)
         datastore = self.datastore()
         if method == "dice":
-            images = [i for i in datastore.get_labeled_images() if datastore.get_label_uri(i, "original")]
+            predicted = self.db.labelled_regions("original", model)
+            images = [i for i in datastore.training_regions(model) if i in predicted]
         else:
-            images = datastore.get_unlabeled_images()
+            images = datastore.get_unlabeled_images(structure=model)
         return [i for i in images if i not in fresh]
 
     def submit(

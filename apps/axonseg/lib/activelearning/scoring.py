@@ -20,7 +20,7 @@ import torch
 from ..configs.spec import StructureSpec
 from ..infers.predict import sliding_window_probabilities, tta_probabilities
 from ..networks import build_network
-from ..transforms.intensity import normalize_percentiles
+from ..transforms.intensity import IntensityStats, intensity_stats, normalize
 
 SCORING_METHODS = ("epistemic", "tta", "dice")
 _EPS = 1e-6
@@ -55,15 +55,21 @@ def epistemic_score(
     samples: int = 8,
     rate: float = 0.2,
     seed: int = 0,
+    stats: IntensityStats | None = None,
+    inner: tuple[slice, slice, slice] | None = None,
 ) -> float:
-    """Mean predictive entropy (bits) over ``samples`` MC-dropout passes of a raw (z, y, x) volume."""
-    image = normalize_percentiles(array, spec.percentiles)
+    """Mean predictive entropy (bits) over ``samples`` MC-dropout passes of a raw (z, y, x) volume.
+
+    ``stats``: its image's intensity statistics (None: ``array`` is the whole image); ``inner``: the
+    region to average over when ``array`` holds it with context.
+    """
+    image = normalize(array, stats or intensity_stats(array), spec.percentiles)
     sampler = with_dropout(network, spec, rate)
     torch.manual_seed(seed)
     total = np.zeros(image.shape, dtype=np.float32)
     for _ in range(samples):
         total += sliding_window_probabilities(sampler, image, spec, device, eval_mode=False)
-    return float(binary_entropy(total / samples).mean())
+    return float(binary_entropy(total / samples)[inner or ...].mean())
 
 
 def tta_score(
@@ -72,16 +78,19 @@ def tta_score(
     spec: StructureSpec,
     device: str | torch.device = "cpu",
     tta: int = 8,
+    stats: IntensityStats | None = None,
+    inner: tuple[slice, slice, slice] | None = None,
 ) -> float:
-    """Mean voxel variance of the ``tta`` test-time variants' probabilities."""
-    image = normalize_percentiles(array, spec.percentiles)
+    """Mean voxel variance of the ``tta`` test-time variants' probabilities (``stats``, ``inner`` as in
+    :func:`epistemic_score`)."""
+    image = normalize(array, stats or intensity_stats(array), spec.percentiles)
     total = np.zeros(image.shape, dtype=np.float64)
     squares = np.zeros(image.shape, dtype=np.float64)
     for probabilities in tta_probabilities(network, image, spec, device, tta):
         total += probabilities
         squares += probabilities.astype(np.float64) ** 2
     mean = total / tta
-    return float(np.clip(squares / tta - mean**2, 0, None).mean())
+    return float(np.clip(squares / tta - mean**2, 0, None)[inner or ...].mean())
 
 
 def dice_score(original: np.ndarray, final: np.ndarray) -> float:

@@ -34,7 +34,7 @@ class ScoreRanked(Strategy):
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any] | None:
         model = str(request.get("model") or self.default_model)
-        candidates = datastore.get_unlabeled_images()
+        candidates = datastore.get_unlabeled_images(structure=model)  # images that may carry its structure
         if not candidates:
             return None
         _, scores = self.scores.fresh(model, self.method)

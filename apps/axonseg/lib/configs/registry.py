@@ -6,6 +6,7 @@ import os
 
 from ..trainers.pretrain_task import PRETRAIN_TRAINER, PretrainTrainer
 from ..trainers.task import StructureTrainer
+from ..volumes.roots import volume_roots
 from . import axon, membrane, mitochondria, synapse
 from .spec import StructureSpec
 from .task_config import StructureTaskConfig
@@ -36,7 +37,7 @@ def init_trainers(configs: dict[str, StructureTaskConfig], workdir: str, studies
     ``AXONSEG_VOLUME_ROOTS`` (``os.pathsep``-separated; API and workers must see the same paths).
     """
     trainers: dict[str, StructureTrainer] = {name: config.trainer() for name, config in configs.items()}
-    roots = [studies, *(r for r in os.environ.get("AXONSEG_VOLUME_ROOTS", "").split(os.pathsep) if r)]
+    roots = [studies, *volume_roots()]
     trainers[PRETRAIN_TRAINER] = PretrainTrainer(
         {name: config.spec for name, config in configs.items()},
         os.path.join(workdir, "encoders"),

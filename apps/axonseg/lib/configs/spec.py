@@ -102,6 +102,11 @@ class StructureSpec:
     structure_metrics: tuple[str, ...] = ()
 
     @property
+    def modality_group(self) -> str:
+        """``em`` or ``light-sheet``: images of that group may carry this structure's labels."""
+        return "em" if "electron" in self.modality.lower() else "light-sheet"
+
+    @property
     def anisotropic(self) -> bool:
         """ssTEM-like data: the first level convolves in-plane only because z is much coarser."""
         return self.kernels[0][0] == 1

@@ -18,15 +18,44 @@ class Base(DeclarativeBase):
 
 
 class Image(Base):
-    """A volume in the datastore, described when it is added (no voxels are stored here)."""
+    """A volume: where its voxels are (the chunked store, or a registered Zarr/N5 read in place) and what
+    the server knows of it. Geometry fields are the server's; ``info`` is client metadata only."""
 
     __tablename__ = "images"
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    original_path: Mapped[str] = mapped_column(Text)
+    original_path: Mapped[str] = mapped_column(Text)  # where it came from (upload name or file found)
     format: Mapped[str | None] = mapped_column(String(32))
     shape: Mapped[list[Any] | None]
-    voxel_size_um: Mapped[list[Any] | None]
+    voxel_size_um: Mapped[list[Any] | None]  # None: the file did not say
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    modality: Mapped[str | None] = mapped_column(String(32))  # "light-sheet" or "em"
+    structures: Mapped[list[Any] | None]  # the models whose labels this image may carry
+    dtype: Mapped[str | None] = mapped_column(String(16))
+    chunks: Mapped[list[Any] | None]
+    storage_uri: Mapped[str | None] = mapped_column(Text)  # the OME-Zarr group or registered container
+    dataset: Mapped[str | None] = mapped_column(Text)  # the full-resolution array inside storage_uri
+    registered: Mapped[bool] = mapped_column(Boolean, default=False)  # read in place, read-only
+    levels: Mapped[list[Any] | None]  # pyramid level shapes
+    intensity: Mapped[dict[str, Any] | None]  # statistics from ingest; every normalisation uses them
+    origin_um: Mapped[list[Any] | None]  # (z, y, x) physical position of voxel 0
+    direction: Mapped[list[Any] | None]  # ITK direction cosines (x, y, z rows); None = identity
+    info: Mapped[dict[str, Any] | None]  # client metadata (PUT /datastore/image/info), never geometry
+
+
+class Region(Base):
+    """What annotators are handed: a box of an image (the whole image when it is small).
+
+    Its id is what MONAI Label calls an image id: leases, scores and label versions refer to it.
+    """
+
+    __tablename__ = "regions"
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    offset: Mapped[list[Any]]
+    shape: Mapped[list[Any]]
+    whole: Mapped[bool] = mapped_column(Boolean, default=False)
+    position: Mapped[int] = mapped_column(Integer, default=0)  # z, y, x order within the image
+    info: Mapped[dict[str, Any] | None]  # client metadata (e.g. which strategy handed it out)
 
 
 class ModelVersion(Base):
@@ -61,12 +90,15 @@ class EncoderVersion(Base):
 
 
 class LabelVersion(Base):
-    """Every label save is kept; the highest version of an (image, tag) is the one served by default."""
+    """Every label save of a region for one structure and tag; the highest version is the one in the label
+    array and served by default. Rows from before regions existed have ``region_id`` None (legacy)."""
 
     __tablename__ = "label_versions"
-    __table_args__ = (UniqueConstraint("image_id", "tag", "version"),)
+    __table_args__ = (UniqueConstraint("image_id", "region_id", "structure", "tag", "version"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    region_id: Mapped[str | None] = mapped_column(ForeignKey("regions.id", ondelete="CASCADE"), index=True)
+    structure: Mapped[str | None] = mapped_column(String(64), index=True)
     tag: Mapped[str] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(Text)
@@ -78,22 +110,22 @@ class LabelVersion(Base):
 
 
 class Lease(Base):
-    """An annotator's claim on an image; the primary key makes two live claims impossible."""
+    """An annotator's claim on a region; the primary key makes two live claims impossible."""
 
     __tablename__ = "leases"
-    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("regions.id", ondelete="CASCADE"), primary_key=True)
     client_id: Mapped[str] = mapped_column(String(255))
     acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class Score(Base):
-    """An active-learning score of one image under one model version."""
+    """An active-learning score of one region under one model version."""
 
     __tablename__ = "scores"
     __table_args__ = (UniqueConstraint("image_id", "method", "model_version_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("regions.id", ondelete="CASCADE"), index=True)
     method: Mapped[str] = mapped_column(String(64))
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     value: Mapped[float] = mapped_column(Float)

@@ -7,16 +7,17 @@ One ``Database`` per process (API server, each worker). Rows are returned detach
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .engine import make_engine
-from .models import EncoderVersion, Image, LabelVersion, Lease, ModelVersion, Score, TrainingRun, utcnow
+from .models import EncoderVersion, Image, LabelVersion, Lease, ModelVersion, Region, Score, TrainingRun, utcnow
 
 # Saves that race for the same (image, tag, version) retry with the next number.
 _VERSION_RETRIES = 50
@@ -28,6 +29,25 @@ def file_checksum(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _lock_for_write(session: Session) -> None:
+    """Make a read-modify-write transaction exclusive: PostgreSQL locks the rows read ``FOR UPDATE``; SQLite
+    (whose driver starts transactions only at the first write, after the read) takes its write lock now."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("BEGIN IMMEDIATE"))
+
+
+def _retry_when_locked(operation: Callable[[], Any], attempts: int = 100) -> Any:
+    """Run a read-modify-write transaction again when SQLite refuses it because another process wrote
+    first (PostgreSQL waits on the row lock instead)."""
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except OperationalError as e:
+            if "locked" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (1 + attempt % 5))
 
 
 class Database:
@@ -42,44 +62,111 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    # images ---------------------------------------------------------------------------------
-    def record_image(
-        self,
-        image_id: str,
-        original_path: str,
-        format: str | None = None,
-        shape: Iterable[int] | None = None,
-        voxel_size_um: Iterable[float] | None = None,
-    ) -> None:
-        """Insert or update an image's description (fields given as None keep their value)."""
-        with self.session() as s, s.begin():
-            row = s.get(Image, image_id)
-            if row is None:
-                row = Image(id=image_id, original_path=original_path)
-                s.add(row)
-            row.original_path = original_path
-            if format is not None:
-                row.format = format
-            if shape is not None:
-                row.shape = [int(v) for v in shape]
-            if voxel_size_um is not None:
-                row.voxel_size_um = [float(v) for v in voxel_size_um]
+    # images and regions ---------------------------------------------------------------------
+    def add_image(self, image: Image, regions: Iterable[Region], replace_legacy: bool = False) -> None:
+        """Record an image with its regions in one transaction; KeyError if the id is taken.
+
+        ``replace_legacy``: fill in the row of an image recorded before the chunked store (no
+        ``storage_uri``), keeping its label history rows.
+        """
+        try:
+            with self.session() as s, s.begin():
+                existing = s.get(Image, image.id) if replace_legacy else None
+                if existing is not None and existing.storage_uri is None:
+                    image.added_at = existing.added_at
+                    s.merge(image)
+                else:
+                    s.add(image)
+                s.flush()
+                s.add_all(list(regions))
+        except IntegrityError:
+            raise KeyError(f"image '{image.id}' already exists") from None
 
     def image(self, image_id: str) -> Image | None:
         with self.session() as s:
             return s.get(Image, image_id)
 
+    def images(self) -> list[Image]:
+        with self.session() as s:
+            return list(s.scalars(select(Image).order_by(Image.id)))
+
+    def region(self, region_id: str) -> Region | None:
+        with self.session() as s:
+            return s.get(Region, region_id)
+
+    def regions(self, image_id: str | None = None) -> list[Region]:
+        """Every region (of one image), images in id order, regions in z, y, x order."""
+        with self.session() as s:
+            query = select(Region).order_by(Region.image_id, Region.position)
+            if image_id is not None:
+                query = query.where(Region.image_id == image_id)
+            return list(s.scalars(query))
+
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``info`` into an image's client metadata; concurrent updates are all kept."""
+
+        def merge() -> dict[str, Any]:
+            with self.session() as s, s.begin():
+                _lock_for_write(s)
+                row = s.get(Image, image_id, with_for_update=True)
+                if row is None:
+                    raise KeyError(image_id)
+                row.info = {**(row.info or {}), **info}  # reassign: JSON columns do not track in-place changes
+                return dict(row.info)
+
+        return _retry_when_locked(merge)
+
+    def update_region_info(self, region_id: str, info: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``info`` into a region's client metadata; concurrent updates are all kept."""
+
+        def merge() -> dict[str, Any]:
+            with self.session() as s, s.begin():
+                _lock_for_write(s)
+                row = s.get(Region, region_id, with_for_update=True)
+                if row is None:
+                    raise KeyError(region_id)
+                row.info = {**(row.info or {}), **info}
+                return dict(row.info)
+
+        return _retry_when_locked(merge)
+
+    def update_label_version_info(self, region_id: str, structure: str, tag: str, info: dict[str, Any]) -> None:
+        """Merge ``info`` into the latest label version's metadata."""
+
+        def merge() -> None:
+            with self.session() as s, s.begin():
+                _lock_for_write(s)
+                row = s.scalar(
+                    select(LabelVersion)
+                    .where(
+                        LabelVersion.region_id == region_id,
+                        LabelVersion.structure == structure,
+                        LabelVersion.tag == tag,
+                    )
+                    .order_by(LabelVersion.version.desc())
+                    .limit(1)
+                    .with_for_update()
+                )
+                if row is not None:
+                    row.info = {**(row.info or {}), **info}
+
+        _retry_when_locked(merge)
+
     def remove_image(self, image_id: str) -> None:
-        """Forget an image with its leases, scores and label history rows."""
+        """Forget an image with its regions, leases, scores and label history rows."""
         with self.session() as s, s.begin():
-            for table in (Lease, Score, LabelVersion):
-                s.execute(delete(table).where(table.image_id == image_id))
+            regions = select(Region.id).where(Region.image_id == image_id)
+            for table in (Lease, Score):
+                s.execute(delete(table).where(table.image_id.in_(regions)))
+            s.execute(delete(LabelVersion).where(LabelVersion.image_id == image_id))
+            s.execute(delete(Region).where(Region.image_id == image_id))
             s.execute(delete(Image).where(Image.id == image_id))
 
     # label versions -------------------------------------------------------------------------
     def add_label_version(
         self,
-        image_id: str,
+        region: Region,
+        structure: str,
         tag: str,
         path: str,
         checksum: str,
@@ -87,17 +174,22 @@ class Database:
         model_version_id: int | None = None,
         info: dict[str, Any] | None = None,
     ) -> LabelVersion:
-        """Record a new label version: one more than the latest of (image, tag), whoever saves concurrently."""
+        """Record a new label version: one more than the latest of (region, structure, tag), whoever saves
+        concurrently."""
         for _ in range(_VERSION_RETRIES):
             try:
                 with self.session() as s, s.begin():
                     latest = s.scalar(
                         select(func.max(LabelVersion.version)).where(
-                            LabelVersion.image_id == image_id, LabelVersion.tag == tag
+                            LabelVersion.region_id == region.id,
+                            LabelVersion.structure == structure,
+                            LabelVersion.tag == tag,
                         )
                     )
                     row = LabelVersion(
-                        image_id=image_id,
+                        image_id=region.image_id,
+                        region_id=region.id,
+                        structure=structure,
                         tag=tag,
                         version=(latest or 0) + 1,
                         path=path,
@@ -109,35 +201,62 @@ class Database:
                     s.add(row)
                 return row
             except IntegrityError:
-                if self.image(image_id) is None:
-                    raise KeyError(f"image '{image_id}' is not recorded in the database") from None
+                if self.region(region.id) is None:
+                    raise KeyError(f"region '{region.id}' is not recorded in the database") from None
                 continue  # another save took this version number; take the next one
-        raise RuntimeError(f"could not record a label version for '{image_id}' after {_VERSION_RETRIES} attempts")
+            except OperationalError as e:  # SQLite: another writer holds the file a moment longer
+                if "locked" not in str(e):
+                    raise
+                time.sleep(0.05)
+        raise RuntimeError(f"could not record a label version for '{region.id}' after {_VERSION_RETRIES} attempts")
 
-    def label_versions(self, image_id: str, tag: str = "final") -> list[LabelVersion]:
+    def label_versions(self, region_id: str, tag: str = "final", structure: str | None = None) -> list[LabelVersion]:
+        """A region's label versions (of one structure), oldest first; legacy rows of an image of that id too."""
         with self.session() as s:
-            return list(
-                s.scalars(
-                    select(LabelVersion)
-                    .where(LabelVersion.image_id == image_id, LabelVersion.tag == tag)
-                    .order_by(LabelVersion.version)
-                )
+            query = select(LabelVersion).where(
+                or_(
+                    LabelVersion.region_id == region_id,
+                    (LabelVersion.region_id.is_(None)) & (LabelVersion.image_id == region_id),
+                ),
+                LabelVersion.tag == tag,
             )
+            if structure is not None:
+                query = query.where(LabelVersion.structure == structure)
+            return list(s.scalars(query.order_by(LabelVersion.id)))
 
-    def label_version(self, image_id: str, tag: str, version: int | None = None) -> LabelVersion | None:
+    def label_version(
+        self, region_id: str, structure: str, tag: str, version: int | None = None
+    ) -> LabelVersion | None:
         """The given version, or the latest one when ``version`` is None."""
         with self.session() as s:
-            query = select(LabelVersion).where(LabelVersion.image_id == image_id, LabelVersion.tag == tag)
+            query = select(LabelVersion).where(
+                LabelVersion.region_id == region_id, LabelVersion.structure == structure, LabelVersion.tag == tag
+            )
             if version is None:
                 query = query.order_by(LabelVersion.version.desc()).limit(1)
             else:
                 query = query.where(LabelVersion.version == version)
             return s.scalar(query)
 
-    def count_label_versions(self, tag: str = "final", since: datetime | None = None) -> int:
-        """Label saves of ``tag`` (every version counts), only those after ``since`` if given."""
+    def labelled_regions(self, tag: str = "final", structure: str | None = None) -> dict[str, list[str]]:
+        """``{region id: [structures]}`` of regions with a ``tag`` label (of ``structure``)."""
         with self.session() as s:
-            query = select(func.count(LabelVersion.id)).where(LabelVersion.tag == tag)
+            query = select(LabelVersion.region_id, LabelVersion.structure).where(
+                LabelVersion.tag == tag, LabelVersion.region_id.is_not(None)
+            )
+            if structure is not None:
+                query = query.where(LabelVersion.structure == structure)
+            out: dict[str, list[str]] = {}
+            for region_id, name in s.execute(query.distinct()):
+                out.setdefault(region_id, []).append(name)
+        return out
+
+    def count_labelled_regions(self, structure: str, tag: str = "final", since: datetime | None = None) -> int:
+        """Regions given a ``tag`` label of ``structure`` (each counted once), only saves after ``since``."""
+        with self.session() as s:
+            query = select(func.count(func.distinct(LabelVersion.region_id))).where(
+                LabelVersion.tag == tag, LabelVersion.structure == structure, LabelVersion.region_id.is_not(None)
+            )
             if since is not None:
                 query = query.where(LabelVersion.created_at > since)
             return int(s.scalar(query) or 0)

@@ -10,7 +10,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from ..configs.spec import StructureSpec
-from ..transforms.intensity import normalize_percentiles
+from ..transforms.intensity import IntensityStats, intensity_stats, normalize
 from .postprocessing import postprocess
 
 TTA_VARIANTS = (1, 8, 16)
@@ -22,13 +22,16 @@ def predict_probabilities(
     spec: StructureSpec,
     device: str | torch.device = "cpu",
     tta: int = 1,
+    stats: IntensityStats | None = None,
 ) -> np.ndarray:
     """Foreground probability for every voxel of a raw (z, y, x) volume, as float32.
 
     ``tta``: 1 (none), 8 (every combination of z, y and x flips) or 16 (the 8 flips, with and
     without an in-plane 90° rotation); the inverse-transformed probabilities are averaged.
+    ``stats``: the intensity statistics of the image ``array`` was cut from (datastore regions);
+    None means ``array`` is the whole image and is normalised by its own.
     """
-    image = normalize_percentiles(array, spec.percentiles)
+    image = normalize(array, stats or intensity_stats(array), spec.percentiles)
     if tta == 1:
         return sliding_window_probabilities(network, image, spec, device)
     total = np.zeros(image.shape, dtype=np.float32)
@@ -98,9 +101,14 @@ def segment(
     device: str | torch.device = "cpu",
     tta: int = 1,
     postprocessing: str | None = None,
+    stats: IntensityStats | None = None,
+    inner: tuple[slice, slice, slice] | None = None,
     **options,
 ) -> np.ndarray:
-    """Label volume for a raw (z, y, x) volume: probabilities (``tta`` as in :func:`predict_probabilities`),
-    then the spec's post-processing, or ``postprocessing`` with ``options`` overriding its defaults."""
-    probabilities = predict_probabilities(network, array, spec, device, tta)
-    return postprocess(probabilities, spec, postprocessing, **options)
+    """Label volume for a raw (z, y, x) volume: probabilities (``tta`` and ``stats`` as in
+    :func:`predict_probabilities`), then the spec's post-processing, or ``postprocessing`` with ``options``
+    overriding its defaults. ``inner``: the part of ``array`` to return (a region inside its context);
+    post-processing sees the whole context, so objects crossing the region's border keep their size."""
+    probabilities = predict_probabilities(network, array, spec, device, tta, stats)
+    label = postprocess(probabilities, spec, postprocessing, **options)
+    return np.ascontiguousarray(label[inner]) if inner is not None else label

@@ -18,6 +18,7 @@ from ..configs.spec import StructureSpec
 from ..errors import InvalidRequest
 from ..machine import default_device
 from ..networks import load_weights
+from ..transforms.intensity import IntensityStats
 from ..transforms.io import Volume, copy_atomic, read_volume, write_volume
 from .postprocessing import default_options, resolve
 from .predict import TTA_VARIANTS, segment
@@ -112,8 +113,18 @@ class SegmentationInfer(InferTask):
             "patch_size": list(self.spec.patch_size),
         }
 
-    def run(self, volume: Volume, request: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-        """Plain function form: segment ``volume``; returns the label array and result params."""
+    def run(
+        self,
+        volume: Volume,
+        request: dict[str, Any],
+        stats: IntensityStats | None = None,
+        inner: tuple[slice, slice, slice] | None = None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Plain function form: segment ``volume``; returns the label array and result params.
+
+        ``stats``: the intensity statistics of the image ``volume`` was read from (None: ``volume`` is a
+        whole image); ``inner``: the region to return when ``volume`` holds it with context.
+        """
         device = request.get("device", "auto")
         if device in ("auto", None, ""):
             device = default_device()
@@ -135,14 +146,14 @@ class SegmentationInfer(InferTask):
             raise InvalidRequest(str(e)) from e
         network, meta, path = self.weights.load(device)
         start = time.time()
-        label = segment(network, volume.array, self.spec, device, tta, method, **options)
+        label = segment(network, volume.array, self.spec, device, tta, method, stats, inner, **options)
         elapsed = time.time() - start
         params = {
             "model": self.spec.name,
             "label_names": self.spec.labels,
             "weights": os.path.basename(path),
             "weights_epoch": meta.get("epoch"),
-            "shape": list(volume.shape),
+            "shape": list(label.shape),
             "spacing_um": list(volume.spacing),
             "foreground_voxels": int(label.sum()),
             "tta": tta,
@@ -155,10 +166,15 @@ class SegmentationInfer(InferTask):
         return label, params
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        volume = read_volume(request["image"])
+        """MONAI Label's form: ``request["image"]`` is a file holding a whole image (an upload)."""
+        volume = read_volume(request["image"], max_voxels_in_memory=request.get("max_voxels_in_memory"))
         label, params = self.run(volume, request)
-        fd, result = tempfile.mkstemp(suffix=".nrrd", prefix=f"{self.spec.name}_")
-        os.close(fd)
-        # Same shape, spacing, origin and direction as the image the client was served.
-        write_volume(result, Volume(label, volume.spacing, volume.origin, volume.direction))
-        return result, params
+        return write_label_file(label, volume, self.spec.name), params
+
+
+def write_label_file(label: np.ndarray, volume: Volume, prefix: str) -> str:
+    """A temporary NRRD of ``label`` with ``volume``'s spacing, origin and direction (what the client was served)."""
+    fd, result = tempfile.mkstemp(suffix=".nrrd", prefix=f"{prefix}_")
+    os.close(fd)
+    write_volume(result, Volume(label, volume.spacing, volume.origin, volume.direction))
+    return result

@@ -12,21 +12,22 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from rq import get_current_job
 
 from ..activelearning.scoring import dice_score, epistemic_score, tta_score
 from ..configs.registry import init_task_configs, init_trainers
+from ..configs.spec import StructureSpec
 from ..configs.task_config import StructureTaskConfig
 from ..datastore import MicroscopyDatastore
 from ..db.engine import database_url
 from ..db.models import utcnow
 from ..db.store import Database
 from ..errors import AxonSegError, NotFound
-from ..infers.segmentation import SegmentationInfer
+from ..infers.segmentation import SegmentationInfer, write_label_file
 from ..machine import default_device
 from ..trainers.supervised import EpochStats, TrainingStopped
 from ..trainers.task import StructureTrainer
-from ..transforms.io import read_volume
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +45,9 @@ class Runtime:
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def datastore(self) -> MicroscopyDatastore:
-        """A fresh view of the datastore: the API may have added images or labels since the last job."""
+        """The datastore over the shared database and volume store (cheap: it holds no state of its own)."""
         return MicroscopyDatastore(
-            self.studies,
-            os.path.join(self.workdir, "views"),
-            db=self.db,
-            versions_path=os.path.join(self.workdir, "label_versions"),
+            self.studies, self.workdir, self.db, {name: config.spec for name, config in self.configs.items()}
         )
 
     def infer_task(self, model: str) -> SegmentationInfer:
@@ -93,28 +91,55 @@ def _progress(**values: Any) -> None:
         job.save_meta()
 
 
-def infer(model: str, image_path: str, params: dict[str, Any], image_id: str | None = None) -> dict[str, Any]:
-    """Segment one volume; returns the label file's bytes (NRRD on the image's geometry) and result params.
+def _context(spec: StructureSpec) -> tuple[int, int, int]:
+    """Context read around a region: half the network's window on each side, so every voxel of the region
+    sees as much of its surroundings as in a whole-volume prediction."""
+    return tuple(p // 2 for p in spec.patch_size)  # type: ignore[return-value]
 
-    For a datastore image (``image_id``), the prediction is also kept as its ``original`` label (what
-    the ``dice`` score compares the annotator's final label with) unless ``save_label`` is false.
+
+def segment_region(
+    task: SegmentationInfer, datastore: MicroscopyDatastore, image_id: str, params: dict[str, Any]
+) -> tuple[np.ndarray, dict[str, Any], Any]:
+    """Predict a datastore region (or small image) with context, normalised by its image's statistics."""
+    data = datastore.read_region(image_id, _context(task.spec))
+    label, result_params = task.run(data.volume, params, data.stats, data.inner)
+    return label, result_params, data.region_volume
+
+
+def infer(
+    model: str, params: dict[str, Any], image_id: str | None = None, image_path: str | None = None
+) -> dict[str, Any]:
+    """Segment a datastore region (``image_id``) or an uploaded file (``image_path``); returns the label
+    file's bytes (NRRD on the region's or file's geometry) and result params.
+
+    For a datastore region, the prediction is also kept as its ``original`` label of the model's
+    structure (what the ``dice`` score compares the annotator's final label with) unless ``save_label``
+    is false.
     """
     rt = runtime()
     try:
         task = rt.infer_task(model)
-        result_path, result_params = task({**params, "model": model, "image": image_path})
+        if image_id:
+            datastore = rt.datastore()
+            label, result_params, geometry = segment_region(task, datastore, image_id, params)
+            result_path = write_label_file(label, geometry, model)
+        else:
+            result_path, result_params = task({**params, "model": model, "image": image_path})
+            label = None
     except AxonSegError as e:
         return _user_error(e)
     version = rt.db.active_model_version(model)
     result_params["model_version"] = version.id if version else None
     try:
-        if image_id and params.get("save_label", True):
+        if image_id and label is not None and params.get("save_label", True) and datastore.is_region(image_id):
+            region, image = datastore.region_and_image(image_id)
             info = {
                 "model": model,
                 "model_version": result_params["model_version"],
                 "client_id": params.get("client_id"),
             }
-            rt.datastore().save_label(image_id, result_path, "original", info)
+            if model in (image.structures or []):
+                datastore.write_label(region, image, model, "original", label, info)
         with open(result_path, "rb") as f:
             data = f.read()
     finally:
@@ -160,7 +185,7 @@ def train(model: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def batch_infer(model: str, image_ids: list[str], params: dict[str, Any]) -> dict[str, Any]:
-    """Segment several datastore images and store each result as a label tagged ``original``."""
+    """Segment several datastore regions and store each result as the model's ``original`` label."""
     rt = runtime()
     datastore = rt.datastore()
     task = rt.infer_task(model)
@@ -170,11 +195,9 @@ def batch_infer(model: str, image_ids: list[str], params: dict[str, Any]) -> dic
             raise TrainingStopped(f"stopped after {index} of {len(image_ids)} images")
         _progress(done=index, total=len(image_ids), image=image_id)
         try:
-            result_path, _ = task({**params, "model": model, "image": datastore.get_image_uri(image_id)})
-            try:
-                datastore.save_label(image_id, result_path, "original", {"model": model, "client_id": "batch_infer"})
-            finally:
-                os.remove(result_path)
+            label, _, _ = segment_region(task, datastore, image_id, params)
+            region, image = datastore.region_and_image(image_id)
+            datastore.write_label(region, image, model, "original", label, {"model": model, "client_id": "batch_infer"})
             done.append(image_id)
         except AxonSegError as e:
             failed[image_id] = str(e)
@@ -182,10 +205,11 @@ def batch_infer(model: str, image_ids: list[str], params: dict[str, Any]) -> dic
 
 
 def score(model: str, method: str, image_ids: list[str], params: dict[str, Any]) -> dict[str, Any]:
-    """Score datastore images under ``model``'s active version and store each score in the database.
+    """Score datastore regions under ``model``'s active version and store each score in the database.
 
-    ``epistemic`` and ``tta`` read the image; ``dice`` compares the labels tagged ``original`` (the
-    model's prediction) and ``final`` (the annotator's), and skips images without both.
+    ``epistemic`` and ``tta`` read the region with context, normalised by its image's statistics;
+    ``dice`` compares the model's ``original`` label with the annotator's ``final`` one, and skips
+    regions without both.
     """
     rt = runtime()
     config = rt.configs[model]
@@ -201,18 +225,20 @@ def score(model: str, method: str, image_ids: list[str], params: dict[str, Any])
         _progress(done=index, total=len(image_ids), image=image_id)
         try:
             if method == "dice":
-                original, final = (datastore.get_label_uri(image_id, tag) for tag in ("original", "final"))
-                if not (original and final):
+                original, final = (datastore.read_label(image_id, model, tag) for tag in ("original", "final"))
+                if original is None or final is None:
                     skipped[image_id] = "needs both an original (model) and a final (annotator) label"
                     continue
-                value = dice_score(read_volume(original).array, read_volume(final).array)
-            elif method == "epistemic":
-                array = read_volume(datastore.get_image_uri(image_id)).array
-                value = epistemic_score(
-                    network, array, config.spec, device, int(params.get("samples", 8)), float(params.get("rate", 0.2))
-                )
+                value = dice_score(original, final)
             else:
-                value = tta_score(network, read_volume(datastore.get_image_uri(image_id)).array, config.spec, device)
+                data = datastore.read_region(image_id, _context(config.spec))
+                if method == "epistemic":
+                    samples, rate = int(params.get("samples", 8)), float(params.get("rate", 0.2))
+                    value = epistemic_score(
+                        network, data.array, config.spec, device, samples, rate, stats=data.stats, inner=data.inner
+                    )
+                else:
+                    value = tta_score(network, data.array, config.spec, device, stats=data.stats, inner=data.inner)
         except (AxonSegError, OSError, ValueError) as e:
             skipped[image_id] = str(e)
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from monai.transforms import Compose
@@ -16,9 +17,12 @@ from monai.utils import convert_to_numpy
 
 from ..configs.spec import DataSource, StructureSpec
 from ..transforms.augment import PATCH_KEYS
-from ..transforms.intensity import normalize_percentiles
+from ..transforms.intensity import normalize, normalize_percentiles
 from ..transforms.io import read_volume
 from ..transforms.labels import map_labels
+
+if TYPE_CHECKING:
+    from ..datastore import MicroscopyDatastore
 
 
 @dataclass
@@ -38,11 +42,14 @@ def _crop(array: np.ndarray, region) -> np.ndarray:
 
 
 def read_source(data_dir: str, source: DataSource, spec: StructureSpec) -> tuple[np.ndarray, np.ndarray]:
-    """A recipe :class:`DataSource`'s normalised image and raw label values, cropped to its region."""
+    """A recipe :class:`DataSource`'s normalised image and raw label values, cropped to its region.
+
+    The file's volume is the image: it is normalised by its own statistics, then cropped, as any
+    region of a datastore image is normalised by its image's.
+    """
     path = os.path.join(data_dir, source.file)
     raw = read_volume(path, source.raw).array
     label = read_volume(path, source.label).array
-    # Normalise on the whole volume, as inference does, then crop.
     return _crop(normalize_percentiles(raw, spec.percentiles), source.region), _crop(label, source.region)
 
 
@@ -53,20 +60,19 @@ def load_source(data_dir: str, source: DataSource, spec: StructureSpec) -> Train
     return TrainingVolume(f"{source.file}:{source.label}{list(source.region)}", image, target, mask)
 
 
-def load_pair(image_path: str, label_path: str, spec: StructureSpec) -> TrainingVolume:
-    """Load an (image, label) pair from the datastore; the label holds served values (1 = fg)."""
-    image = read_volume(image_path)
-    label = read_volume(label_path)
-    if image.shape != label.shape:
-        raise ValueError(f"label {label.shape} does not match image {image.shape} for {image_path}")
-    target = (label.array == 1).astype(np.uint8)
-    # Annotators label the whole volume they submit, so every voxel counts.
-    mask = np.ones(label.shape, dtype=bool)
+def load_region(datastore: MicroscopyDatastore, region_id: str, spec: StructureSpec) -> TrainingVolume:
+    """A datastore region with its latest final label of ``spec``'s structure (any value > 0 is foreground:
+    binary labels and object ids alike), normalised by its image's statistics."""
+    data = datastore.read_region(region_id)
+    label = datastore.read_label(region_id, spec.name)
+    if label is None:
+        raise ValueError(f"'{region_id}' has no final {spec.name} label")
+    # Annotators label the whole region they submit, so every voxel counts.
     return TrainingVolume(
-        os.path.basename(image_path),
-        normalize_percentiles(image.array, spec.percentiles),
-        target,
-        mask,
+        region_id,
+        normalize(data.array, data.stats, spec.percentiles),
+        (label > 0).astype(np.uint8),
+        np.ones(label.shape, dtype=bool),
     )
 
 

@@ -20,7 +20,7 @@ from ..configs.spec import StructureSpec
 from ..db.store import Database
 from ..errors import InvalidRequest
 from ..machine import default_device
-from ..transforms.intensity import normalize_percentiles
+from ..transforms.intensity import normalize, normalize_percentiles
 from ..transforms.io import read_volume
 from .pretext import PRETEXT_TASKS, make_pretext_task
 from .pretrain import pretrain_encoder
@@ -97,11 +97,18 @@ class PretrainTrainer(StructureTrainer):
     def _read_volumes(self, params: dict[str, Any], datastore: Datastore, spec: StructureSpec):
         if params["volumes"]:
             sources = [(p, params["dataset"] or None) for p in params["volumes"]]
-        else:  # whole volumes: a volume split into ROI blocks is read once, not block by block
-            ids = [i for i in datastore.list_images() if datastore.block_of(i) is None]
-            sources = [(datastore.get_image_uri(i), None) for i in ids]
-        if not sources:
-            raise InvalidRequest("no volumes to pretrain on: the datastore is empty and no 'volumes' were given")
+        else:  # the regions of images that may carry this structure, each normalised by its image's statistics
+            regions = datastore.get_unlabeled_images(structure=spec.name) + datastore.training_regions(spec.name)
+            if not regions:
+                raise InvalidRequest(
+                    f"no volumes to pretrain on: the datastore has no {spec.modality_group} images and no "
+                    "'volumes' were given"
+                )
+            arrays = []
+            for region in sorted(regions):
+                data = datastore.read_region(region)
+                arrays.append(normalize(data.array, data.stats, spec.percentiles))
+            return sorted(regions), arrays
         arrays = []
         for path, dataset in sources:
             array = read_volume(path, dataset).array  # VolumeError (422) for a file that is not a 3D volume

@@ -7,9 +7,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from ..configs.spec import StructureSpec
@@ -17,9 +16,12 @@ from ..db.store import Database
 from ..errors import InvalidRequest, NotFound
 from ..infers.segmentation import ModelWeights
 from ..machine import default_device
-from .data import load_pair
+from .data import load_region
 from .encoder import read_encoder
 from .supervised import EpochStats, train_segmentation, validate
+
+if TYPE_CHECKING:
+    from ..datastore import MicroscopyDatastore
 
 logger = logging.getLogger(__name__)
 _CURVE_FIELDS = ("epoch", "loss", "validation", "total_time")
@@ -146,13 +148,13 @@ class SegmentationTrainer(StructureTrainer):
     def __call__(
         self,
         request: dict[str, Any],
-        datastore: Datastore,
+        datastore: MicroscopyDatastore,
         should_stop: Callable[[], bool] | None = None,
         on_epoch: Callable[[EpochStats], None] | None = None,
     ) -> dict[str, Any]:
         """Fine-tune the served weights; publish the best epoch only if it validates no worse than them.
 
-        Validation uses held-out labelled images (every 4th by id, from 4 labelled images on; with
+        Validation uses held-out labelled regions of this structure (every 4th by id, from 4 labelled images on; with
         fewer, the training images). Publishing archives the weights under ``versions/`` and then
         replaces the served file by rename, so readers see the old or the new weights, never half.
         ``should_stop`` is polled every iteration (a worker's cancel flag); ``on_epoch`` sees every
@@ -163,11 +165,12 @@ class SegmentationTrainer(StructureTrainer):
             on the same validation images) and, if published, ``weights`` (the archived file).
         """
         params = self.resolve(request)
-        items = datastore.datalist()
-        if not items:
-            raise InvalidRequest(f"no submitted labels to train '{self.spec.name}' on; save a label first")
-        items = sorted(items, key=lambda item: os.path.basename(item["image"]))  # a stable hold-out
-        volumes = [load_pair(item["image"], item["label"], self.spec) for item in items]
+        regions = datastore.training_regions(self.spec.name)  # this structure's labels only, in id order
+        if not regions:
+            raise InvalidRequest(
+                f"no submitted {self.spec.name} labels to train '{self.spec.name}' on; save a label first"
+            )
+        volumes = [load_region(datastore, region, self.spec) for region in regions]
         held_out = set(range(_HOLD_OUT_EVERY - 1, len(volumes), _HOLD_OUT_EVERY))
         train = [v for i, v in enumerate(volumes) if i not in held_out]
         val = [v for i, v in enumerate(volumes) if i in held_out] or volumes
@@ -198,7 +201,7 @@ class SegmentationTrainer(StructureTrainer):
             meta={
                 "name": self.spec.name,
                 "recipe": "retrain",
-                "images": [os.path.basename(i["image"]) for i in items],
+                "images": regions,
                 "pretrained_encoder": params["pretrained_encoder"] or None,
             },
             on_epoch=self._epoch_reporter(self.spec.name, started, history, on_epoch),
@@ -210,7 +213,7 @@ class SegmentationTrainer(StructureTrainer):
             "name": self.spec.name,
             "start_ts": started,
             "status": "DONE",
-            "images": len(items),
+            "images": len(regions),
             "validation_images": [v.name for v in val],
             "baseline_metric": baseline,
             "published": published,

@@ -1,0 +1,1 @@
+"""Chunked volume storage and region-readable sources for every input format."""

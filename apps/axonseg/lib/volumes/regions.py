@@ -1,0 +1,81 @@
+"""Typed regions of a volume (as gunpowder's ``Roi`` and daisy's blocks): offset and shape in voxels, (z, y, x).
+
+A volume too large to annotate whole is tiled into regions of ``region_size`` voxels (edge regions
+are cut short, so regions never overlap and every voxel belongs to exactly one). Region sizes are
+multiples of the store's chunk shape, so a region's label write touches only its own chunks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+Shape = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A box of voxels: ``offset`` (first voxel) and ``shape``, both (z, y, x)."""
+
+    offset: Shape
+    shape: Shape
+
+    @classmethod
+    def whole(cls, shape: Shape) -> Roi:
+        return cls((0, 0, 0), tuple(int(s) for s in shape))  # type: ignore[arg-type]
+
+    @property
+    def end(self) -> Shape:
+        return tuple(o + s for o, s in zip(self.offset, self.shape))  # type: ignore[return-value]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(o, e) for o, e in zip(self.offset, self.end))  # type: ignore[return-value]
+
+    def relative_to(self, outer: Roi) -> tuple[slice, slice, slice]:
+        """This roi's voxels as slices into an array holding ``outer``."""
+        return tuple(slice(o - p, e - p) for o, e, p in zip(self.offset, self.end, outer.offset))  # type: ignore[return-value]
+
+    def grow(self, context: Shape, within: Shape) -> Roi:
+        """This roi with ``context`` voxels added on every side, clipped to a volume of shape ``within``."""
+        start = tuple(max(0, o - c) for o, c in zip(self.offset, context))
+        end = tuple(min(w, e + c) for e, c, w in zip(self.end, context, within))
+        return Roi(start, tuple(e - s for s, e in zip(start, end)))  # type: ignore[arg-type]
+
+    def contains(self, other: Roi) -> bool:
+        return all(o >= s and e <= t for o, e, s, t in zip(other.offset, other.end, self.offset, self.end))
+
+    def to_json(self) -> dict[str, list[int]]:
+        return {"offset": list(self.offset), "shape": list(self.shape)}
+
+
+def region_id(image_id: str, roi: Roi, whole: bool) -> str:
+    """The id a region is served under: the image's own id when it covers the whole image."""
+    if whole:
+        return image_id
+    z, y, x = roi.offset
+    return f"{image_id}_block_z{z}_y{y}_x{x}"
+
+
+def needs_regions(shape: Shape, region_size: Shape) -> bool:
+    """True for volumes of more than two regions' voxels that exceed a region along some axis."""
+    return math.prod(shape) > 2 * math.prod(region_size) and any(s > b for s, b in zip(shape, region_size))
+
+
+def align(size: Shape, chunks: Shape) -> Shape:
+    """``size`` rounded up to whole chunks."""
+    return tuple(max(c, math.ceil(s / c) * c) for s, c in zip(size, chunks))  # type: ignore[return-value]
+
+
+def grid(shape: Shape, block: Shape) -> list[Roi]:
+    """The rois tiling ``shape`` in blocks of ``block``, in z, y, x order (edge blocks cut short)."""
+    starts = [range(0, s, b) for s, b in zip(shape, block)]
+    return [
+        Roi(offset, tuple(min(b, s - o) for o, b, s in zip(offset, block, shape)))  # type: ignore[arg-type]
+        for offset in itertools.product(*starts)
+    ]
