@@ -96,7 +96,7 @@ def test_path_like_image_ids(server, unchanged, image_id):
     ):
         assert reply.status_code == 400, reply.text
         assert "invalid image id" in reply.json()["detail"]
-    assert requests.get(f"{server.url}/datastore/image", params={"image": image_id}).status_code == 404
+    assert requests.get(f"{server.url}/datastore/image", params={"image": image_id}).status_code == 400
 
 
 def test_unknown_model(server, unchanged):
@@ -144,9 +144,72 @@ def test_good_upload_after_errors(server):
     reply = requests.put(f"{server.url}/datastore/", params={"image": "good_after_bad"},
                          files={"file": ("v.tif", GOOD_TIFF)})  # fmt: skip
     assert reply.status_code == 200, reply.text
-    assert (server.studies / "good_after_bad.tif").read_bytes() == GOOD_TIFF
+    assert (server.workdir / "volumes" / "good_after_bad.ome.zarr" / "0" / ".zarray").exists()
+    served = requests.get(f"{server.url}/datastore/image", params={"image": "good_after_bad"})
+    assert served.status_code == 200 and served.headers["content-disposition"].endswith('good_after_bad.nrrd"')
     requests.delete(f"{server.url}/datastore/", params={"id": "good_after_bad"})
-    assert not (server.studies / "good_after_bad.tif").exists()
+    assert not (server.workdir / "volumes" / "good_after_bad.ome.zarr").exists()
+
+
+def _h5_external_bytes(tmp_path, target) -> bytes:
+    path = tmp_path / "external.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("raw", shape=(4, 16, 16), dtype=np.uint8, external=[(str(target), 0, h5py.h5f.UNLIMITED)])
+    return path.read_bytes()
+
+
+def _h5_link_bytes(tmp_path, target) -> bytes:
+    path = tmp_path / "link.h5"
+    with h5py.File(path, "w") as f:
+        f["raw"] = h5py.ExternalLink(str(target), "raw")
+    return path.read_bytes()
+
+
+def _h5_virtual_bytes(tmp_path, target) -> bytes:
+    path = tmp_path / "virtual.h5"
+    layout = h5py.VirtualLayout(shape=(4, 16, 16), dtype=np.uint8)
+    layout[:] = h5py.VirtualSource(str(target), "raw", shape=(4, 16, 16))
+    with h5py.File(path, "w") as f:
+        f.create_virtual_dataset("raw", layout)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("make", [_h5_external_bytes, _h5_link_bytes, _h5_virtual_bytes])
+def test_hdf5_that_reads_other_files_is_refused(server, unchanged, tmp_path, make):
+    """A small upload whose dataset lives in another file on the server must not be read."""
+    secret = tmp_path / "secret.h5"
+    with h5py.File(secret, "w") as f:
+        f["raw"] = np.full((4, 16, 16), 7, np.uint8)
+    content = make(tmp_path, secret)
+    assert len(content) < 20_000
+    reply = requests.put(f"{server.url}/datastore/", params={"image": "sneaky"}, files={"file": ("x.h5", content)})
+    _assert_error(reply, 422, "x.h5")
+    assert str(tmp_path) not in reply.json()["detail"]  # no server path in the message
+
+
+def test_tiny_file_declaring_a_huge_volume_is_refused(server, unchanged, tmp_path):
+    path = tmp_path / "huge.h5"
+    with h5py.File(path, "w") as f:  # 1 KB on disk, 64 Gvox declared
+        f.create_dataset("raw", shape=(4000, 4000, 4000), dtype=np.uint8, chunks=(64, 64, 64))
+    reply = requests.put(f"{server.url}/datastore/", params={"image": "huge"},
+                         files={"file": ("huge.h5", path.read_bytes())})  # fmt: skip
+    _assert_error(reply, 413, "holds only")
+
+
+def test_image_info_cannot_overwrite_geometry(server, unchanged):
+    for field in ("parent", "offset", "dataset", "shape"):
+        reply = requests.put(f"{server.url}/datastore/image/info", params={"image": "gala_fibsem"},
+                             data={"info": f'{{"{field}": "other"}}'})  # fmt: skip
+        _assert_error(reply, 400, "set by the server")
+    info = requests.get(f"{server.url}/datastore/image/info", params={"image": "gala_fibsem"}).json()
+    assert info["offset"] == [0, 0, 0] and info["shape"] == [50, 100, 200] and "parent" not in info
+
+
+def test_label_of_a_structure_the_image_cannot_carry(server, unchanged):
+    label = _tiff_bytes(np.zeros((50, 100, 200), np.uint8))
+    reply = requests.put(f"{server.url}/datastore/label", params={"image": "gala_fibsem"},
+                         data={"params": '{"model": "axon"}'}, files={"label": ("l.tif", label)})  # fmt: skip
+    _assert_error(reply, 400, "can carry")
 
 
 def test_bad_infer_params(server, unchanged):

@@ -26,7 +26,7 @@ Conf keys (``--conf key value``):
                      ``block_size`` is the old name)
     max_voxels_in_memory   the most voxels one request may make a process hold (a whole-image view,
                      a NRRD/NIfTI file); above it the request is refused with 413 (default 536870912)
-    max_image_voxels the largest image accepted (default 68719476736 = 64 Gvox)
+    max_image_voxels the largest image accepted (default 274877906944 = 256 Gvox)
     view_cache_mb    bound on the NRRD crops of regions kept for downloads (default 2048)
 
 Environment (also): AXONSEG_VOLUME_ROOTS, folders (``os.pathsep``-separated) whose Zarr/N5 volumes may be

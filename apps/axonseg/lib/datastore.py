@@ -61,7 +61,10 @@ SERVER_FIELDS = frozenset(
 UPLOAD_OPTIONS = ("dataset", "modality")
 DEFAULT_REGION_SIZE = (64, 256, 256)
 DEFAULT_MAX_VOXELS_IN_MEMORY = 512 * 1024**2  # 0.5 Gvox: a 2 GB float32 array
-DEFAULT_MAX_IMAGE_VOXELS = 64 * 1024**3
+DEFAULT_MAX_IMAGE_VOXELS = 256 * 1024**3  # an ExLLSM volume is 163 Gvox
+# An upload whose file is this many times smaller than the voxels it declares is refused: microscopy
+# compresses a few-fold, not a thousand-fold (a 1 KB HDF5 file can declare 64 Gvox of fill value).
+MAX_UPLOAD_EXPANSION = 1000
 
 
 def check_image_id(image_id: str) -> str:
@@ -182,11 +185,17 @@ class MicroscopyDatastore(Datastore):
 
     # --- adding images ----------------------------------------------------------------------
     def add_image(
-        self, image_id: str, image_filename: str, image_info: dict[str, Any], replace_legacy: bool = False
+        self,
+        image_id: str,
+        image_filename: str,
+        image_info: dict[str, Any],
+        replace_legacy: bool = False,
+        upload: bool = False,
     ) -> str:
         """Ingest an uploaded or found file; a bad file raises a 4xx and stores nothing.
 
         ``replace_legacy``: the image is recorded from before the chunked store (``lib.volumes.upgrade``).
+        ``upload``: the file came over HTTP, so it may not declare far more voxels than it holds.
         """
         info = dict(image_info or {})
         image_id = check_image_id(image_id or _stem(image_filename))
@@ -198,6 +207,8 @@ class MicroscopyDatastore(Datastore):
             image_filename, info.get("dataset") or self.dataset, max_voxels_in_memory=self.max_voxels_in_memory
         ) as source:
             self._check_size(source)
+            if upload:
+                self._check_expansion(source, image_filename)
             stored = self.store.ingest(source, image_id, chunks=self._chunks(source.shape))
             try:
                 self._record(image_id, source, stored, modality, image_filename, info, replace_legacy)
@@ -244,6 +255,17 @@ class MicroscopyDatastore(Datastore):
             raise UploadTooLarge(
                 f"'{os.path.basename(source.path)}' declares {source.shape} = {voxels / 1e9:.1f} Gvox, more than "
                 f"this server's limit of {self.max_image_voxels / 1e9:.1f} Gvox (--conf max_image_voxels)"
+            )
+
+    @staticmethod
+    def _check_expansion(source: VolumeSource, path: str) -> None:
+        declared = math.prod(source.shape) * np.dtype(source.dtype).itemsize
+        held = os.path.getsize(path) if os.path.isfile(path) else declared
+        if declared > MAX_UPLOAD_EXPANSION * max(held, 1):
+            raise UploadTooLarge(
+                f"'{os.path.basename(path)}' declares {source.shape} = {declared / 1e9:.1f} GB of voxels but holds "
+                f"only {held / 1e3:.0f} kB; a volume that large must be a file in the studies folder or a "
+                "Zarr/N5 registered in place (POST /volumes/register)"
             )
 
     def _chunks(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -32,12 +32,12 @@ import asyncio
 import io
 import json
 import os
-import pathlib
+import shutil
 import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, BackgroundTasks, FastAPI, File, Form, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 from monailabel.endpoints import activelearning as al_endpoints
@@ -127,11 +127,12 @@ async def infer(
 
 
 def _save_upload(app: AxonSegApp, file: UploadFile) -> str:
-    """Uploads go to the shared work directory, where a worker on another machine can read them."""
-    folder = os.path.join(app.conf["workdir"], "uploads")
-    os.makedirs(folder, exist_ok=True)
-    ext = "".join(pathlib.Path(file.filename or "").suffixes) or ".nii.gz"
-    path = os.path.join(folder, f"tmp{uuid.uuid4().hex}{ext}")
+    """Uploads go to a folder of their own in the shared work directory (a worker on another machine can
+    read them), under the client's file name (messages about the file name what the client sent)."""
+    folder = os.path.join(app.conf["workdir"], "uploads", uuid.uuid4().hex)
+    os.makedirs(folder)
+    name = os.path.basename((file.filename or "").replace("\\", "/")).lstrip(".") or "upload.nii.gz"
+    path = os.path.join(folder, name)
     with open(path, "wb") as f:
         while chunk := file.file.read(1 << 20):
             f.write(chunk)
@@ -139,10 +140,7 @@ def _save_upload(app: AxonSegApp, file: UploadFile) -> str:
 
 
 def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def _infer_response(result: dict[str, Any], output: str | None) -> Any:
@@ -444,11 +442,14 @@ def datastore_summary(output: ds_endpoints.ResultType | None = None):
 
 @router.put("/datastore/", include_in_schema=False)
 @router.put("/datastore/image", summary="Upload an image (ingested into the chunked store)")
-def datastore_add_image(
-    background_tasks: BackgroundTasks, image: str | None = None, params: str = Form("{}"), file: UploadFile = File(...)
-):
-    _parse_params(params)
-    return ds_endpoints.add_image(background_tasks, image, params, file, None)
+def datastore_add_image(image: str | None = None, params: str = Form("{}"), file: UploadFile = File(...)):
+    app = _app()
+    info = _parse_params(params)
+    path = _save_upload(app, file)
+    try:
+        return {"image": app.datastore().add_image(image or "", path, info, upload=True)}
+    finally:
+        _remove_quietly(path)
 
 
 @router.delete("/datastore/", include_in_schema=False)
@@ -480,15 +481,16 @@ def datastore_update_image_info(image: str, info: str = Form("{}")):
 
 
 @router.put("/datastore/label", summary="Save a label (split by structure, kept as a new version)")
-def datastore_save_label(
-    background_tasks: BackgroundTasks,
-    image: str,
-    params: str = Form("{}"),
-    tag: str = "final",
-    label: UploadFile = File(...),
-):
-    _parse_params(params)
-    return ds_endpoints.save_label(background_tasks, image, params, tag, label, None)
+def datastore_save_label(image: str, params: str = Form("{}"), tag: str = "final", label: UploadFile = File(...)):
+    app = _app()
+    info = _parse_params(params)
+    check_image_id(image)
+    path = _save_upload(app, label)
+    try:
+        label_id = app.datastore().save_label(image, path, tag or "final", info)
+    finally:
+        _remove_quietly(path)
+    return {**(app.on_save_label(image, label_id) or {}), "image": image, "label": label_id}
 
 
 @router.get("/datastore/label", summary="Download a region's latest label (of one structure) as NRRD")

@@ -27,6 +27,7 @@ import zarr
 from filelock import FileLock
 from numcodecs import Blosc
 
+from ..errors import VolumeError
 from ..transforms.intensity import IntensityStats, StatsAccumulator
 from .regions import Roi, Shape, grid
 from .sources import VolumeSource
@@ -144,12 +145,17 @@ class VolumeStore:
             )
             accumulator = StatsAccumulator(shape)
             tiles = _tiles(shape, chunks)
+            floating = np.issubdtype(source.dtype, np.floating)
+            finite = not floating
             for index, roi in enumerate(tiles):
                 tile = source.read(roi.slices)
                 level0[roi.slices] = tile
                 accumulator.add(tile, roi.offset)
+                finite = finite or bool(np.isfinite(tile).any())
                 if on_progress:
                     on_progress(index + 1, len(tiles))
+            if not finite:
+                raise VolumeError(f"'{source.name}' contains no finite values (all NaN or infinite)")
             levels = self._write_pyramid(group, level0, _downsample_factors(source.voxel_size))
             stats = accumulator.stats()
             scales = self._scales(source.voxel_size, levels)
