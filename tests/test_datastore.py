@@ -304,3 +304,58 @@ def test_thread_safety_of_label_array_creation(datastore, tmp_path, em_crop):
         list(pool.map(save, regions))
     whole = datastore.store.read_label("big", "synapse", Roi.whole(em_crop.shape))
     assert whole.min() == 1
+
+
+def test_a_work_folder_from_the_json_datastore_upgrades_in_place(tmp_path, em_crop):
+    """Schema 0002 + datastore_v2.json + labels/final + views -> chunked store, regions and label versions."""
+    import json
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from lib.db.engine import alembic_config
+    from lib.volumes.upgrade import upgrade_workdir
+
+    url = f"sqlite:///{tmp_path / 'axonseg.db'}"
+    command.upgrade(alembic_config(url), "0002")
+    studies, views = tmp_path / "studies", tmp_path / "work" / "views"
+    (studies / "labels" / "final").mkdir(parents=True)
+    views.mkdir(parents=True)
+    write_volume(studies / "stack.h5", Volume(em_crop, EM_SPACING))
+    label = (em_crop > np.median(em_crop)).astype(np.uint8)
+    write_volume(studies / "labels" / "final" / "stack.nrrd", Volume(label, EM_SPACING))
+    write_volume(views / "stack.nrrd", Volume(em_crop, EM_SPACING))  # the old whole-volume view
+    objects = {
+        "stack": {
+            "image": {"ext": ".h5", "info": {"dataset": "raw"}},
+            "labels": {"final": {"ext": ".nrrd", "info": {"model": "membrane", "client_id": "old-annotator"}}},
+        },
+        "stack_block_z0_y0_x0": {"image": {"ext": ".nrrd", "info": {"parent": "stack", "offset": [0, 0, 0]}}},
+    }
+    (studies / "datastore_v2.json").write_text(json.dumps({"name": "old", "objects": objects}))
+    db = Database(url)
+    with db.engine.begin() as c:  # the rows the old datastore recorded
+        for image in ("stack", "stack_block_z0_y0_x0"):
+            c.execute(text("INSERT INTO images (id, original_path, added_at) VALUES (:i, :p, '2026-11-01')"),
+                      {"i": image, "p": f"/old/{image}"})  # fmt: skip
+        c.execute(text("INSERT INTO label_versions (image_id, tag, version, path, checksum, created_at) "
+                       "VALUES ('stack', 'final', 1, '/old/v1.nrrd', :c, '2026-11-01')"), {"c": "0" * 64})  # fmt: skip
+    upgrade(url)  # 0003
+    ds = MicroscopyDatastore(str(studies), str(tmp_path / "work"), db, SPECS, region_size=(8, 64, 64))
+    assert upgrade_workdir(ds, str(tmp_path / "work")) == ["stack"]
+    assert ds.db.image("stack_block_z0_y0_x0") is None  # old block images are regions now
+    regions = ds.list_images()
+    assert len(regions) == 8 and all(r.startswith("stack_block_") for r in regions)
+    assert ds.training_regions("membrane") == sorted(regions)
+    for region in regions:
+        info = ds.get_image_info(region)
+        z, y, x = info["offset"]
+        d, h, w = info["shape"]
+        np.testing.assert_array_equal(ds.read_label(region, "membrane"), label[z : z + d, y : y + h, x : x + w])
+    legacy = ds.db.label_versions("stack")
+    assert [(v.path, v.region_id) for v in legacy] == [("/old/v1.nrrd", None)]  # history kept
+    assert not (studies / "datastore_v2.json").exists() and (studies / "datastore_v2.json.migrated").exists()
+    assert not (views / "stack.nrrd").exists()
+    assert upgrade_workdir(ds, str(tmp_path / "work")) == []  # done once
+    ds.add_found_files()  # the original file in the studies folder is not added a second time
+    assert ds.list_images() == regions

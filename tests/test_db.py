@@ -153,3 +153,33 @@ def test_migrations_match_the_models(db):
     with db.engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert diff == []
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_migration_0003_keeps_label_history_and_new_versions_follow_it(backend, tmp_path):
+    from alembic import command
+    from sqlalchemy import text
+
+    from lib.db.engine import alembic_config
+
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres_schema()) if backend == "postgresql" else f"sqlite:///{tmp_path}/m.db"
+        command.upgrade(alembic_config(url), "0002")
+        db = Database(url)
+        with db.engine.begin() as c:
+            c.execute(text("INSERT INTO images (id, original_path, added_at) VALUES ('a', '/a', '2026-11-01')"))
+            for version in (1, 2):
+                c.execute(
+                    text("INSERT INTO label_versions (image_id, tag, version, path, checksum, created_at) "
+                         "VALUES ('a', 'final', :v, '/old', :c, '2026-11-01')"),
+                    {"v": version, "c": "0" * 64},
+                )  # fmt: skip
+        upgrade(url)
+        assert [(v.version, v.region_id) for v in db.label_versions("a")] == [(1, None), (2, None)]
+        from lib.db.models import Region
+
+        with db.session() as s, s.begin():
+            s.add(Region(id="a", image_id="a", offset=[0, 0, 0], shape=[1, 1, 1], whole=True))
+        row = db.add_label_version(db.region("a"), "axon", "final", "/new", "1" * 64)  # a fresh id, no collision
+        assert row.version == 1 and row.id > 2
+        db.dispose()

@@ -14,9 +14,10 @@ import time
 import uuid
 from pathlib import Path
 
+import h5py
 import numpy as np
 import requests
-from conftest import SAMPLE_DATA, Server, _free_port, slicer_client_class, wait_for, wait_for_job
+from conftest import SAMPLE_DATA, Server, _free_port, shared_file, slicer_client_class, wait_for, wait_for_job
 
 from lib.transforms.io import Volume, read_volume, write_volume
 
@@ -65,6 +66,61 @@ def test_info_stays_fast_while_inferences_run(server, client):
         t.join()
     assert not errors, errors
     assert np.median(latencies) < 0.1, f"/info/ median {np.median(latencies):.3f} s while 4 inferences queued"
+
+
+def test_info_stays_fast_while_volumes_are_uploaded_and_labels_saved(server, client, tmp_path):
+    """Ingest, crops and label writes run in the thread pool, not on the event loop."""
+    import tifffile
+
+    with h5py.File(shared_file("lucchi_pp_train.h5")) as f:  # a real 32x512x512 EM stack (8 Mvox)
+        stack = f["raw"][:32, :512, :512]
+    upload = tmp_path / "stack.tif"
+    tifffile.imwrite(upload, stack, imagej=True, resolution=(200.0, 200.0), metadata={"spacing": 0.005, "unit": "um"})
+    image = own_copy(client, "fast_info")
+    (tmp_path / "served.nrrd").write_bytes(requests.get(f"{server.url}/datastore/image?image={image}").content)
+    served = read_volume(str(tmp_path / "served.nrrd"))
+    mask = (served.array > served.array.mean()).astype(np.uint8)
+    label = write_volume(str(tmp_path / "label.nrrd"), Volume(mask, served.spacing, served.origin, served.direction))
+    stop = time.time() + 15
+    errors: list[Exception] = []
+    done = {"uploads": 0, "saves": 0}
+
+    def uploader(n: int):
+        while time.time() < stop:
+            image_id = f"load_{n}_{uuid.uuid4().hex[:6]}"
+            try:
+                with open(upload, "rb") as f:
+                    reply = requests.put(f"{server.url}/datastore/", params={"image": image_id},
+                                         files={"file": ("stack.tif", f)}, timeout=120)  # fmt: skip
+                assert reply.status_code == 200, reply.text
+                requests.delete(f"{server.url}/datastore/", params={"id": image_id}, timeout=120)
+                done["uploads"] += 1
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+    def saver():
+        while time.time() < stop:
+            try:
+                client.save_label(image, label, "final", {"client_id": "load"})
+                done["saves"] += 1
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+    threads = [threading.Thread(target=uploader, args=(n,)) for n in range(2)] + [threading.Thread(target=saver)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    latencies = []
+    while time.time() < stop:
+        t0 = time.perf_counter()
+        assert requests.get(f"{server.url}/info/", timeout=10).status_code == 200
+        latencies.append(time.perf_counter() - t0)
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert done["uploads"] >= 2 and done["saves"] >= 2, done
+    assert np.percentile(latencies, 90) < 0.25, f"/info/ p90 {np.percentile(latencies, 90):.3f} s during {done}"
 
 
 def test_queue_visibility_positions_lengths_workers(server, client):

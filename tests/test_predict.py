@@ -32,3 +32,37 @@ def test_tta_variants_are_inverted_exactly(tta):
 def test_tta_rejects_other_counts():
     with pytest.raises(ValueError, match="tta"):
         predict_probabilities(PositionDependent(), np.zeros((4, 8, 8), np.float32), SPECS["axon"], tta=4)
+
+
+def test_a_region_predicts_the_same_however_the_volume_was_cut(tmp_path):
+    """A region served from the store with context, normalised by its image's statistics, predicts exactly
+    what the same voxels cut from the whole file predict; normalising the region by itself (as every
+    path did before the store) does not."""
+    from conftest import APP_DIR, SAMPLE_DATA
+
+    from lib.datastore import MicroscopyDatastore
+    from lib.db.engine import upgrade
+    from lib.db.store import Database
+    from lib.infers.predict import segment
+    from lib.networks import load_weights
+    from lib.transforms.intensity import intensity_stats
+    from lib.transforms.io import read_volume
+
+    spec = SPECS["axon"]
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    upgrade(url)
+    (tmp_path / "studies").mkdir()
+    ds = MicroscopyDatastore(
+        str(tmp_path / "studies"), str(tmp_path / "w"), Database(url), SPECS, region_size=(32, 64, 64)
+    )
+    ds.add_image("chunk", str(SAMPLE_DATA / "trailmap_chunk.nrrd"), {})
+    whole = read_volume(str(SAMPLE_DATA / "trailmap_chunk.nrrd")).array
+    network, _ = load_weights(str(APP_DIR / "model" / "axon.pt"), "cpu")
+    data = ds.read_region("chunk_block_z32_y64_x0", tuple(p // 2 for p in spec.patch_size))
+    assert data.read_roi.shape != data.region_roi.shape and data.read_roi.shape != whole.shape
+    served = segment(network, data.array, spec, stats=data.stats, inner=data.inner)
+    cut = segment(network, whole[data.read_roi.slices], spec, stats=intensity_stats(whole), inner=data.inner)
+    assert served.sum() > 100
+    np.testing.assert_array_equal(served, cut)
+    alone = segment(network, data.array[data.inner], spec)  # the region normalised by itself
+    assert (alone != served).mean() > 0.01

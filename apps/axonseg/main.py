@@ -9,7 +9,8 @@ Environment:
     DATABASE_URL   SQLAlchemy URL (default: SQLite file ``<workdir>/axonseg.db``)
 
 Conf keys (``--conf key value``):
-    workdir          retrained weights, training stats, Slicer views, label versions, uploads
+    workdir          the volume store, retrained weights, training stats, region views, label versions,
+                     uploads
                      (default: <studies>/.axonseg); workers must see the same folder
     dataset          default dataset path inside HDF5/Zarr/N5 uploads (default: found automatically)
     max_upload_mb    largest accepted request body (default 2048)
@@ -41,13 +42,12 @@ import os
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
 
 from lib.activelearning.leases import WithoutLeased
 from lib.activelearning.retrain import RetrainTrigger
 from lib.activelearning.scores import Scores
 from lib.activelearning.scoring import SCORING_METHODS
-from lib.activelearning.strategies import QueuedScoring, ScoreRanked
+from lib.activelearning.strategies import QueuedScoring, RecentlyServedLast, ScoreRanked
 from lib.configs.registry import init_task_configs, init_trainers
 from lib.configs.task_config import StructureTaskConfig
 from lib.datastore import DEFAULT_MAX_IMAGE_VOXELS, DEFAULT_MAX_VOXELS_IN_MEMORY, MicroscopyDatastore
@@ -154,7 +154,7 @@ class AxonSegApp(MONAILabelApp):
 
     def init_strategies(self):
         ranked = {m: ScoreRanked(m, self.scores, self.active_learning_model) for m in ("epistemic", "tta")}
-        return {"random": Random(), "first": First(), **ranked}
+        return {"random": RecentlyServedLast(), "first": First(), **ranked}
 
     def init_scoring_methods(self):
         descriptions = {

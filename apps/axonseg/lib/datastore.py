@@ -43,7 +43,7 @@ from .transforms.io import Volume, remove_path, volume_format, write_volume
 from .volumes.regions import Roi, align, grid, needs_regions
 from .volumes.regions import region_id as make_region_id
 from .volumes.sources import VolumeSource, open_source
-from .volumes.store import DEFAULT_CHUNKS, VolumeStore, chunks_for
+from .volumes.store import DEFAULT_CHUNKS, VolumeStore, chunks_for, tiles
 
 logger = logging.getLogger(__name__)
 
@@ -234,13 +234,10 @@ class MicroscopyDatastore(Datastore):
         with open_source(real, dataset or self.dataset, root=root) as source:
             self._check_size(source)
             accumulator = StatsAccumulator(source.shape)
-            step = accumulator.step
-            for roi in grid(source.shape, (max(step, 64), 1 << 30, 1 << 30)):  # z-slabs of whole planes
-                first = (-roi.offset[0]) % step
-                planes = [roi.offset[0] + z for z in range(first, roi.shape[0], step)]
-                for z in planes:
-                    plane = source.read((slice(z, z + 1), slice(0, source.shape[1]), slice(0, source.shape[2])))
-                    accumulator.add(plane, (z, 0, 0))
+            # Whole chunk-aligned tiles: every chunk is decompressed once (reading only the sampled planes
+            # would decompress each chunk once per plane).
+            for roi in tiles(source.shape, source.chunks or chunks_for(source.shape)):
+                accumulator.add(source.read(roi.slices), roi.offset)
             stored = self.store.register(source, image_id, accumulator.stats(), self._chunks(source.shape))
             try:
                 self._record(image_id, source, stored, _check_modality(modality), path, {})
@@ -486,6 +483,15 @@ class MicroscopyDatastore(Datastore):
         else:
             server.update(shape=image.shape, offset=[0, 0, 0], regions=len(self.db.regions(image.id)))
         return {**info, **server}
+
+    def last_served(self, strategy: str) -> dict[str, int]:
+        """``{region: time}`` of the regions MONAI Label's next sample last handed out with ``strategy``."""
+        out = {}
+        for region_id, info in self.db.region_infos().items():
+            ts = ((info or {}).get("strategy") or {}).get(strategy, {}).get("ts")
+            if ts is not None:
+                out[region_id] = int(ts)
+        return out
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         """Merge client metadata; the server's fields are refused."""

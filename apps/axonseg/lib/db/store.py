@@ -102,6 +102,11 @@ class Database:
                 query = query.where(Region.image_id == image_id)
             return list(s.scalars(query))
 
+    def region_infos(self) -> dict[str, dict[str, Any] | None]:
+        """Every region's client metadata, in one query."""
+        with self.session() as s:
+            return dict(s.execute(select(Region.id, Region.info)).all())
+
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> dict[str, Any]:
         """Merge ``info`` into an image's client metadata; concurrent updates are all kept."""
 

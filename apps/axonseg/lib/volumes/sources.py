@@ -34,6 +34,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import mmap
 import operator
 import os
 import re
@@ -614,7 +615,13 @@ class TiffSource(_WholeImageSource):
 
     def _read(self, roi: Roi) -> np.ndarray:
         if self._memmap is not None:
-            return np.array(self._memmap[self._native_index(roi)])
+            out = np.array(self._memmap[self._native_index(roi)])
+            # The pages read stay mapped in this process (and count in its RSS) until dropped; the kernel
+            # keeps them in its page cache, so a re-read costs no disk access.
+            mapping = getattr(self._memmap, "_mmap", None)
+            if mapping is not None and hasattr(mapping, "madvise"):
+                mapping.madvise(mmap.MADV_DONTNEED)
+            return out
         if not self._planes:
             return super()._read(roi)
         zs, ys, xs = roi

@@ -82,7 +82,7 @@ def _multiscales(name: str, scales: list[list[float]], unit: str | None) -> list
     return [{"version": NGFF_VERSION, "name": name, "axes": axes, "datasets": datasets}]
 
 
-def _tiles(shape: Shape, chunks: Shape) -> list[Roi]:
+def tiles(shape: Shape, chunks: Shape) -> list[Roi]:
     """Chunk-aligned tiles covering ``shape``: one chunk deep, up to ``_TILE_YX`` wide."""
     tile = (chunks[0], *(max(c, (_TILE_YX // c) * c) for c in chunks[1:]))
     return grid(shape, tile)  # type: ignore[arg-type]
@@ -144,16 +144,16 @@ class VolumeStore:
                 dimension_separator="/",
             )
             accumulator = StatsAccumulator(shape)
-            tiles = _tiles(shape, chunks)
+            parts = tiles(shape, chunks)
             floating = np.issubdtype(source.dtype, np.floating)
             finite = not floating
-            for index, roi in enumerate(tiles):
+            for index, roi in enumerate(parts):
                 tile = source.read(roi.slices)
                 level0[roi.slices] = tile
                 accumulator.add(tile, roi.offset)
                 finite = finite or bool(np.isfinite(tile).any())
                 if on_progress:
-                    on_progress(index + 1, len(tiles))
+                    on_progress(index + 1, len(parts))
             if not finite:
                 raise VolumeError(f"'{source.name}' contains no finite values (all NaN or infinite)")
             levels = self._write_pyramid(group, level0, _downsample_factors(source.voxel_size))
@@ -197,7 +197,7 @@ class VolumeStore:
                 write_empty_chunks=False,
                 dimension_separator="/",
             )
-            for roi in _tiles(shape, array.chunks):  # type: ignore[arg-type]
+            for roi in tiles(shape, array.chunks):  # type: ignore[arg-type]
                 source_roi = Roi(
                     tuple(o * f for o, f in zip(roi.offset, factors)),  # type: ignore[arg-type]
                     tuple(min(s * f, p - o * f) for s, o, f, p in zip(roi.shape, roi.offset, factors, previous.shape)),  # type: ignore[arg-type]
