@@ -72,8 +72,8 @@ def test_info_stays_fast_while_volumes_are_uploaded_and_labels_saved(server, cli
     """Ingest, crops and label writes run in the thread pool, not on the event loop."""
     import tifffile
 
-    with h5py.File(shared_file("lucchi_pp_train.h5")) as f:  # a real 32x512x512 EM stack (8 Mvox)
-        stack = f["raw"][:32, :512, :512]
+    with h5py.File(shared_file("lucchi_pp_train.h5")) as f:  # a real 32x384x512 EM stack (6 Mvox; limit 8 MB)
+        stack = f["raw"][:32, :384, :512]
     upload = tmp_path / "stack.tif"
     tifffile.imwrite(upload, stack, imagej=True, resolution=(200.0, 200.0), metadata={"spacing": 0.005, "unit": "um"})
     image = own_copy(client, "fast_info")
@@ -180,18 +180,25 @@ def test_train_enqueue_run_and_cancel_with_429_when_busy(server, client):
 def test_train_runs_to_done_and_publishes_a_model_version(server, client):
     save_prediction_as_label(server, client)
     params = {"max_epochs": 1, "iterations_per_epoch": 2, "batch_size": 1, "publish": "always"}
-    task = client.train_start("synapse", params)
+    task = client.train_start("axon", params)  # the label saved is an axon label on a light-sheet volume
     done = wait_for(
         lambda: (s := train_status(server))["id"] == task["id"] and s["status"] in ("DONE", "ERROR") and s, 300, "done"
     )
     assert done["status"] == "DONE", done
+    nothing = client.train_start("synapse", params)  # no synapse label anywhere: the run says so
+    failed = wait_for(
+        lambda: (s := train_status(server))["id"] == nothing["id"] and s["status"] in ("DONE", "ERROR") and s,
+        300,
+        "end",
+    )
+    assert failed["status"] == "ERROR" and "no submitted synapse labels" in failed["error"], failed
     assert done["model_version"] is not None and len(done["epochs"]) == 1
-    label, params = client.infer("synapse", "trailmap_chunk", {})  # the worker serves the new weights
+    label, params = client.infer("axon", "trailmap_chunk", {})  # the worker serves the new weights
     assert params["model_version"] == done["model_version"]
-    stats = client.info()["train_stats"]["synapse"]  # what Slicer's training panel shows
+    stats = client.info()["train_stats"]["axon"]  # what Slicer's training panel shows
     assert stats["status"] == "DONE" and stats["epoch"] == 1 and "f1" in stats["validation"]
     assert [h["epoch"] for h in stats["history"]] == [1]
-    curve = requests.get(f"{server.url}/train/synapse/learning_curve.png", timeout=30)
+    curve = requests.get(f"{server.url}/train/axon/learning_curve.png", timeout=30)
     assert curve.status_code == 200 and curve.headers["content-type"] == "image/png"
     assert curve.content.startswith(b"\x89PNG")
     assert requests.get(f"{server.url}/train/neuron_soma/learning_curve.png", timeout=30).status_code == 404
