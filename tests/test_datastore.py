@@ -359,3 +359,43 @@ def test_a_work_folder_from_the_json_datastore_upgrades_in_place(tmp_path, em_cr
     assert upgrade_workdir(ds, str(tmp_path / "work")) == []  # done once
     ds.add_found_files()  # the original file in the studies folder is not added a second time
     assert ds.list_images() == regions
+
+
+def test_on_the_sample_datastore_each_structure_sees_only_its_own_labels(tmp_path):
+    """The sample data mix light-sheet (TRAILMAP) and EM (FIB-SEM): axon retraining reads no EM label."""
+    import shutil
+
+    from conftest import SAMPLE_DATA
+
+    from lib.activelearning.retrain import RetrainTrigger
+
+    ds = make_datastore(tmp_path, region_size=(32, 64, 64))
+    for f in SAMPLE_DATA.iterdir():
+        if f.suffix in (".tif", ".h5", ".nrrd"):
+            shutil.copy(f, tmp_path / "studies" / f.name)
+    assert sorted(ds.add_found_files()) == ["gala_fibsem", "trailmap_chunk", "trailmap_original"]
+    modalities = {i.id: i.modality for i in ds.db.images()}
+    assert modalities == {"gala_fibsem": "em", "trailmap_chunk": "light-sheet", "trailmap_original": "light-sheet"}
+
+    class Runs:  # what the trigger would queue
+        def __init__(self):
+            self.queued = []
+
+        def submit(self, models, params, enqueue):
+            self.queued.append(models[0])
+            return ds.db.training_runs(limit=1)
+
+    runs = Runs()
+    trigger = RetrainTrigger(ds.db, runs, every=2, model="axon", models=list(SPECS))
+    ds.on_final_label = trigger.label_saved
+    for image, model in (("gala_fibsem", "mitochondria"), ("trailmap_chunk", "axon")):
+        region = next(r for r in ds.list_images() if r.startswith(image))
+        shape = tuple(ds.get_image_info(region)["shape"])
+        label = write_volume(tmp_path / f"{region}.nrrd", Volume(np.ones(shape, np.uint8)))
+        for _ in range(3):  # saved three times: still one labelled region
+            ds.save_label(region, label, "final", {"label_info": [{"name": model, "idx": 1}]})
+    assert all(r.startswith("trailmap_chunk") for r in ds.training_regions("axon"))
+    assert all(r.startswith("gala_fibsem") for r in ds.training_regions("mitochondria"))
+    assert len(ds.training_regions("axon")) == len(ds.training_regions("mitochondria")) == 1
+    assert runs.queued == []  # one region per structure: below every=2
+    assert ds.db.count_labelled_regions("axon") == 1 and ds.db.count_labelled_regions("mitochondria") == 1

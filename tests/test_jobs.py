@@ -41,6 +41,18 @@ def save_prediction_as_label(server: Server, client) -> str:
     return image
 
 
+def info_latencies(server: Server, until: float) -> list[float]:
+    """Seconds each ``GET /info/`` took, polled every 0.1 s from a second from now until ``until``."""
+    time.sleep(1)
+    latencies = []
+    while time.time() < until:
+        t0 = time.perf_counter()
+        assert requests.get(f"{server.url}/info/", timeout=10).status_code == 200
+        latencies.append(time.perf_counter() - t0)
+        time.sleep(0.1)
+    return latencies
+
+
 def test_info_stays_fast_while_inferences_run(server, client):
     stop = time.time() + 12
     errors: list[Exception] = []
@@ -55,13 +67,7 @@ def test_info_stays_fast_while_inferences_run(server, client):
     threads = [threading.Thread(target=annotate) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(1)
-    latencies = []
-    while time.time() < stop:
-        t0 = time.perf_counter()
-        assert requests.get(f"{server.url}/info/", timeout=10).status_code == 200
-        latencies.append(time.perf_counter() - t0)
-        time.sleep(0.1)
+    latencies = info_latencies(server, stop)
     for t in threads:
         t.join()
     assert not errors, errors
@@ -109,13 +115,7 @@ def test_info_stays_fast_while_volumes_are_uploaded_and_labels_saved(server, cli
     threads = [threading.Thread(target=uploader, args=(n,)) for n in range(2)] + [threading.Thread(target=saver)]
     for t in threads:
         t.start()
-    time.sleep(1)
-    latencies = []
-    while time.time() < stop:
-        t0 = time.perf_counter()
-        assert requests.get(f"{server.url}/info/", timeout=10).status_code == 200
-        latencies.append(time.perf_counter() - t0)
-        time.sleep(0.1)
+    latencies = info_latencies(server, stop)
     for t in threads:
         t.join()
     assert not errors, errors

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
@@ -58,6 +59,7 @@ from lib.jobs.client import JobClient
 from lib.jobs.training import TrainingRuns
 from lib.routes import replace_routes
 from lib.server import install_http_guards
+from lib.transforms.io import warm_up as warm_up_writers
 from lib.volumes.roots import volume_roots
 from lib.volumes.upgrade import upgrade_workdir
 
@@ -144,6 +146,7 @@ class AxonSegApp(MONAILabelApp):
         )
         upgrade_workdir(datastore, workdir)  # a work folder from before the chunked store
         datastore.add_found_files()
+        threading.Thread(target=warm_up_writers, name="warm-up-nrrd", daemon=True).start()
         return datastore
 
     def init_infers(self):

@@ -598,7 +598,7 @@ class MicroscopyDatastore(Datastore):
         kept = os.path.join(folder, f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.nrrd")
         write_volume(kept, self._volume(image, roi, array))
         model = info.get("model") if info.get("model") in self.specs else structure
-        active = self.db.active_model_version(model) if tag != DefaultLabelTag.FINAL.value else None
+        active = self.db.active_model_version(model)  # the weights that predicted (or were corrected)
         recorded = {k: v for k, v in info.items() if k not in ("client_id", "label_info")}
         with self._lock(image.id, structure, tag):
             try:
@@ -616,7 +616,8 @@ class MicroscopyDatastore(Datastore):
                 remove_path(kept)
                 raise NotFound(str(e).strip("'\"")) from None
             shape, chunks = tuple(image.shape), tuple(image.chunks)
-            self.store.write_label(image.id, self._array_name(structure, tag), roi, array, shape, chunks)  # type: ignore[arg-type]
+            name = self._array_name(structure, tag)
+            self.store.write_label(image.id, name, roi, array, shape, chunks, image.voxel_size_um)  # type: ignore[arg-type]
         if tag == DefaultLabelTag.FINAL.value:
             self.db.release_lease(region.id)  # labelled now: the annotator's claim has served its purpose
             if self.on_final_label is not None:

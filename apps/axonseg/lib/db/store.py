@@ -109,28 +109,20 @@ class Database:
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> dict[str, Any]:
         """Merge ``info`` into an image's client metadata; concurrent updates are all kept."""
-
-        def merge() -> dict[str, Any]:
-            with self.session() as s, s.begin():
-                _lock_for_write(s)
-                row = s.get(Image, image_id, with_for_update=True)
-                if row is None:
-                    raise KeyError(image_id)
-                row.info = {**(row.info or {}), **info}  # reassign: JSON columns do not track in-place changes
-                return dict(row.info)
-
-        return _retry_when_locked(merge)
+        return self._merge_info(Image, image_id, info)
 
     def update_region_info(self, region_id: str, info: dict[str, Any]) -> dict[str, Any]:
         """Merge ``info`` into a region's client metadata; concurrent updates are all kept."""
+        return self._merge_info(Region, region_id, info)
 
+    def _merge_info(self, table: type[Image] | type[Region], key: str, info: dict[str, Any]) -> dict[str, Any]:
         def merge() -> dict[str, Any]:
             with self.session() as s, s.begin():
                 _lock_for_write(s)
-                row = s.get(Region, region_id, with_for_update=True)
+                row = s.get(table, key, with_for_update=True)
                 if row is None:
-                    raise KeyError(region_id)
-                row.info = {**(row.info or {}), **info}
+                    raise KeyError(key)
+                row.info = {**(row.info or {}), **info}  # reassign: JSON columns do not track in-place changes
                 return dict(row.info)
 
         return _retry_when_locked(merge)

@@ -180,6 +180,15 @@ def copy_atomic(source: str, dest: str) -> None:
         remove_path(tmp)
 
 
+def warm_up() -> None:
+    """Load ITK's lazily imported NRRD writer now (about 2 s), so the first crop a client downloads
+    does not pay for it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_volume(os.path.join(folder, "warm.nrrd"), Volume(np.zeros((1, 1, 1), np.uint8)))
+
+
 def _write_itk(path: str, volume: Volume, dataset: str) -> None:
     import itk
 

@@ -82,9 +82,9 @@ def _multiscales(name: str, scales: list[list[float]], unit: str | None) -> list
     return [{"version": NGFF_VERSION, "name": name, "axes": axes, "datasets": datasets}]
 
 
-def tiles(shape: Shape, chunks: Shape) -> list[Roi]:
-    """Chunk-aligned tiles covering ``shape``: one chunk deep, up to ``_TILE_YX`` wide."""
-    tile = (chunks[0], *(max(c, (_TILE_YX // c) * c) for c in chunks[1:]))
+def tiles(shape: Shape, chunks: Shape, width: int = _TILE_YX) -> list[Roi]:
+    """Chunk-aligned tiles covering ``shape``: one chunk deep, up to ``width`` wide in-plane."""
+    tile = (chunks[0], *(max(c, (width // c) * c) for c in chunks[1:]))
     return grid(shape, tile)  # type: ignore[arg-type]
 
 
@@ -197,7 +197,9 @@ class VolumeStore:
                 write_empty_chunks=False,
                 dimension_separator="/",
             )
-            for roi in tiles(shape, array.chunks):  # type: ignore[arg-type]
+            # Output tiles a factor smaller in-plane, so each one reads a tile of the level above of at most
+            # the ingest tile's size (memory stays bounded whatever the plane size).
+            for roi in tiles(shape, array.chunks, _TILE_YX // max(factors)):  # type: ignore[arg-type]
                 source_roi = Roi(
                     tuple(o * f for o, f in zip(roi.offset, factors)),  # type: ignore[arg-type]
                     tuple(min(s * f, p - o * f) for s, o, f, p in zip(roi.shape, roi.offset, factors, previous.shape)),  # type: ignore[arg-type]
@@ -250,16 +252,18 @@ class VolumeStore:
     def has_label(self, image_id: str, name: str) -> bool:
         return os.path.exists(os.path.join(self._label_path(image_id, name), "0", ".zarray"))
 
-    def label_array(self, image_id: str, name: str, shape: Shape, chunks: Shape) -> zarr.Array:
-        """The label array ``name`` of an image, created (all 0) on first use."""
+    def label_array(
+        self, image_id: str, name: str, shape: Shape, chunks: Shape, scale: list[float] | None = None
+    ) -> zarr.Array:
+        """The label array ``name`` of an image, created (all 0) on first use with the image's voxel size."""
         path = os.path.join(self._label_path(image_id, name), "0")
         if not os.path.exists(os.path.join(path, ".zarray")):
             with self._lock(image_id):
                 if not os.path.exists(os.path.join(path, ".zarray")):
-                    self._create_label(image_id, name, shape, chunks)
+                    self._create_label(image_id, name, shape, chunks, scale)
         return zarr.open_array(zarr.DirectoryStore(path, dimension_separator="/"), mode="r+")
 
-    def _create_label(self, image_id: str, name: str, shape: Shape, chunks: Shape) -> None:
+    def _create_label(self, image_id: str, name: str, shape: Shape, chunks: Shape, scale: list[float] | None) -> None:
         labels = zarr.open_group(
             zarr.DirectoryStore(os.path.join(self.group_path(image_id), "labels"), dimension_separator="/"), mode="a"
         )
@@ -277,7 +281,7 @@ class VolumeStore:
         )
         group.attrs.put(
             {
-                "multiscales": _multiscales(name, [[1.0, 1.0, 1.0]], None),
+                "multiscales": _multiscales(name, [list(scale or (1.0, 1.0, 1.0))], "micrometer" if scale else None),
                 "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}},
             }
         )
@@ -289,6 +293,15 @@ class VolumeStore:
         path = os.path.join(self._label_path(image_id, name), "0")
         return zarr.open_array(zarr.DirectoryStore(path, dimension_separator="/"), mode="r")[roi.slices]
 
-    def write_label(self, image_id: str, name: str, roi: Roi, array: np.ndarray, shape: Shape, chunks: Shape) -> None:
+    def write_label(
+        self,
+        image_id: str,
+        name: str,
+        roi: Roi,
+        array: np.ndarray,
+        shape: Shape,
+        chunks: Shape,
+        scale: list[float] | None = None,
+    ) -> None:
         """Write ``array`` at ``roi``; only the chunks inside ``roi`` are rewritten."""
-        self.label_array(image_id, name, shape, chunks)[roi.slices] = np.asarray(array, dtype=LABEL_DTYPE)
+        self.label_array(image_id, name, shape, chunks, scale)[roi.slices] = np.asarray(array, dtype=LABEL_DTYPE)
