@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -65,6 +66,11 @@ DEFAULT_MAX_IMAGE_VOXELS = 256 * 1024**3  # an ExLLSM volume is 163 Gvox
 # An upload whose file is this many times smaller than the voxels it declares is refused: microscopy
 # compresses a few-fold, not a thousand-fold (a 1 KB HDF5 file can declare 64 Gvox of fill value).
 MAX_UPLOAD_EXPANSION = 1000
+
+
+# Readers of registered volumes, by (container, dataset), shared by every datastore of this process.
+_REGISTERED: dict[tuple[str | None, str | None], VolumeSource] = {}
+_REGISTERED_LOCK = threading.Lock()
 
 
 def check_image_id(image_id: str) -> str:
@@ -367,13 +373,19 @@ class MicroscopyDatastore(Datastore):
         return IntensityStats.from_json(image.intensity or {})
 
     def _open(self, image: Image) -> VolumeSource:
-        return open_source(image.storage_uri, image.dataset or None)
+        """A registered volume's reader, opened once per process: opening checks every entry of the
+        container for links out of it, which is too slow to repeat for each region of a large volume."""
+        key = (image.storage_uri, image.dataset)
+        with _REGISTERED_LOCK:
+            source = _REGISTERED.get(key)
+            if source is None:
+                source = _REGISTERED[key] = open_source(image.storage_uri, image.dataset or None)
+        return source
 
     def read(self, image: Image, roi: Roi) -> np.ndarray:
         """Raw voxels of ``roi`` (only the chunks it touches are read)."""
         if image.registered:
-            with self._open(image) as source:
-                return source.read(roi.slices)
+            return self._open(image).read(roi.slices)
         return self.store.image_array(image.id)[roi.slices]
 
     def _region_or_whole(self, image_id: str) -> tuple[Region, Image]:
@@ -510,6 +522,10 @@ class MicroscopyDatastore(Datastore):
         region = self.db.region(check_image_id(image_id))
         image = self._image(region.image_id if region else image_id)
         regions = self.db.regions(image.id)
+        with _REGISTERED_LOCK:
+            cached = _REGISTERED.pop((image.storage_uri, image.dataset), None)
+        if cached is not None:
+            cached.close()
         self.db.remove_image(image.id)
         self.store.remove(image.id)
         if os.path.dirname(image.original_path) == self.studies:  # found there: it would be added again
