@@ -67,31 +67,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(kind: str, workdir: Path, port: int) -> subprocess.Popen:
+def start(
+    kind: str,
+    workdir: Path,
+    port: int,
+    conf: list[tuple[str, str]] = (),
+    env_extra: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """``kind`` ("axonseg": the embedded stack, or "stock") on ``workdir/datastore``, with ``--conf`` pairs."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "apps" / "axonseg"), "MONAILABEL_PYEXE": sys.executable}
+    env.update(env_extra or {})
     env.pop("REDIS_URL", None)
+    env.pop("DATABASE_URL", None)  # the server's SQLite file is <workdir>/axonseg.db
+    studies = workdir / "datastore"
+    studies.mkdir(parents=True, exist_ok=True)
     if kind == "axonseg":
-        cmd = [sys.executable, "-m", "lib.jobs.embedded", "--studies", str(workdir / "datastore")]
-        cmd += ["--workdir", str(workdir), "--port", str(port)]
+        cmd = [sys.executable, "-m", "lib.jobs.embedded", "--studies", str(studies), "--workdir", str(workdir)]
     else:
-        cmd = [
-            str(Path(sys.executable).parent / "monailabel"),
-            "start_server",
-            "--app",
-            str(ROOT / "benchmarks/stock_app"),
-        ]
-        cmd += ["--studies", str(workdir / "datastore"), "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [str(Path(sys.executable).parent / "monailabel"), "start_server"]
+        cmd += ["--app", str(ROOT / "benchmarks/stock_app"), "--studies", str(studies)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    for key, value in conf:
+        cmd += ["--conf", key, value]
     log = open(workdir / f"{kind}.log", "w")
     process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
+    for _ in range(300):
+        if process.poll() is not None:
+            break
         try:
             if requests.get(f"{url}/info/", timeout=2).status_code == 200:
                 time.sleep(15 if kind == "axonseg" else 0)  # workers load their models
                 return process
         except requests.RequestException:
             time.sleep(1)
-    raise RuntimeError(f"{kind} did not start; see {workdir / f'{kind}.log'}")
+    if process.poll() is None:
+        stop(process)
+    tail = "\n".join((workdir / f"{kind}.log").read_text().splitlines()[-15:])
+    raise RuntimeError(f"{kind} did not start; see {workdir / f'{kind}.log'}:\n{tail}")
 
 
 def stop(process: subprocess.Popen) -> None:

@@ -446,41 +446,9 @@ def write_marker(workdir: Path, row: dict) -> None:
 
 # --- servers -------------------------------------------------------------------------------------
 def start_server(kind: str, workdir: Path, port: int, conf: list[tuple[str, str]], env_extra: dict | None = None):
-    """As ``annotators.start``, with ``--conf`` pairs and extra environment."""
-    import requests
+    from annotators import start
 
-    env = {**os.environ, "PYTHONPATH": str(APP), "MONAILABEL_PYEXE": sys.executable, **(env_extra or {})}
-    env.pop("REDIS_URL", None)
-    env.pop("DATABASE_URL", None)  # the server's SQLite file is <workdir>/axonseg.db
-    studies = workdir / "datastore"
-    studies.mkdir(parents=True, exist_ok=True)
-    if kind == "axonseg":
-        cmd = [sys.executable, "-m", "lib.jobs.embedded", "--studies", str(studies), "--workdir", str(workdir)]
-        cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    else:
-        cmd = [str(Path(sys.executable).parent / "monailabel"), "start_server"]
-        cmd += ["--app", str(ROOT / "benchmarks/stock_app")]
-        cmd += ["--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
-    for key, value in conf:
-        cmd += ["--conf", key, value]
-    log = open(workdir / f"{kind}.log", "w")
-    process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        if process.poll() is not None:
-            break
-        try:
-            if requests.get(f"{url}/info/", timeout=2).status_code == 200:
-                time.sleep(15 if kind == "axonseg" else 0)  # workers load their models
-                return process
-        except requests.RequestException:
-            time.sleep(1)
-    from annotators import stop
-
-    if process.poll() is None:
-        stop(process)
-    tail = "\n".join((workdir / f"{kind}.log").read_text().splitlines()[-15:])
-    raise RuntimeError(f"{kind} did not start; see {workdir / f'{kind}.log'}:\n{tail}")
+    return start(kind, workdir, port, conf, env_extra)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -196,7 +196,7 @@ def test_retrain_counts_each_region_once_per_structure_and_never_queues_twice(tm
     upgrade(url)
     db = Database(url)
     training = Training(db)
-    trigger = RetrainTrigger(db, training, every=3, model="mitochondria", models=list(SPECS))
+    trigger = RetrainTrigger(db, training, every=3, models=list(SPECS))
     for image in "abcdefg":
         record_test_image(db, image)
 
@@ -220,7 +220,7 @@ def test_retrain_counts_each_region_once_per_structure_and_never_queues_twice(tm
     assert save("g", structure="membrane") is None  # membrane: 2 regions (c, g)
     assert save("a", structure="membrane")  # a label retrains the structure it belongs to
     assert training.runs[-1] == ("membrane", "3 new final labels")
-    off = RetrainTrigger(db, training, every=0, model="mitochondria", models=list(SPECS))
+    off = RetrainTrigger(db, training, every=0, models=list(SPECS))
     assert off.label_saved("a", "mitochondria", {}) is None
     db.dispose()
 

@@ -189,7 +189,7 @@ def test_hdf5_that_reads_other_files_is_refused(server, unchanged, tmp_path, mak
 
 def test_tiny_file_declaring_a_huge_volume_is_refused(server, unchanged, tmp_path):
     path = tmp_path / "huge.h5"
-    with h5py.File(path, "w") as f:  # 1 KB on disk, 64 Gvox declared
+    with h5py.File(path, "w") as f:  # 1.4 KB on disk, 64 Gvox declared
         f.create_dataset("raw", shape=(4000, 4000, 4000), dtype=np.uint8, chunks=(64, 64, 64))
     reply = requests.put(f"{server.url}/datastore/", params={"image": "huge"},
                          files={"file": ("huge.h5", path.read_bytes())})  # fmt: skip

@@ -16,10 +16,10 @@ Conf keys (``--conf key value``):
     max_upload_mb    largest accepted request body (default 2048)
     infer_timeout_s  /infer answers 504 after this long (default 300)
     lease_s          how long next-sample keeps an image for one annotator (default 1800)
-    active_learning_model   the model the score-ranked strategies use unless a request names one,
-                     and the one retrained on new labels (default: the first model, axon)
-    retrain_after_labels    queue a fine-tuning run after this many new final labels (default 3;
-                     0 turns it off)
+    active_learning_model   the model the score-ranked strategies use unless a request names one
+                     (default: the first model, axon)
+    retrain_after_labels    queue a fine-tuning run of a structure after this many newly labelled regions
+                     of it (default 3; 0 turns it off)
     auto_scoring     queue scoring jobs at start-up for images without a fresh score (default false:
                      next-sample queues them when a score-ranked strategy first needs them)
     region_size      tile volumes larger than this into regions that annotators are handed one at a time,
@@ -105,7 +105,6 @@ class AxonSegApp(MONAILabelApp):
             self.db,
             self.training,
             int(conf.get("retrain_after_labels", 3)),
-            self.active_learning_model,
             list(self.task_configs),
         )
         self.scores = Scores(self.db, self.jobs, lambda: self.datastore(), list(self.task_configs))

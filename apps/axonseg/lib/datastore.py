@@ -44,7 +44,7 @@ from .transforms.io import Volume, remove_path, volume_format, write_volume
 from .volumes.regions import Roi, align, grid, needs_regions
 from .volumes.regions import region_id as make_region_id
 from .volumes.sources import VolumeSource, open_source
-from .volumes.store import DEFAULT_CHUNKS, VolumeStore, chunks_for, tiles
+from .volumes.store import DEFAULT_CHUNKS, StoredImage, VolumeStore, chunks_for, tiles
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ DEFAULT_REGION_SIZE = (64, 256, 256)
 DEFAULT_MAX_VOXELS_IN_MEMORY = 512 * 1024**2  # 0.5 Gvox: a 2 GB float32 array
 DEFAULT_MAX_IMAGE_VOXELS = 256 * 1024**3  # an ExLLSM volume is 163 Gvox
 # An upload whose file is this many times smaller than the voxels it declares is refused: microscopy
-# compresses a few-fold, not a thousand-fold (a 1 KB HDF5 file can declare 64 Gvox of fill value).
+# compresses a few-fold, not a thousand-fold (a 1.4 KB HDF5 file can declare 64 Gvox of fill value).
 MAX_UPLOAD_EXPANSION = 1000
 
 
@@ -285,7 +285,7 @@ class MicroscopyDatastore(Datastore):
         self,
         image_id: str,
         source: VolumeSource,
-        stored,
+        stored: StoredImage,
         modality: str | None,
         original: str,
         info: dict[str, Any],
@@ -433,10 +433,9 @@ class MicroscopyDatastore(Datastore):
 
     def get_image_uri(self, image_id: str) -> str:
         """A NRRD file of the region (or of a whole image within ``max_voxels_in_memory``), from the cache."""
-        region, _ = self._region_or_whole(image_id)  # an image split into regions may be asked for whole
+        region, image = self._region_or_whole(image_id)  # an image split into regions may be asked for whole
         path = os.path.join(self.views_path, f"{region.id}.nrrd")
         if not os.path.exists(path):
-            image = self._image(region.image_id)
             roi = Roi(tuple(region.offset), tuple(region.shape))  # type: ignore[arg-type]
             if roi.size > self.max_voxels_in_memory:
                 raise UploadTooLarge(

@@ -97,8 +97,7 @@ async def infer(
         upload = await run_in_threadpool(_save_upload, app, file)
         image_path, name = upload, file.filename or "upload"
     elif image:
-        await run_in_threadpool(app.datastore().get_image_info, check_image_id(image))
-        if not await run_in_threadpool(app.datastore().get_image_info, image):
+        if not await run_in_threadpool(app.datastore().get_image_info, check_image_id(image)):
             raise NotFound(f"image '{image}' is not in the datastore")
         image_path, name = None, image
     else:
@@ -349,8 +348,9 @@ async def batch_infer(model: str, params: dict | None = None):
     app = _app()
     params = dict(params or {})
     app.task_config(model)
-    images = params.pop("images", None) or app.datastore().get_unlabeled_images(structure=model)
-    known = set(app.datastore().list_images())
+    datastore = app.datastore()
+    images = params.pop("images", None) or await run_in_threadpool(datastore.get_unlabeled_images, structure=model)
+    known = set(await run_in_threadpool(datastore.list_images))
     for image in images:
         check_image_id(image)
         if image not in known:

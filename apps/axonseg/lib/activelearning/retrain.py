@@ -25,7 +25,6 @@ TRIGGER_CLIENT = "retrain-trigger"
 class RetrainTrigger:
     """Args:
     every: newly labelled regions that trigger a run (0 turns automatic retraining off).
-    model: kept for the app's configuration (the active-learning model); labels retrain their own structure.
     models: the models that retrain on labels (not ``ssl_pretrain``, which needs no labels).
     params: the fine-tuning request (the trainer's config keys).
     """
@@ -35,14 +34,12 @@ class RetrainTrigger:
         db: Database,
         training: TrainingRuns,
         every: int,
-        model: str,
         models: list[str],
         params: dict[str, Any] | None = None,
     ):
         self.db = db
         self.training = training
         self.every = every
-        self.model = model
         self.models = models
         self.params = dict(params or {})
 

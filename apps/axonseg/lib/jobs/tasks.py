@@ -131,7 +131,8 @@ def infer(
     version = rt.db.active_model_version(model)
     result_params["model_version"] = version.id if version else None
     try:
-        if image_id and label is not None and params.get("save_label", True) and datastore.is_region(image_id):
+        # an image split into regions, predicted whole, is no region to keep a label of
+        if label is not None and params.get("save_label", True) and datastore.is_region(image_id):
             region, image = datastore.region_and_image(image_id)
             info = {
                 "model": model,

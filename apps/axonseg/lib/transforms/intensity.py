@@ -10,7 +10,7 @@ which gives the same numbers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,6 @@ class IntensityStats:
     maximum: float = 1.0
     step: int = 1
     samples: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def bounds(self, percentiles: tuple[float, float]) -> tuple[float, float]:
         try:

@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,7 +118,6 @@ class VolumeStore:
         source: VolumeSource,
         image_id: str,
         chunks: Shape | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
     ) -> StoredImage:
         """Stream ``source`` into ``<root>/<image_id>.ome.zarr`` with a pyramid; returns what was stored.
 
@@ -144,16 +142,12 @@ class VolumeStore:
                 dimension_separator="/",
             )
             accumulator = StatsAccumulator(shape)
-            parts = tiles(shape, chunks)
-            floating = np.issubdtype(source.dtype, np.floating)
-            finite = not floating
-            for index, roi in enumerate(parts):
+            finite = not np.issubdtype(source.dtype, np.floating)
+            for roi in tiles(shape, chunks):
                 tile = source.read(roi.slices)
                 level0[roi.slices] = tile
                 accumulator.add(tile, roi.offset)
                 finite = finite or bool(np.isfinite(tile).any())
-                if on_progress:
-                    on_progress(index + 1, len(parts))
             if not finite:
                 raise VolumeError(f"'{source.name}' contains no finite values (all NaN or infinite)")
             levels = self._write_pyramid(group, level0, _downsample_factors(source.voxel_size))
