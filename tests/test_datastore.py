@@ -399,3 +399,25 @@ def test_on_the_sample_datastore_each_structure_sees_only_its_own_labels(tmp_pat
     assert len(ds.training_regions("axon")) == len(ds.training_regions("mitochondria")) == 1
     assert runs.queued == []  # one region per structure: below every=2
     assert ds.db.count_labelled_regions("axon") == 1 and ds.db.count_labelled_regions("mitochondria") == 1
+
+
+def test_the_json_listing_gives_every_region_with_its_latest_label_of_any_structure(datastore, tmp_path, em_crop):
+    datastore.add_image("big", write_volume(tmp_path / "big.h5", Volume(em_crop, EM_SPACING)), {})
+    first, second = datastore.list_images()[:2]
+    shape = tuple(datastore.get_image_info(first)["shape"])
+    label = write_volume(tmp_path / "l.nrrd", Volume(np.ones(shape, np.uint8)))
+    datastore.save_label(first, label, "final", {"model": "membrane"})
+    datastore.save_label(first, label, "final", {"model": "synapse"})  # saved last: listed
+    region, image = datastore.region_and_image(second)
+    datastore.write_label(region, image, "mitochondria", "original", np.ones(region.shape, np.uint32), {})
+    objects = datastore.json()["objects"]
+    assert list(objects) == datastore.list_images()
+    for region_id, obj in objects.items():
+        assert obj["image"]["info"] == datastore.get_image_info(region_id)
+        for tag, label_obj in obj["labels"].items():
+            assert label_obj["info"] == datastore.get_label_info(region_id, tag)
+    assert objects[first]["labels"]["final"]["info"]["structure"] == "synapse"
+    assert (
+        list(objects[second]["labels"]) == ["original"]
+        and datastore.latest_structure(second, "original") == "mitochondria"
+    )

@@ -473,6 +473,12 @@ class MicroscopyDatastore(Datastore):
         image = self.db.image(region.image_id if region else image_id)
         if image is None:
             return {}
+        info = self._image_info(image_id, region, image)
+        if region is None:
+            info["regions"] = len(self.db.regions(image.id))
+        return info
+
+    def _image_info(self, image_id: str, region: Region | None, image: Image) -> dict[str, Any]:
         info = {**(image.info or {}), **((region.info or {}) if region else {})}
         server = {
             "id": image_id,
@@ -492,7 +498,7 @@ class MicroscopyDatastore(Datastore):
             if not region.whole:
                 server["parent"] = image.id
         else:
-            server.update(shape=image.shape, offset=[0, 0, 0], regions=len(self.db.regions(image.id)))
+            server.update(shape=image.shape, offset=[0, 0, 0])
         return {**info, **server}
 
     def last_served(self, strategy: str) -> dict[str, int]:
@@ -651,9 +657,9 @@ class MicroscopyDatastore(Datastore):
         return self.store.read_label(image.id, self._array_name(structure, tag), roi)
 
     def latest_structure(self, region_id: str, tag: str) -> str | None:
-        rows = self.db.label_versions(region_id, tag)
-        structured = [r for r in rows if r.structure]
-        return max(structured, key=lambda r: r.created_at).structure if structured else None
+        """The structure whose label of ``tag`` was saved last on the region."""
+        row = self.db.latest_label_versions(region_id).get((region_id, tag))
+        return row.structure if row is not None else None
 
     def get_label_uri(self, label_id: str, label_tag: str, structure: str | None = None) -> str:
         """The latest version's file for (region, structure, tag): the most recently saved structure by default."""
@@ -678,8 +684,10 @@ class MicroscopyDatastore(Datastore):
         return self.get_label_uri(image_id, tag)
 
     def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
-        structure = self.latest_structure(label_id, label_tag)
-        row = self.db.label_version(label_id, structure, label_tag) if structure else None
+        return self._label_info(self.db.latest_label_versions(label_id).get((label_id, label_tag)))
+
+    @staticmethod
+    def _label_info(row: LabelVersion | None) -> dict[str, Any]:
         if row is None:
             return {}
         return {
@@ -745,14 +753,18 @@ class MicroscopyDatastore(Datastore):
         }
 
     def json(self) -> dict[str, Any]:
+        """Every region with its info and latest labels, in three queries (Slicer asks after each next sample)."""
+        images = {image.id: image for image in self.db.images()}
+        latest = self.db.latest_label_versions()
         objects = {}
-        for region_id in self.list_images():
-            labels = {}
-            for tag in (DefaultLabelTag.FINAL.value, "original"):
-                label = self.get_label_info(region_id, tag)
-                if label:
-                    labels[tag] = {"info": label, "ext": ".nrrd"}
-            objects[region_id] = {"image": {"info": self.get_image_info(region_id), "ext": ".nrrd"}, "labels": labels}
+        for region in self.db.regions():
+            labels = {
+                tag: {"info": self._label_info(row), "ext": ".nrrd"}
+                for tag in (DefaultLabelTag.FINAL.value, "original")
+                if (row := latest.get((region.id, tag))) is not None
+            }
+            info = self._image_info(region.id, region, images[region.image_id])
+            objects[region.id] = {"image": {"info": info, "ext": ".nrrd"}, "labels": labels}
         return {"name": self._name, "description": self._description, "objects": objects}
 
 

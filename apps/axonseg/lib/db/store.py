@@ -235,6 +235,18 @@ class Database:
                 query = query.where(LabelVersion.version == version)
             return s.scalar(query)
 
+    def latest_label_versions(self, region_id: str | None = None) -> dict[tuple[str, str], LabelVersion]:
+        """``{(region, tag): row}``: the most recently saved version of any structure, per region and tag."""
+        with self.session() as s:
+            newest = select(func.max(LabelVersion.id)).where(
+                LabelVersion.region_id.is_not(None), LabelVersion.structure.is_not(None)
+            )
+            if region_id is not None:
+                newest = newest.where(LabelVersion.region_id == region_id)
+            newest = newest.group_by(LabelVersion.region_id, LabelVersion.tag)
+            rows = s.scalars(select(LabelVersion).where(LabelVersion.id.in_(newest.scalar_subquery())))
+            return {(row.region_id, row.tag): row for row in rows}
+
     def labelled_regions(self, tag: str = "final", structure: str | None = None) -> dict[str, list[str]]:
         """``{region id: [structures]}`` of regions with a ``tag`` label (of ``structure``)."""
         with self.session() as s:
