@@ -66,7 +66,7 @@ def run_raw(model: str, image: str, device: str) -> dict:
 
     spec = SPECS[model]
     network, _ = load_weights(str(ROOT / "apps/axonseg/model" / f"{model}.pt"), device)
-    array = normalize_percentiles(read_volume(image).array, spec.percentiles)
+    array = normalize_percentiles(read_volume(image).array, spec.percentiles, spec.intensity_ceiling)
     pad = [(0, max(p - s, 0)) for s, p in zip(array.shape, spec.patch_size)]
     volume = torch.from_numpy(np.pad(array, pad))
     interval = _get_scan_interval(volume.shape, spec.patch_size, 3, (spec.overlap,) * 3)

@@ -75,7 +75,7 @@ def labelled_cubes(data_dir: Path, structure: str) -> tuple[list[TrainingVolume]
     spec = SPECS[structure]
     if structure == "axon":
         cubes = [load_source(str(data_dir), s, spec) for s in spec.recipe.train]
-        return cubes, [load_source(str(data_dir), s, spec) for s in spec.recipe.val]
+        return cubes, [load_source(str(data_dir), s, spec) for s in spec.recipe.select]
     region = ((MITO_CUBE_REGION[0], MITO_CUBE_REGION[1]), (None, None), (None, None))
     slab = load_source(str(data_dir), DataSource(LUCCHI, "labels/mito", region=region), spec)
     cubes = []

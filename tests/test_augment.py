@@ -151,5 +151,5 @@ def test_artifact_cubes_come_from_artifact_voxels_away_from_foreground(tmp_path)
         spec, recipe=dataclasses.replace(spec.recipe, train=(DataSource("cubes.h5", "labels/sparse"),))
     )
     cubes = load_artifact_cubes(str(tmp_path), spec, size=8)
-    assert cubes and all(c.shape == (8, 8, 8) and c.max() == 1.0 for c in cubes)
+    assert cubes and all(c.shape == (8, 8, 8) and c.max() == spec.intensity_ceiling for c in cubes)  # bright, clipped
     assert load_artifact_cubes(str(tmp_path), SPECS["mitochondria"]) == []  # no artifact label in its recipe

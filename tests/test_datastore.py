@@ -16,7 +16,7 @@ from lib.datastore import MicroscopyDatastore
 from lib.db.engine import upgrade
 from lib.db.store import Database
 from lib.errors import InvalidRequest, NotFound, UploadTooLarge, VolumeError
-from lib.transforms.intensity import intensity_stats, normalize
+from lib.transforms.intensity import IntensityStats, intensity_stats, normalize
 from lib.transforms.io import FORMATS, Volume, read_volume, write_volume
 from lib.volumes.regions import Roi
 
@@ -222,11 +222,24 @@ def test_one_normalisation_per_image(datastore, tmp_path, em_crop):
     """A region read alone, with context or as part of the whole is normalised to the same values."""
     datastore.add_image("big", write_volume(tmp_path / "big.h5", Volume(em_crop, EM_SPACING)), {})
     spec = SPECS["membrane"]
-    whole = normalize(em_crop, intensity_stats(em_crop), spec.percentiles)
+    whole = normalize(em_crop, intensity_stats(em_crop), spec.percentiles, spec.intensity_ceiling)
     for context in ((0, 0, 0), (2, 16, 16)):
         data = datastore.read_region("big_block_z8_y64_x64", context)
-        region = normalize(data.array, data.stats, spec.percentiles)[data.inner]
+        region = normalize(data.array, data.stats, spec.percentiles, spec.intensity_ceiling)[data.inner]
         np.testing.assert_array_equal(region, whole[8:, 64:, 64:])
+
+
+def test_statistics_stored_by_an_older_server_are_recomputed_once(datastore, tmp_path, em_crop):
+    """Images ingested before the median was stored (the axon model normalises by it) get it on first use."""
+    datastore.add_image("old", write_volume(tmp_path / "old.h5", Volume(em_crop, EM_SPACING)), {})
+    fresh = datastore.read_region("old").stats
+    legacy = fresh.to_json()
+    legacy["percentiles"] = {k: v for k, v in legacy["percentiles"].items() if k != "50"}
+    datastore.db.set_image_intensity("old", legacy)
+    with pytest.raises(ValueError, match="not stored"):
+        IntensityStats.from_json(datastore.db.image("old").intensity).bounds((0.5, 50.0))
+    assert datastore.read_region("old").stats == fresh
+    assert datastore.db.image("old").intensity["percentiles"]["50"] == fresh.percentiles["50"]
 
 
 def test_whole_image_views_are_bounded(tmp_path, em_crop):

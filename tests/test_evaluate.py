@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import APP_DIR, shared_file
 
-from lib.evaluate import parse_region
+from lib.protocol import parse_region
 
 
 def run_evaluate(tmp_path, *args: str) -> dict:

@@ -82,7 +82,7 @@ def test_axon_model_finds_axons_in_light_sheet(client, server):
     target, mask = map_labels(labels, SPECS["axon"].label_map)
     result_path, _ = client.infer("axon", "trailmap_original", {})
     scores = voxel_scores(read_volume(result_path).array, target, mask)
-    # 38 % of the annotated voxels are axon: labelling everything scores F1 0.55, precision 0.38.
+    # 22 % of the scored voxels are axon (edge band unscored): labelling everything scores F1 0.36, precision 0.22.
     assert scores["f1"] > 0.7 and scores["precision"] > 0.55, scores
 
 

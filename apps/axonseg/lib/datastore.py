@@ -370,7 +370,20 @@ class MicroscopyDatastore(Datastore):
         return region, self._image(region.image_id)
 
     def stats(self, image: Image) -> IntensityStats:
-        return IntensityStats.from_json(image.intensity or {})
+        """The image's intensity statistics; images ingested before a percentile was stored
+        (``STORED_PERCENTILES``) have them recomputed once, tile by tile, and saved."""
+        stats = IntensityStats.from_json(image.intensity) if image.intensity else None
+        if stats is not None and stats.has_all_percentiles():
+            return stats
+        logger.info("recomputing intensity statistics of '%s' (stored before this server version)", image.id)
+        shape = tuple(image.shape)
+        accumulator = StatsAccumulator(shape)  # type: ignore[arg-type]
+        for roi in tiles(shape, tuple(image.chunks or chunks_for(shape))):  # type: ignore[arg-type]
+            accumulator.add(self.read(image, roi), roi.offset)
+        stats = accumulator.stats()
+        self.db.set_image_intensity(image.id, stats.to_json())
+        image.intensity = stats.to_json()
+        return stats
 
     def _open(self, image: Image) -> VolumeSource:
         """A registered volume's reader, opened once per process: opening checks every entry of the

@@ -13,16 +13,26 @@ from typing import Any
 import torch
 from monai.networks.nets import DynUNet
 
+_NORMS = {"instance": ("INSTANCE", {"affine": True}), "batch": ("BATCH", {"affine": True})}
+
 
 def build_network(
     kernels,
     strides,
     filters,
     dropout: float = 0.0,
+    norm: str = "instance",
     in_channels: int = 1,
     out_channels: int = 1,
 ):
-    """A MONAI DynUNet with residual blocks; kernels/strides are per level and may be anisotropic."""
+    """A MONAI DynUNet with residual blocks; kernels/strides are per level and may be anisotropic.
+
+    ``norm``: ``instance`` normalises every window by its own statistics, so a window of pure
+    background is stretched until its noise looks like signal; ``batch`` keeps the training set's
+    running statistics, so absolute (normalised) intensity still means something at inference.
+    """
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be one of {', '.join(_NORMS)}, not {norm!r}")
     return DynUNet(
         spatial_dims=3,
         in_channels=in_channels,
@@ -32,7 +42,7 @@ def build_network(
         upsample_kernel_size=[list(s) for s in strides[1:]],
         filters=list(filters),
         dropout=dropout or None,
-        norm_name=("INSTANCE", {"affine": True}),
+        norm_name=_NORMS[norm],
         res_block=True,
     )
 

@@ -63,7 +63,7 @@ def epistemic_score(
     ``stats``: its image's intensity statistics (None: ``array`` is the whole image); ``inner``: the
     region to average over when ``array`` holds it with context.
     """
-    image = normalize(array, stats or intensity_stats(array), spec.percentiles)
+    image = normalize(array, stats or intensity_stats(array), spec.percentiles, spec.intensity_ceiling)
     sampler = with_dropout(network, spec, rate)
     torch.manual_seed(seed)
     total = np.zeros(image.shape, dtype=np.float32)
@@ -83,7 +83,7 @@ def tta_score(
 ) -> float:
     """Mean voxel variance of the ``tta`` test-time variants' probabilities (``stats``, ``inner`` as in
     :func:`epistemic_score`)."""
-    image = normalize(array, stats or intensity_stats(array), spec.percentiles)
+    image = normalize(array, stats or intensity_stats(array), spec.percentiles, spec.intensity_ceiling)
     total = np.zeros(image.shape, dtype=np.float64)
     squares = np.zeros(image.shape, dtype=np.float64)
     for probabilities in tta_probabilities(network, image, spec, device, tta):

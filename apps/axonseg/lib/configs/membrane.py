@@ -6,6 +6,10 @@ from .task_config import StructureTaskConfig
 _VNC = "drosophila_vnc_stack1_xlt512.h5"
 _ISBI = "isbi2012_sstem.h5"
 
+
+def _slab(file: str, label: str, y0: int, y1: int) -> DataSource:
+    return DataSource(file, label, region=((None, None), (y0, y1), (None, None)))
+
 SPEC = StructureSpec(
     name="membrane",
     label_name="membrane",
@@ -15,32 +19,19 @@ SPEC = StructureSpec(
     kernels=((1, 3, 3), (1, 3, 3), (3, 3, 3), (3, 3, 3)),
     strides=((1, 1, 1), (1, 2, 2), (1, 2, 2), (2, 2, 2)),
     filters=(8, 16, 32, 64),
+    voxel_size_nm=(50.0, 4.6, 4.6),
     patch_size=(8, 160, 160),
     # seed 003: bilateral filter, erosion, dilation (held-out F1 0.754 / 0.725 vs 0.754 / 0.724 plain threshold)
     postprocessing="bilateral",
     postprocessing_options={"radius": 1},
     recipe=Recipe(
-        # Hold out y >= 768 of the VNC half and y >= 384 of ISBI 2012 (full depth each).
-        train=(
-            DataSource(_VNC, "labels/membrane", region=((None, None), (0, 768), (None, None))),
-            DataSource(
-                _ISBI,
-                "labels/membrane_isbi",
-                region=((None, None), (0, 384), (None, None)),
-            ),
-        ),
-        val=(
-            DataSource(
-                _VNC,
-                "labels/membrane",
-                region=((None, None), (768, 1024), (None, None)),
-            ),
-            DataSource(
-                _ISBI,
-                "labels/membrane_isbi",
-                region=((None, None), (384, 512), (None, None)),
-            ),
-        ),
+        # y-slabs, full depth: VNC 0-640 train, 640-768 select, 768-1024 test; ISBI 2012 0-320,
+        # 320-384, 384-512.
+        train=(_slab(_VNC, "labels/membrane", 0, 640), _slab(_ISBI, "labels/membrane_isbi", 0, 320)),
+        select=(_slab(_VNC, "labels/membrane", 640, 768), _slab(_ISBI, "labels/membrane_isbi", 320, 384)),
+        test=(_slab(_VNC, "labels/membrane", 768, 1024), _slab(_ISBI, "labels/membrane_isbi", 384, 512)),
+        # Isotropic ~10 nm FIB-SEM of the Drosophila brain: neuron boundaries from another microscope.
+        cross=(DataSource("gala_fibsem_train.h5", "labels/boundary", voxel_size_nm=(10.0, 10.0, 10.0)),),
         epochs=20,
         iterations_per_epoch=30,
         batch_size=2,

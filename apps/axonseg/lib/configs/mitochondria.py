@@ -14,14 +14,21 @@ SPEC = StructureSpec(
     kernels=((3, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)),
     strides=((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2)),
     filters=(8, 16, 32, 64),
+    voxel_size_nm=(5.0, 5.0, 5.0),
     patch_size=(32, 96, 96),
     min_size=200,
     structure_metrics=("instances",),
     postprocessing="watershed",  # instances from the distance transform; same voxel F1 as a plain threshold
     recipe=Recipe(
-        # Hold out the last 32 z-slices as validation slab.
-        train=(DataSource(_LUCCHI, "labels/mito", region=((0, 133), (None, None), (None, None))),),
-        val=(DataSource(_LUCCHI, "labels/mito", region=((133, 165), (None, None), (None, None))),),
+        # z-slabs: 0-115 train, 115-135 select, 135-165 test.
+        train=(DataSource(_LUCCHI, "labels/mito", region=((0, 115), (None, None), (None, None))),),
+        select=(DataSource(_LUCCHI, "labels/mito", region=((115, 135), (None, None), (None, None))),),
+        test=(DataSource(_LUCCHI, "labels/mito", region=((135, 165), (None, None), (None, None))),),
+        # ssTEM of the Drosophila VNC (50 nm sections): another microscope, another animal.
+        cross=(
+            DataSource("isbi2012_sstem.h5", "labels/mito"),
+            DataSource("drosophila_vnc_stack1_xlt512.h5", "labels/mito"),
+        ),
         epochs=50,
         iterations_per_epoch=30,
         batch_size=2,

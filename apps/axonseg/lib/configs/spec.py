@@ -12,7 +12,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class DataSource:
-    """A labelled volume in an HDF5 file, cropped to a region (z, y, x slices as [start, stop))."""
+    """A labelled volume in an HDF5 file, cropped to a region (z, y, x slices as [start, stop)).
+
+    ``voxel_size_nm``: (z, y, x), for files that do not state theirs (evaluation resamples by it).
+    """
 
     file: str
     label: str
@@ -22,6 +25,7 @@ class DataSource:
         (None, None),
         (None, None),
     )
+    voxel_size_nm: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -44,14 +48,35 @@ class Augmentation:
 
 
 @dataclass(frozen=True)
+class ForegroundCheck:
+    """A dense sanity check on a volume without labels of the structure: the share of its voxels the
+    model marks must fall in ``plausible`` (fractions), for the reason given in ``why``."""
+
+    file: str
+    dataset: str
+    plausible: tuple[float, float]
+    why: str
+    region: tuple[tuple[int | None, int | None], ...] = ((None, None), (None, None), (None, None))
+
+
+@dataclass(frozen=True)
 class Recipe:
-    """How the shipped weights were trained; ``train``/``val`` are relative to the data folder."""
+    """How the shipped weights were trained and are judged (``lib.protocol``); files are relative to the
+    data folder.
+
+    Three disjoint splits: ``train`` teaches; ``select`` chooses the epoch, and any threshold or
+    post-processing step, by hand or by sweep; ``test`` only reports. ``cross`` are labelled volumes of
+    other microscopes or animals (also report-only), ``unlabelled`` dense foreground-fraction checks.
+    """
 
     train: tuple[DataSource, ...]
-    val: tuple[DataSource, ...]
+    select: tuple[DataSource, ...]
+    test: tuple[DataSource, ...]
+    cross: tuple[DataSource, ...] = ()
+    unlabelled: tuple[ForegroundCheck, ...] = ()
     epochs: int = 20
     iterations_per_epoch: int = 40
-    val_every: int = 4  # epochs between validations (the best validated epoch is kept)
+    val_every: int = 4  # epochs between validations on ``select`` (the best epoch is kept)
     batch_size: int = 2
     learning_rate: float = 2e-3
     foreground_fraction: float = 0.5  # share of patches centred on a foreground voxel
@@ -80,6 +105,11 @@ class StructureSpec:
         postprocessing_options: that method's options beyond ``threshold``/``min_size``.
         structure_metrics: metrics beyond the voxel ones that suit the structure (``skeleton`` for
             thin tubes, ``instances`` for separate objects, ``detection`` for small sparse objects).
+        percentiles / intensity_ceiling: the image percentiles mapped to 0 and 1, and the value the
+            normalised intensities are clipped to (``lib.transforms.intensity.normalize``).
+        norm: the network's normalisation layers, ``instance`` or ``batch`` (``lib.networks``).
+        voxel_size_nm: the (z, y, x) voxel size the model was trained at; ``lib.infers.predict``
+            resamples images whose voxel size differs by more than ``RESAMPLE_TOLERANCE``.
     """
 
     name: str
@@ -95,6 +125,9 @@ class StructureSpec:
     threshold: float = 0.5
     min_size: int = 0
     percentiles: tuple[float, float] = (0.5, 99.5)
+    intensity_ceiling: float = 1.0
+    norm: str = "instance"
+    voxel_size_nm: tuple[float, float, float] | None = None
     overlap: float = 0.25
     dropout: float = 0.0
     postprocessing: str = "threshold"
@@ -121,4 +154,5 @@ class StructureSpec:
             "strides": [list(s) for s in self.strides],
             "filters": list(self.filters),
             "dropout": self.dropout,
+            "norm": self.norm,
         }

@@ -15,13 +15,15 @@ SPEC = StructureSpec(
     kernels=((1, 3, 3), (1, 3, 3), (3, 3, 3), (3, 3, 3)),
     strides=((1, 1, 1), (1, 2, 2), (1, 2, 2), (2, 2, 2)),
     filters=(8, 16, 32, 64),
+    voxel_size_nm=(50.0, 4.6, 4.6),
     patch_size=(8, 160, 160),
     min_size=50,
     structure_metrics=("detection",),
     recipe=Recipe(
-        # Hold out the slab y >= 768 (a quarter of the stack, full depth).
-        train=(DataSource(_VNC, "labels/synapse", region=((None, None), (0, 768), (None, None))),),
-        val=(DataSource(_VNC, "labels/synapse", region=((None, None), (768, 1024), (None, None))),),
+        # y-slabs of the stack, full depth: 0-640 train, 640-768 select, 768-1024 test.
+        train=(DataSource(_VNC, "labels/synapse", region=((None, None), (0, 640), (None, None))),),
+        select=(DataSource(_VNC, "labels/synapse", region=((None, None), (640, 768), (None, None))),),
+        test=(DataSource(_VNC, "labels/synapse", region=((None, None), (768, 1024), (None, None))),),
         epochs=24,
         iterations_per_epoch=30,
         batch_size=2,

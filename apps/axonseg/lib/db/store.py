@@ -111,6 +111,19 @@ class Database:
         """Merge ``info`` into an image's client metadata; concurrent updates are all kept."""
         return self._merge_info(Image, image_id, info)
 
+    def set_image_intensity(self, image_id: str, intensity: dict[str, Any]) -> None:
+        """Replace an image's intensity statistics (recomputed when a newer server needs more of them)."""
+
+        def write() -> None:
+            with self.session() as s, s.begin():
+                _lock_for_write(s)
+                row = s.get(Image, image_id, with_for_update=True)
+                if row is None:
+                    raise KeyError(image_id)
+                row.intensity = intensity
+
+        _retry_when_locked(write)
+
     def update_region_info(self, region_id: str, info: dict[str, Any]) -> dict[str, Any]:
         """Merge ``info`` into a region's client metadata; concurrent updates are all kept."""
         return self._merge_info(Region, region_id, info)

@@ -146,7 +146,8 @@ class SegmentationInfer(InferTask):
             raise InvalidRequest(str(e)) from e
         network, meta, path = self.weights.load(device)
         start = time.time()
-        label = segment(network, volume.array, self.spec, device, tta, method, stats, inner, **options)
+        voxel_size_nm = tuple(1000.0 * s for s in volume.spacing)
+        label = segment(network, volume.array, self.spec, device, tta, method, stats, inner, voxel_size_nm, **options)
         elapsed = time.time() - start
         params = {
             "model": self.spec.name,

@@ -138,7 +138,7 @@ def load_histogram_reference(
     if name is None:
         return None
     raw = read_volume(os.path.join(data_dir, name), "raw").array
-    values = normalize_percentiles(raw, spec.percentiles).ravel()
+    values = normalize_percentiles(raw, spec.percentiles, spec.intensity_ceiling).ravel()
     return np.random.default_rng(seed).choice(values, size=min(voxels, values.size), replace=False)
 
 

@@ -1,8 +1,10 @@
-"""Train a structure's shipped weights from its recipe on the shared data.
+"""Train a structure's shipped weights from its recipe on the shared data, then judge them.
 
     PYTHONPATH=apps/axonseg python -m lib.trainers.cli mitochondria --data-dir ../shared/data
 
-Writes ``<model-dir>/<name>.pt`` plus history JSON, learning-curve PNG and model card.
+Writes ``<model-dir>/<name>.pt`` plus history JSON, learning-curve PNG, the protocol report
+(``<name>.protocol.json``: select, test and cross-microscope rows, unlabelled checks; ``lib.protocol``),
+the test panel PNG and the model card. ``--evaluate-only`` re-runs the protocol on the weights there.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from ..configs.registry import SPECS
 from ..machine import default_device, describe_machine
 from ..networks import load_weights
+from ..protocol import plot_panel, run_protocol
 from .augmentation import describe, load_artifact_cubes, load_histogram_reference, training_transforms
 from .data import load_source
 from .report import plot_learning_curve, write_history, write_model_card
@@ -39,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--card-only", action="store_true", help="re-render the model card and plot from the saved history"
     )
+    parser.add_argument(
+        "--evaluate-only", action="store_true", help="run the protocol on the weights there, then write the card"
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -54,19 +60,46 @@ def main(argv: list[str] | None = None) -> None:
     transforms = training_transforms(spec, load_histogram_reference(args.data_dir, spec), artifacts)
     augmentation = describe(transforms, spec, artifacts)
 
-    def write_reports(history: list[dict], command: str, machine: str) -> None:
+    protocol_path = os.path.join(args.model_dir, f"{spec.name}.protocol.json")
+
+    def judge() -> dict:
+        """The protocol on the weights at ``weights``: report JSON and the test panel PNG."""
+        network, _ = load_weights(weights, args.device)
+        report, evaluations = run_protocol(spec, network, args.data_dir, device=args.device)
+        report["machine"] = describe_machine(args.device)
+        with open(protocol_path, "w") as f:
+            json.dump(report, f, indent=1)
+        shown = [e for e in evaluations if e.row["split"] in ("test", "cross", "unlabelled")]
+        pooled = report["pooled"].get("test", {})
+        plot_panel(
+            os.path.join(args.model_dir, f"{spec.name}.test_panel.png"),
+            shown,
+            f"{spec.name}: test and cross-microscope regions (pooled test F1 {pooled.get('f1', float('nan')):.3f})",
+            slices=2,
+        )
+        return report
+
+    def write_reports(history: list[dict], command: str, machine: str, protocol: dict) -> None:
         write_history(history_path, history)
         plot = os.path.join(args.model_dir, f"{spec.name}.learning_curve.png")
         plot_learning_curve(plot, history, f"{spec.name}: training on {args.device}")
-        write_model_card(card, spec, args.data_dir, history, command, weights, iterations, machine, augmentation)
+        write_model_card(
+            card, spec, args.data_dir, history, command, weights, iterations, machine, augmentation, protocol
+        )
 
-    if args.card_only:
+    if args.card_only or args.evaluate_only:
         _, meta = load_weights(weights)
+        if args.evaluate_only:
+            protocol = judge()
+        else:
+            with open(protocol_path) as f:
+                protocol = json.load(f)
         with open(history_path) as f:
-            write_reports(json.load(f), meta["command"], meta.get("machine") or describe_machine(args.device))
+            history = json.load(f)
+        write_reports(history, meta["command"], meta.get("machine") or describe_machine(args.device), protocol)
         return
     train = [load_source(args.data_dir, s, spec) for s in recipe.train]
-    val = [load_source(args.data_dir, s, spec) for s in recipe.val]
+    val = [load_source(args.data_dir, s, spec) for s in recipe.select]
     print(
         f"{spec.name}: {len(train)} training volumes, {len(val)} validation volumes, "
         f"{len(artifacts)} artifact cubes; augmentation: {', '.join(augmentation)}",
@@ -113,8 +146,10 @@ def main(argv: list[str] | None = None) -> None:
         },
         on_epoch=on_epoch,
     )
-    write_reports(history, command, machine)
-    print(f"wrote {weights} ({os.path.getsize(weights) / 1e6:.1f} MB)")
+    print(f"wrote {weights} ({os.path.getsize(weights) / 1e6:.1f} MB); judging it on the test split", flush=True)
+    protocol = judge()
+    write_reports(history, command, machine, protocol)
+    print(json.dumps({"pooled": protocol["pooled"], "unlabelled": protocol["unlabelled"]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ def read_source(data_dir: str, source: DataSource, spec: StructureSpec) -> tuple
     path = os.path.join(data_dir, source.file)
     raw = read_volume(path, source.raw).array
     label = read_volume(path, source.label).array
-    return _crop(normalize_percentiles(raw, spec.percentiles), source.region), _crop(label, source.region)
+    image = normalize_percentiles(raw, spec.percentiles, spec.intensity_ceiling)
+    return _crop(image, source.region), _crop(label, source.region)
 
 
 def load_source(data_dir: str, source: DataSource, spec: StructureSpec) -> TrainingVolume:
@@ -70,7 +71,7 @@ def load_region(datastore: MicroscopyDatastore, region_id: str, spec: StructureS
     # Annotators label the whole region they submit, so every voxel counts.
     return TrainingVolume(
         region_id,
-        normalize(data.array, data.stats, spec.percentiles),
+        normalize(data.array, data.stats, spec.percentiles, spec.intensity_ceiling),
         (label > 0).astype(np.uint8),
         np.ones(label.shape, dtype=bool),
     )

@@ -19,7 +19,7 @@ from ..networks import save_checkpoint
 
 ENCODER_PARTS = ("input_block", "downsamples", "bottleneck")
 # Network arguments an encoder depends on (dropout does not change the weights' shapes).
-_GEOMETRY = ("kernels", "strides", "filters")
+_GEOMETRY = ("kernels", "strides", "filters", "norm")
 
 
 def encoder_modules(network: DynUNet) -> dict[str, torch.nn.Module]:
@@ -68,8 +68,9 @@ def read_encoder(path: str, network_args: dict) -> dict[str, Any]:
         raise InvalidRequest(f"{path} is not a weights file: {e}") from None
     if not isinstance(checkpoint, dict) or "encoder" not in checkpoint:
         raise InvalidRequest(f"{path} holds no encoder weights (is it a whole model's file?)")
-    theirs = {k: checkpoint.get("network", {}).get(k) for k in _GEOMETRY}
-    ours = {k: network_args.get(k) for k in _GEOMETRY}
+    # Files written before the norm became a choice were instance-normed.
+    theirs = {k: checkpoint.get("network", {}).get(k, "instance" if k == "norm" else None) for k in _GEOMETRY}
+    ours = {k: network_args.get(k, "instance" if k == "norm" else None) for k in _GEOMETRY}
     if theirs != ours:
         raise InvalidRequest(
             f"the encoder in {path} was pretrained for a U-Net with {theirs}, not this model's {ours}; "

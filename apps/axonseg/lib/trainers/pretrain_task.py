@@ -107,12 +107,12 @@ class PretrainTrainer(StructureTrainer):
             arrays = []
             for region in sorted(regions):
                 data = datastore.read_region(region)
-                arrays.append(normalize(data.array, data.stats, spec.percentiles))
+                arrays.append(normalize(data.array, data.stats, spec.percentiles, spec.intensity_ceiling))
             return sorted(regions), arrays
         arrays = []
         for path, dataset in sources:
             array = read_volume(path, dataset).array  # VolumeError (422) for a file that is not a 3D volume
-            arrays.append(normalize_percentiles(array, spec.percentiles))
+            arrays.append(normalize_percentiles(array, spec.percentiles, spec.intensity_ceiling))
         return [os.path.basename(p) for p, _ in sources], arrays
 
     def __call__(

@@ -9,6 +9,7 @@ from typing import IO
 import h5py
 
 from ..configs.spec import StructureSpec
+from ..protocol import metric_table, region_text
 
 
 def write_history(path: str, history: list[dict]) -> None:
@@ -89,31 +90,48 @@ def write_model_card(
     iterations_per_epoch: int,
     machine: str,
     augmentation: list[str],
+    protocol: dict,
 ) -> None:
-    """Markdown card: data and licences, recipe, held-out metrics, machine, reproduce command."""
+    """Markdown card: data and licences, splits, recipe, test metrics (selection metrics apart), dense
+    checks, the test panel, machine, reproduce command. ``protocol`` is ``lib.protocol.run_protocol``'s report."""
     recipe = spec.recipe
     best = max(
         (h for h in history if h.get("validation")),
         key=lambda h: h["validation"]["f1"],
         default=None,
     )
-    files = {s.file for s in recipe.train + recipe.val}
+    files = {s.file for s in recipe.train + recipe.select + recipe.test + recipe.cross}
+    files |= {c.file for c in recipe.unlabelled}
     rows = "\n".join(f"| `{n}` | {w} | {lic} |" for n, w, lic in _licences(data_dir, files))
 
     def regions(sources):
-        return "\n".join(f"- `{s.file}` `{s.label}` z,y,x region `{list(map(list, s.region))}`" for s in sources)
+        if not sources:
+            return "- none"
+        return "\n".join(f"- `{s.file}` `{s.label}` z,y,x `{region_text(s.region)}`" for s in sources)
 
-    metrics = "not measured"
+    selection = "not measured"
     if best:
         v = best["validation"]
-        metrics = (
-            f"| voxel precision | voxel recall | voxel F1 (Dice) | foreground IoU | voxels scored |\n"
-            f"|---|---|---|---|---|\n"
-            f"| {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['foreground_iou']:.3f} "
-            f"| {v['voxels']:,} |\n\n"
-            f"Best epoch {best['epoch']} of {len(history)}; threshold {spec.threshold}"
-            + (f", components under {spec.min_size} voxels removed." if spec.min_size else ".")
+        selection = (
+            f"Best epoch {best['epoch']} of {len(history)} by voxel F1 on the select split: precision "
+            f"{v['precision']:.3f}, recall {v['recall']:.3f}, F1 {v['f1']:.3f}, foreground IoU "
+            f"{v['foreground_iou']:.3f} ({v['voxels']:,} voxels)."
         )
+    by_split = {split: [r for r in protocol["rows"] if r["split"] == split] for split in ("test", "cross", "select")}
+    pooled = protocol.get("pooled", {}).get("test")
+    pooled_line = (
+        f"Pooled over the test split: voxel precision {pooled['precision']:.3f}, recall {pooled['recall']:.3f}, "
+        f"**F1 {pooled['f1']:.3f}**, foreground IoU {pooled['foreground_iou']:.3f}."
+        if pooled
+        else ""
+    )
+    checks = "\n".join(
+        f"- `{c['file']}` ({'x'.join(map(str, c['shape']))}): **{100 * c['foreground_fraction']:.1f} %** marked "
+        f"{spec.label_name}; plausible {100 * c['plausible'][0]:.0f}-{100 * c['plausible'][1]:.0f} % "
+        f"({'within' if c['within'] else '**outside**'}) because {c['plausible_because']}."
+        for c in protocol.get("unlabelled", [])
+    ) or "- none for this structure (its test volumes are densely labelled: see the background column)"
+    post = f"`{spec.postprocessing}`" + (f" {spec.postprocessing_options}" if spec.postprocessing_options else "")
     total = history[-1]["total_time"] if history else 0
     text = f"""# Model card: `{spec.name}`
 
@@ -124,18 +142,30 @@ def write_model_card(
 |---|---|---|
 {rows}
 
-Training regions:
+## Splits (`lib/protocol.py`)
+Train (teaches):
 {regions(recipe.train)}
 
-Held-out validation regions (never seen in training):
-{regions(recipe.val)}
+Select (chooses the epoch, threshold and post-processing; never reported as the result):
+{regions(recipe.select)}
 
-Label mapping (raw value → target; values not listed are ignored by the loss): `{spec.label_map}`
+Test (reported only; chose nothing):
+{regions(recipe.test)}
+
+Cross-microscope (reported only):
+{regions(recipe.cross)}
+
+Label mapping (raw value → target; values not listed are neither trained nor scored): `{spec.label_map}`
 
 ## Recipe
-- Network: MONAI `DynUNet`, residual blocks, instance norm; kernels `{[list(k) for k in spec.kernels]}`,
+- Network: MONAI `DynUNet`, residual blocks, {spec.norm} norm; kernels `{[list(k) for k in spec.kernels]}`,
   strides `{[list(s) for s in spec.strides]}`, filters `{list(spec.filters)}`.
-- Input: percentile normalisation ({spec.percentiles[0]}–{spec.percentiles[1]} % → 0–1) on the whole volume.
+- Input: the image's {spec.percentiles[0]} and {spec.percentiles[1]} percentiles → 0 and 1, clipped to
+  [0, {spec.intensity_ceiling:g}], statistics of the whole image{
+        f"; images resampled to {spec.voxel_size_nm} nm (z, y, x) when theirs differs by more than 25 %"
+        if spec.voxel_size_nm
+        else ""
+    }.
 - Patches {list(spec.patch_size)} (z, y, x), {int(recipe.foreground_fraction * 100)} % centred on foreground.
 - Augmentation, in order (`lib/trainers/augmentation.py`; {
         "anisotropic: in-plane warps only" if spec.anisotropic else "isotropic: 3D warps, z flips"
@@ -145,15 +175,37 @@ Label mapping (raw value → target; values not listed are ignored by the loss):
         f", foreground weight {recipe.pos_weight}" if recipe.pos_weight != 1 else ""
     }.
   AdamW, lr {recipe.learning_rate}, cosine schedule, {len(history)} epochs × {iterations_per_epoch} iterations
-  × batch {recipe.batch_size}, seed {recipe.seed}; validated every {recipe.val_every} epochs, best epoch kept.
-- Inference: Gaussian-weighted sliding window, overlap {spec.overlap}.
+  × batch {recipe.batch_size}, seed {recipe.seed}; validated every {recipe.val_every} epochs on the select split.
+- Post-processing: {post}, threshold {spec.threshold}{
+        f", components under {spec.min_size} voxels removed" if spec.min_size else ""
+    }. Inference: Gaussian-weighted sliding window, overlap {spec.overlap}.
 
-## Validation metrics (held-out regions above, post-processed prediction)
-{metrics}
+## Test metrics
+Post-processed prediction, labelled voxels only, no test-time augmentation. `predicted_fraction` /
+`labelled_fraction`: the share of labelled voxels marked / labelled {spec.label_name}; `background_fp_fraction`:
+share of voxels marked in fully labelled slices that hold no {spec.label_name} (0 is right; nan: no such slice).
 
-Trained and measured on {machine} ({total / 60:.0f} min in all). Learning curve:
-`{os.path.basename(weights_path).replace(".pt", ".learning_curve.png")}`. Test-time augmentation,
-structure metrics (instances, detection, skeleton) and seconds per Mvox: `benchmarks/quality.md`.
+{chr(10).join(metric_table(spec, by_split["test"]))}
+
+{pooled_line}
+
+Cross-microscope:
+
+{chr(10).join(metric_table(spec, by_split["cross"])) if by_split["cross"] else "none"}
+
+Test regions, raw / label / prediction: `{spec.name}.test_panel.png`.
+
+## Dense checks on unlabelled volumes
+{checks}
+
+## Selection metrics (chose the epoch; not a result)
+{selection}
+
+{chr(10).join(metric_table(spec, by_split["select"]))}
+
+Trained on {machine} ({total / 60:.0f} min). Learning curve:
+`{os.path.basename(weights_path).replace(".pt", ".learning_curve.png")}`. Test-time augmentation and seconds
+per Mvox: `benchmarks/quality.md`.
 
 ## Reproduce
 ```

@@ -16,10 +16,8 @@ import torch
 from monai.transforms import Compose
 
 from ..configs.spec import StructureSpec
-from ..infers.postprocessing import postprocess
-from ..infers.predict import sliding_window_probabilities
-from ..metrics import voxel_scores
 from ..networks import build_network, load_weights, save_weights
+from ..protocol import score_volumes
 from .augmentation import training_transforms
 from .data import PatchSampler, TrainingVolume
 from .encoder import load_encoder, set_encoder_trainable
@@ -45,16 +43,6 @@ class TrainingStopped(Exception):
     """Raised inside the loop when ``should_stop`` returns True."""
 
 
-def validate(network, volumes: list[TrainingVolume], spec: StructureSpec, device) -> dict[str, float]:
-    """Voxel scores of the post-processed prediction, pooled over all validation volumes."""
-    preds, targets = [], []
-    for volume in volumes:
-        probabilities = sliding_window_probabilities(network, volume.image, spec, device)
-        preds.append(postprocess(probabilities, spec)[volume.mask])
-        targets.append(volume.target[volume.mask])
-    return voxel_scores(np.concatenate(preds), np.concatenate(targets))
-
-
 def train_segmentation(
     spec: StructureSpec,
     train: list[TrainingVolume],
@@ -77,7 +65,8 @@ def train_segmentation(
     on_epoch: Callable[[EpochStats], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> EpochStats:
-    """Train ``spec``'s network and keep the best validation-F1 weights at ``output_path``.
+    """Train ``spec``'s network and keep the weights of the best epoch by F1 on ``val`` (the recipe's
+    ``select`` split, never its ``test`` split) at ``output_path``.
 
     Args:
         init_weights: start from this weights file (fine-tuning) instead of random weights.
@@ -126,7 +115,7 @@ def train_segmentation(
             losses.append(float(loss.detach()))
         validation: dict[str, float] = {}
         if val and (epoch % val_every == 0 or epoch == epochs):
-            validation = validate(network, val, spec, device)
+            validation = score_volumes(network, val, spec, device)
             if validation["f1"] > best_metric:
                 best_metric, best_epoch = validation["f1"], epoch
                 save_weights(

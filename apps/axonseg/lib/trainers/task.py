@@ -16,9 +16,10 @@ from ..db.store import Database
 from ..errors import InvalidRequest, NotFound
 from ..infers.segmentation import ModelWeights
 from ..machine import default_device
+from ..protocol import score_volumes
 from .data import load_region
 from .encoder import read_encoder
-from .supervised import EpochStats, train_segmentation, validate
+from .supervised import EpochStats, train_segmentation
 
 if TYPE_CHECKING:
     from ..datastore import MicroscopyDatastore
@@ -176,7 +177,7 @@ class SegmentationTrainer(StructureTrainer):
         val = [v for i, v in enumerate(volumes) if i in held_out] or volumes
         device = params["device"] if params["device"] != "auto" else default_device()
         served, _, served_path = self.weights.load(device)
-        baseline = validate(served, val, self.spec, device)["f1"]
+        baseline = score_volumes(served, val, self.spec, device)["f1"]
         candidate = f"{self.weights.trained_path}.candidate"
         if os.path.exists(candidate):  # left by a run that was stopped: never published, safe to drop
             os.remove(candidate)

@@ -196,7 +196,9 @@ class RandArtifactCutMixd(MapTransform, RandomizableTransform):
 
 
 class RandLocalContrast(RandomizableTransform):
-    """With probability ``prob``, contrast-limited adaptive histogram equalisation (CLAHE) of a [0, 1] image."""
+    """With probability ``prob``, contrast-limited adaptive histogram equalisation (CLAHE) of a
+    non-negative image, on its own [0, max] range and mapped back to it (background-referenced
+    intensities run past 1)."""
 
     def __init__(self, prob: float = 0.2, clip_limit: float = 0.02, kernel_size: int | None = None):
         super().__init__(prob)
@@ -209,8 +211,10 @@ class RandLocalContrast(RandomizableTransform):
             self.randomize(None)
         if not self._do_transform:
             return image
-        clipped = np.clip(image, 0.0, 1.0)
-        return equalize_adapthist(clipped, kernel_size=self.kernel_size, clip_limit=self.clip_limit).astype(image.dtype)
+        scale = max(float(image.max()), 1e-6)
+        unit = np.clip(image / scale, 0.0, 1.0)
+        equalized = equalize_adapthist(unit, kernel_size=self.kernel_size, clip_limit=self.clip_limit)
+        return (equalized * scale).astype(image.dtype)
 
 
 class RandLocalContrastd(_SameDrawd):

@@ -18,7 +18,7 @@ import numpy as np
 # Percentiles are estimated on at most this many voxels: exact enough, and O(1) memory in volume size.
 _PERCENTILE_SAMPLE = 4_000_000
 # Stored for every image; the structures' recipes choose among them (``StructureSpec.percentiles``).
-STORED_PERCENTILES = (0.1, 0.5, 1.0, 2.0, 98.0, 99.0, 99.5, 99.9)
+STORED_PERCENTILES = (0.1, 0.5, 1.0, 2.0, 50.0, 98.0, 99.0, 99.5, 99.9)
 
 
 def subsample_step(shape: tuple[int, ...]) -> int:
@@ -44,6 +44,9 @@ class IntensityStats:
         except KeyError as e:
             raise ValueError(f"percentile {e} not stored; stored: {sorted(self.percentiles)}") from None
         return float(lower), float(upper) if upper > lower else float(lower) + 1.0
+
+    def has_all_percentiles(self) -> bool:
+        return all(_key(p) in self.percentiles for p in STORED_PERCENTILES)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,13 +114,21 @@ class StatsAccumulator:
         return stats_from_sample(sample, self.step)
 
 
-def normalize(array: np.ndarray, stats: IntensityStats, percentiles: tuple[float, float]) -> np.ndarray:
-    """Map the image's [lower, upper] percentiles to [0, 1] (clipped), as float32."""
+def normalize(
+    array: np.ndarray, stats: IntensityStats, percentiles: tuple[float, float], ceiling: float = 1.0
+) -> np.ndarray:
+    """Map the image's ``percentiles`` (lower, upper) to 0 and 1, clipped to [0, ``ceiling``], as float32.
+
+    An upper percentile of 50 (the median) with ``ceiling`` > 1 is background-referenced: sparse
+    fluorescence (axons) has mostly background, so the median is background whatever the signal,
+    and a voxel twice as far above the dark level as the background reads 2 in any acquisition,
+    half as bright or not (an affine change of the intensities changes nothing).
+    """
     lower, upper = stats.bounds(percentiles)
     out = (np.nan_to_num(np.asarray(array, dtype=np.float32), nan=lower) - lower) / (upper - lower)
-    return np.clip(out, 0.0, 1.0, out=out)
+    return np.clip(out, 0.0, ceiling, out=out)
 
 
-def normalize_percentiles(array: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+def normalize_percentiles(array: np.ndarray, percentiles: tuple[float, float], ceiling: float = 1.0) -> np.ndarray:
     """Normalise an array that is a whole image by its own statistics."""
-    return normalize(array, intensity_stats(array), percentiles)
+    return normalize(array, intensity_stats(array), percentiles, ceiling)

@@ -1,0 +1,390 @@
+"""The evaluation protocol every model is judged by: the trainer, ``lib.evaluate``, the model cards and
+``benchmarks/quality.py`` all score through this module.
+
+A recipe (``lib.configs.spec.Recipe``) splits its labelled data three ways: ``train`` teaches,
+``select`` chooses the epoch (and by hand any threshold or post-processing step), ``test`` only
+reports. ``cross`` holds labelled volumes of other microscopes, also report-only. Beside the sparse
+metrics each row carries two dense facts:
+
+- ``background_fp_fraction``: the share of voxels marked foreground in the fully labelled slices
+  that hold no foreground at all (every mark there is a false positive; 0 is right);
+- ``predicted_fraction`` / ``labelled_fraction``: how much of the labelled voxels the model marks,
+  against the label's own share.
+
+and each model's ``unlabelled`` checks give the foreground fraction it predicts on volumes without
+labels, against a range its spec justifies.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .configs.spec import DataSource, ForegroundCheck, StructureSpec
+from .infers.postprocessing import postprocess
+from .infers.predict import predict_probabilities, sliding_window_probabilities
+from .metrics import detection_scores, instance_scores, roc_auc, skeleton_scores, voxel_scores
+from .transforms.intensity import intensity_stats
+from .transforms.io import read_volume
+from .transforms.labels import map_labels
+
+SPLITS = ("select", "test", "cross")
+# The figures each structure is judged by, in report tables (all on labelled voxels only).
+HEADLINE_METRICS = {
+    "axon": ("f1", "precision", "recall", "cl_dice", "roc_auc", "predicted_fraction", "labelled_fraction"),
+    "mitochondria": ("foreground_iou", "f1", "precision", "recall", "instance_f1", "ap", "background_fp_fraction"),
+    "synapse": ("f1", "detection_precision", "detection_recall", "detection_f1", "true_objects",
+                "predicted_objects", "background_fp_fraction"),
+    "membrane": ("f1", "foreground_iou", "precision", "recall", "roc_auc"),
+}  # fmt: skip
+
+
+def score(
+    spec: StructureSpec,
+    probabilities: np.ndarray,
+    prediction: np.ndarray,
+    target: np.ndarray,
+    mask: np.ndarray,
+    spacing: tuple[float, ...],
+) -> dict[str, Any]:
+    """Voxel metrics, the structure's own metrics (all restricted to labelled voxels) and the dense facts."""
+    metrics: dict[str, Any] = {
+        **voxel_scores(prediction, target, mask),
+        "roc_auc": roc_auc(probabilities, target, mask),
+        **dense_facts(prediction, target, mask),
+    }
+    if "skeleton" in spec.structure_metrics:
+        metrics.update(skeleton_scores(prediction, target, mask))
+    if "instances" in spec.structure_metrics:
+        if mask.all():
+            instances = instance_scores(ndimage.label(prediction)[0], ndimage.label(target)[0])
+            metrics.update(instances)
+        else:
+            metrics["instances_skipped"] = "instance metrics need a densely labelled region"
+    if "detection" in spec.structure_metrics:
+        metrics.update(detection_scores(prediction, target, spacing, mask))
+    return metrics
+
+
+def dense_facts(prediction: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """Predicted vs labelled foreground share, and false positives on fully labelled empty slices."""
+    pred, true = prediction.astype(bool), target.astype(bool)
+    labelled = int(mask.sum())
+    facts: dict[str, Any] = {
+        "predicted_fraction": float((pred & mask).sum() / max(labelled, 1)),
+        "labelled_fraction": float((true & mask).sum() / max(labelled, 1)),
+    }
+    empty = [z for z in range(mask.shape[0]) if mask[z].all() and not true[z].any()]
+    facts["background_slices"] = len(empty)
+    facts["background_fp_fraction"] = float(pred[empty].mean()) if empty else float("nan")
+    return facts
+
+
+def source_voxel_size_nm(path: str, dataset: str, source: DataSource | None = None) -> tuple[float, ...] | None:
+    """A source's (z, y, x) voxel size: the recipe's override, else the file's, else None (unknown)."""
+    if source is not None and source.voxel_size_nm is not None:
+        return tuple(source.voxel_size_nm)
+    spacing = read_volume(path, dataset).spacing
+    return None if tuple(spacing) == (1.0, 1.0, 1.0) else tuple(1000.0 * s for s in spacing)
+
+
+def region_slices(region) -> tuple[slice, ...]:
+    return tuple(slice(a, b) for a, b in region)
+
+
+@dataclass
+class Evaluation:
+    """One labelled region scored: its report row and the arrays its panel shows."""
+
+    row: dict[str, Any]
+    raw: np.ndarray
+    target: np.ndarray | None  # None for an unlabelled check
+    mask: np.ndarray | None
+    prediction: np.ndarray
+
+
+def evaluate_region(
+    spec: StructureSpec,
+    network: torch.nn.Module,
+    image: np.ndarray,
+    label: np.ndarray,
+    crop: tuple[slice, ...],
+    *,
+    voxel_size_nm: tuple[float, ...] | None = None,
+    tta: int = 1,
+    device: str = "cpu",
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Evaluation:
+    """Score ``network`` on ``crop`` of a whole labelled image: the crop is normalised by the whole
+    image's statistics (as any datastore region is) and predicted at the model's voxel size."""
+    if image.shape != label.shape:
+        raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
+    raw = np.ascontiguousarray(image[crop])
+    target, mask = map_labels(np.asarray(label[crop]), spec.label_map)
+    probabilities = predict_probabilities(
+        network, raw, spec, device, tta, stats=intensity_stats(image), voxel_size_nm=voxel_size_nm
+    )
+    prediction = postprocess(probabilities, spec, method, **(options or {}))
+    spacing_um = tuple(v / 1000.0 for v in voxel_size_nm) if voxel_size_nm else (1.0, 1.0, 1.0)
+    row = {
+        "shape": list(raw.shape),
+        "voxel_size_nm": list(voxel_size_nm) if voxel_size_nm else None,
+        "labelled_voxels": int(mask.sum()),
+        "tta": tta,
+        "metrics": score(spec, probabilities, prediction, target, mask, spacing_um),
+    }
+    return Evaluation(row, raw, target, mask, prediction)
+
+
+def evaluate_source(
+    spec: StructureSpec,
+    network: torch.nn.Module,
+    data_dir: str,
+    source: DataSource,
+    split: str,
+    *,
+    tta: int = 1,
+    device: str = "cpu",
+) -> Evaluation:
+    """Score one recipe source (a region of a shared-data file)."""
+    path = os.path.join(data_dir, source.file)
+    image = read_volume(path, source.raw).array
+    label = read_volume(path, source.label).array
+    result = evaluate_region(
+        spec, network, image, label, region_slices(source.region),
+        voxel_size_nm=source_voxel_size_nm(path, source.raw, source), tta=tta, device=device,
+    )  # fmt: skip
+    result.row.update(
+        {"split": split, "file": source.file, "label": source.label, "region": region_text(source.region)}
+    )
+    return result
+
+
+def foreground_check(
+    spec: StructureSpec, network: torch.nn.Module, data_dir: str, check: ForegroundCheck, device: str = "cpu"
+) -> Evaluation:
+    """The share of an unlabelled volume's voxels the model marks, against the spec's plausible range."""
+    path = os.path.join(data_dir, check.file)
+    image = read_volume(path, check.dataset).array
+    crop = np.ascontiguousarray(image[region_slices(check.region)])
+    probabilities = predict_probabilities(
+        network, crop, spec, device, stats=intensity_stats(image),
+        voxel_size_nm=source_voxel_size_nm(path, check.dataset),
+    )  # fmt: skip
+    prediction = postprocess(probabilities, spec)
+    fraction = float(prediction.astype(bool).mean())
+    low, high = check.plausible
+    row = {
+        "split": "unlabelled",
+        "file": check.file,
+        "region": region_text(check.region),
+        "shape": list(crop.shape),
+        "foreground_fraction": fraction,
+        "plausible": [low, high],
+        "plausible_because": check.why,
+        "within": low <= fraction <= high,
+    }
+    return Evaluation(row, crop, None, None, prediction)
+
+
+def run_protocol(
+    spec: StructureSpec,
+    network: torch.nn.Module,
+    data_dir: str,
+    *,
+    splits: tuple[str, ...] = SPLITS,
+    tta: int = 1,
+    device: str = "cpu",
+) -> tuple[dict[str, Any], list[Evaluation]]:
+    """Every source of the chosen splits scored, pooled voxel scores per split, and the unlabelled checks.
+
+    Returns the report (JSON-ready) and the evaluations (for panels).
+    """
+    evaluations = [
+        evaluate_source(spec, network, data_dir, source, split, tta=tta, device=device)
+        for split in splits
+        for source in getattr(spec.recipe, split)
+    ]
+    pooled = {}
+    for split in splits:
+        parts = [e for e in evaluations if e.row["split"] == split]
+        if parts:
+            pooled[split] = voxel_scores(
+                np.concatenate([e.prediction[e.mask] for e in parts]),
+                np.concatenate([e.target[e.mask] for e in parts]),
+            )
+    checks = [foreground_check(spec, network, data_dir, c, device) for c in spec.recipe.unlabelled]
+    report = {
+        "model": spec.name,
+        "tta": tta,
+        "rows": [e.row for e in evaluations],
+        "pooled": pooled,
+        "unlabelled": [c.row for c in checks],
+    }
+    return report, evaluations + checks
+
+
+def score_volumes(network: torch.nn.Module, volumes: list, spec: StructureSpec, device: str = "cpu") -> dict:
+    """Pooled voxel scores of the post-processed prediction over already-normalised training volumes
+    (``lib.trainers.data.TrainingVolume``): how the trainer picks its epoch on the ``select`` split."""
+    preds, targets = [], []
+    for volume in volumes:
+        probabilities = sliding_window_probabilities(network, volume.image, spec, device)
+        preds.append(postprocess(probabilities, spec)[volume.mask])
+        targets.append(volume.target[volume.mask])
+    return voxel_scores(np.concatenate(preds), np.concatenate(targets))
+
+
+def region_text(region) -> str:
+    """``"z0:z1,y0:y1,x0:x1"`` of a recipe region (None bounds left empty)."""
+    return ",".join(f"{'' if a is None else a}:{'' if b is None else b}" for a, b in region)
+
+
+def parse_region(text: str | None) -> tuple[slice, ...]:
+    """``"z0:z1,y0:y1,x0:x1"`` (any bound may be empty) → slices."""
+    if not text:
+        return (slice(None),) * 3
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise ValueError(f"region needs three ranges z,y,x like 0:32,0:256,0:256, got {text!r}")
+    return tuple(slice(*(int(v) if v else None for v in part.split(":"))) for part in parts)
+
+
+def plot_panel(path: str, evaluations: list[Evaluation], title: str, slices: int = 3) -> None:
+    """Raw, label and prediction side by side on ``slices`` z-slices of each evaluated region (labelled
+    slices, for sparse labels; unlabelled voxels grey); for an unlabelled check, maximum-intensity
+    projections of raw and prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for e in evaluations:
+        if e.mask is None:
+            panels.append((e, None))
+            continue
+        labelled = [z for z in range(e.mask.shape[0]) if e.mask[z].any()]
+        if len(labelled) > slices:
+            labelled = [labelled[i] for i in np.linspace(0, len(labelled) - 1, slices).astype(int)]
+        panels += [(e, z) for z in labelled]
+    fig, axes = plt.subplots(len(panels), 3, figsize=(9, 3.1 * len(panels) + 0.6), squeeze=False)
+    for row, (e, z) in enumerate(panels):
+        if z is None:
+            fraction = 100 * e.row["foreground_fraction"]
+            images = [
+                (e.raw.max(0), "gray", None, float(np.percentile(e.raw, 99.9)), f"unlabelled {e.row['file']}: MIP"),
+                (np.zeros(e.raw.shape[1:]), "magma", 0, 1, "no label"),
+                (e.prediction.max(0) > 0, "magma", 0, 1, f"prediction MIP ({fraction:.1f} % of voxels)"),
+            ]
+            _draw(axes[row], images)
+            continue
+        label = np.where(e.mask[z], e.target[z].astype(float), 0.5)
+        name = f"{e.row.get('split', '')} {e.row.get('file', '')} z={z}"
+        images = [(e.raw[z], "gray", None, None, name), (label, "magma", 0, 1, "label (grey: unlabelled)")]
+        images.append((e.prediction[z] > 0, "magma", 0, 1, f"prediction (F1 {e.row['metrics']['f1']:.2f})"))
+        _draw(axes[row], images)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+def _draw(axes, images) -> None:
+    for ax, (image, cmap, vmin, vmax, text) in zip(axes, images):
+        ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_title(text, fontsize=8)
+        ax.axis("off")
+
+
+def metric_table(spec: StructureSpec, rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows ``| split | region | shape | metrics... |`` for report rows of one model."""
+    columns = HEADLINE_METRICS.get(spec.name, ("f1", "precision", "recall"))
+    lines = ["| split | file: label [z,y,x] | shape | " + " | ".join(columns) + " |"]
+    lines.append("|---" * (len(columns) + 3) + "|")
+    for r in rows:
+        values = " | ".join(_cell(r["metrics"].get(c)) for c in columns)
+        where = f"{r['file']}: {r['label']} [{r['region']}]"
+        lines.append(f"| {r['split']} | {where} | {'x'.join(map(str, r['shape']))} | {values} |")
+    return lines
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    return "nan" if value != value else f"{value:.3f}"
+
+
+def sweep(
+    spec: StructureSpec,
+    network: torch.nn.Module,
+    data_dir: str,
+    method: str,
+    grid: dict[str, list[Any]],
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
+    """Score every combination of post-processing options in ``grid`` on the **select** split only (so
+    the choice never sees a test region); probabilities are computed once per source. Rows sorted
+    best first by the structure's headline metric."""
+    import itertools
+
+    from .infers.postprocessing import resolve
+
+    key = HEADLINE_METRICS.get(spec.name, ("f1",))[0]
+    cached = []
+    for source in spec.recipe.select:
+        path = os.path.join(data_dir, source.file)
+        image = read_volume(path, source.raw).array
+        label = read_volume(path, source.label).array
+        crop = region_slices(source.region)
+        target, mask = map_labels(np.asarray(label[crop]), spec.label_map)
+        voxel_size = source_voxel_size_nm(path, source.raw, source)
+        probabilities = predict_probabilities(
+            network, np.ascontiguousarray(image[crop]), spec, device, stats=intensity_stats(image),
+            voxel_size_nm=voxel_size,
+        )  # fmt: skip
+        spacing_um = tuple(v / 1000.0 for v in voxel_size) if voxel_size else (1.0, 1.0, 1.0)
+        cached.append((probabilities, target, mask, spacing_um))
+    rows = []
+    for values in itertools.product(*grid.values()):
+        chosen, options = resolve(spec, method, **dict(zip(grid, values)))
+        scores = []
+        for probabilities, target, mask, spacing_um in cached:
+            prediction = postprocess(probabilities, spec, chosen, **options)
+            scores.append(score(spec, probabilities, prediction, target, mask, spacing_um))
+        mean = {m: float(np.mean([s[m] for s in scores])) for m in HEADLINE_METRICS.get(spec.name, ("f1",))}
+        rows.append({"method": chosen, "options": options, **mean})
+    return sorted(rows, key=lambda r: -r[key])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lib.protocol sweep MODEL METHOD NAME=V1,V2 ...``: a post-processing sweep on the select split."""
+    import argparse
+    import json
+
+    from .configs.registry import MODEL_DIR, SPECS
+    from .networks import load_weights
+
+    parser = argparse.ArgumentParser(prog="python -m lib.protocol", description=main.__doc__)
+    parser.add_argument("command", choices=["sweep"])
+    parser.add_argument("model", choices=sorted(SPECS))
+    parser.add_argument("method")
+    parser.add_argument("grid", nargs="*", help="option=v1,v2,... (numbers)")
+    parser.add_argument("--data-dir", default=os.path.join("..", "shared", "data"))
+    args = parser.parse_args(argv)
+    grid = {name: [float(v) for v in values.split(",")] for name, values in (g.split("=", 1) for g in args.grid)}
+    network, _ = load_weights(os.path.join(MODEL_DIR, f"{args.model}.pt"))
+    for row in sweep(SPECS[args.model], network, args.data_dir, args.method, grid):
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
