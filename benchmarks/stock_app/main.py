@@ -17,6 +17,7 @@ from monai.transforms import (  # noqa: E402
     Activationsd,
     AsDiscreted,
     EnsureChannelFirstd,
+    Lambdad,
     LoadImaged,
     ScaleIntensityRangePercentilesd,
     SqueezeDimd,
@@ -37,7 +38,9 @@ def stock_infer_task(model: str) -> BasicInferTask:
             return [
                 LoadImaged(keys="image", reader="ITKReader"),
                 EnsureChannelFirstd(keys="image"),
-                ScaleIntensityRangePercentilesd("image", *spec.percentiles, b_min=0.0, b_max=1.0, clip=True),
+                ScaleIntensityRangePercentilesd("image", *spec.percentiles, b_min=0.0, b_max=1.0, clip=False),
+                # the spec's clip range: [0, 1] for the EM models, [0, ceiling] for background-referenced axons
+                Lambdad("image", lambda x: x.clamp(0.0, spec.intensity_ceiling)),
             ]
 
         def inferer(self, data=None):

@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from .configs.spec import DataSource, ForegroundCheck, StructureSpec
 from .infers.postprocessing import postprocess
-from .infers.predict import predict_probabilities, sliding_window_probabilities
+from .infers.predict import predict, predict_probabilities, resampling_zoom, sliding_window_probabilities
 from .metrics import detection_scores, instance_scores, roc_auc, skeleton_scores, voxel_scores
 from .transforms.intensity import intensity_stats
 from .transforms.io import read_volume
@@ -127,10 +127,9 @@ def evaluate_region(
         raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
     raw = np.ascontiguousarray(image[crop])
     target, mask = map_labels(np.asarray(label[crop]), spec.label_map)
-    probabilities = predict_probabilities(
-        network, raw, spec, device, tta, stats=intensity_stats(image), voxel_size_nm=voxel_size_nm
+    probabilities, prediction = predict(
+        network, raw, spec, device, tta, intensity_stats(image), voxel_size_nm, method, **(options or {})
     )
-    prediction = postprocess(probabilities, spec, method, **(options or {}))
     spacing_um = tuple(v / 1000.0 for v in voxel_size_nm) if voxel_size_nm else (1.0, 1.0, 1.0)
     row = {
         "shape": list(raw.shape),
@@ -173,11 +172,14 @@ def foreground_check(
     path = os.path.join(data_dir, check.file)
     image = read_volume(path, check.dataset).array
     crop = np.ascontiguousarray(image[region_slices(check.region)])
-    probabilities = predict_probabilities(
-        network, crop, spec, device, stats=intensity_stats(image),
+    _, prediction = predict(
+        network,
+        crop,
+        spec,
+        device,
+        stats=intensity_stats(image),
         voxel_size_nm=source_voxel_size_nm(path, check.dataset),
-    )  # fmt: skip
-    prediction = postprocess(probabilities, spec)
+    )
     fraction = float(prediction.astype(bool).mean())
     low, high = check.plausible
     row = {
@@ -278,10 +280,13 @@ def plot_panel(path: str, evaluations: list[Evaluation], title: str, slices: int
     for row, (e, z) in enumerate(panels):
         if z is None:
             fraction = 100 * e.row["foreground_fraction"]
+            middle = e.raw.shape[0] // 2
+            slab = slice(max(middle - 8, 0), middle + 8)  # a thin slab: a whole-volume MIP saturates
+            raw_mip = e.raw[slab].max(0)
             images = [
-                (e.raw.max(0), "gray", None, float(np.percentile(e.raw, 99.9)), f"unlabelled {e.row['file']}: MIP"),
-                (np.zeros(e.raw.shape[1:]), "magma", 0, 1, "no label"),
-                (e.prediction.max(0) > 0, "magma", 0, 1, f"prediction MIP ({fraction:.1f} % of voxels)"),
+                (raw_mip, "gray", None, float(np.percentile(raw_mip, 99.5)), f"z {slab.start}-{slab.stop}: MIP"),
+                (e.raw[middle], "gray", None, float(np.percentile(e.raw[middle], 99.5)), f"raw z={middle}"),
+                (e.prediction[slab].max(0) > 0, "magma", 0, 1, f"prediction MIP (volume: {fraction:.1f} % marked)"),
             ]
             _draw(axes[row], images)
             continue
@@ -347,10 +352,11 @@ def sweep(
         crop = region_slices(source.region)
         target, mask = map_labels(np.asarray(label[crop]), spec.label_map)
         voxel_size = source_voxel_size_nm(path, source.raw, source)
+        if resampling_zoom(spec, voxel_size) is not None:
+            raise ValueError(f"sweep {source.file}: select sources must be at the model's voxel size")
         probabilities = predict_probabilities(
-            network, np.ascontiguousarray(image[crop]), spec, device, stats=intensity_stats(image),
-            voxel_size_nm=voxel_size,
-        )  # fmt: skip
+            network, np.ascontiguousarray(image[crop]), spec, device, stats=intensity_stats(image)
+        )
         spacing_um = tuple(v / 1000.0 for v in voxel_size) if voxel_size else (1.0, 1.0, 1.0)
         cached.append((probabilities, target, mask, spacing_um))
     rows = []

@@ -10,6 +10,7 @@ _ISBI = "isbi2012_sstem.h5"
 def _slab(file: str, label: str, y0: int, y1: int) -> DataSource:
     return DataSource(file, label, region=((None, None), (y0, y1), (None, None)))
 
+
 SPEC = StructureSpec(
     name="membrane",
     label_name="membrane",

@@ -33,9 +33,10 @@ def resampling_zoom(spec: StructureSpec, voxel_size_nm: tuple[float, ...] | None
     return zoom
 
 
-def _resize(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _resize(array: np.ndarray, shape: tuple[int, ...], mode: str = "trilinear") -> np.ndarray:
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
-    return torch.nn.functional.interpolate(tensor, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()
+    corners = {"align_corners": False} if mode == "trilinear" else {}
+    return torch.nn.functional.interpolate(tensor, size=tuple(shape), mode=mode, **corners)[0, 0].numpy()
 
 
 def predict_probabilities(
@@ -57,20 +58,56 @@ def predict_probabilities(
     (:func:`resampling_zoom`) is resampled (trilinear) onto the model's grid, predicted there, and
     its probabilities resampled back, e.g. 50 nm ssTEM sections for a 5 nm isotropic FIB-SEM model.
     """
+    probabilities = model_grid_probabilities(network, array, spec, device, tta, stats, voxel_size_nm)
+    return probabilities if probabilities.shape == array.shape else _resize(probabilities, array.shape)
+
+
+def model_grid_probabilities(
+    network: torch.nn.Module,
+    array: np.ndarray,
+    spec: StructureSpec,
+    device: str | torch.device = "cpu",
+    tta: int = 1,
+    stats: IntensityStats | None = None,
+    voxel_size_nm: tuple[float, float, float] | None = None,
+) -> np.ndarray:
+    """:func:`predict_probabilities` left on the model's voxel grid (the image's when not resampled)."""
     image = normalize(array, stats or intensity_stats(array), spec.percentiles, spec.intensity_ceiling)
     zoom = resampling_zoom(spec, voxel_size_nm)
     if zoom is not None:
         image = _resize(image, tuple(max(1, round(s * z)) for s, z in zip(image.shape, zoom)))
     if tta == 1:
-        probabilities = sliding_window_probabilities(network, image, spec, device)
-    else:
-        probabilities = np.zeros(image.shape, dtype=np.float32)
-        for variant in tta_probabilities(network, image, spec, device, tta):
-            probabilities += variant
-        probabilities /= tta
-    if zoom is not None:
+        return sliding_window_probabilities(network, image, spec, device)
+    probabilities = np.zeros(image.shape, dtype=np.float32)
+    for variant in tta_probabilities(network, image, spec, device, tta):
+        probabilities += variant
+    return probabilities / tta
+
+
+def predict(
+    network: torch.nn.Module,
+    array: np.ndarray,
+    spec: StructureSpec,
+    device: str | torch.device = "cpu",
+    tta: int = 1,
+    stats: IntensityStats | None = None,
+    voxel_size_nm: tuple[float, float, float] | None = None,
+    postprocessing: str | None = None,
+    **options,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and label of a raw volume, both on its grid (arguments as in :func:`predict_probabilities`;
+    ``postprocessing`` and ``options`` as in ``lib.infers.postprocessing.postprocess``).
+
+    Post-processing runs on the model's voxel grid, so sizes and distances (``min_size``,
+    ``min_distance``) mean the same whatever the image's voxel size; the label comes back by nearest
+    neighbour.
+    """
+    probabilities = model_grid_probabilities(network, array, spec, device, tta, stats, voxel_size_nm)
+    label = postprocess(probabilities, spec, postprocessing, **options)
+    if probabilities.shape != array.shape:
         probabilities = _resize(probabilities, array.shape)
-    return probabilities
+        label = _resize(label, array.shape, mode="nearest-exact").round().astype(label.dtype)
+    return probabilities, label
 
 
 def tta_probabilities(
@@ -139,10 +176,9 @@ def segment(
     voxel_size_nm: tuple[float, float, float] | None = None,
     **options,
 ) -> np.ndarray:
-    """Label volume for a raw (z, y, x) volume: probabilities (``tta``, ``stats`` and ``voxel_size_nm``
-    as in :func:`predict_probabilities`), then the spec's post-processing, or ``postprocessing`` with
-    ``options`` overriding its defaults. ``inner``: the part of ``array`` to return (a region inside its context);
-    post-processing sees the whole context, so objects crossing the region's border keep their size."""
-    probabilities = predict_probabilities(network, array, spec, device, tta, stats, voxel_size_nm)
-    label = postprocess(probabilities, spec, postprocessing, **options)
+    """Label volume for a raw (z, y, x) volume (:func:`predict`): the spec's post-processing, or
+    ``postprocessing`` with ``options`` overriding its defaults. ``inner``: the part of ``array`` to return
+    (a region inside its context); post-processing sees the whole context, so objects crossing the
+    region's border keep their size."""
+    _, label = predict(network, array, spec, device, tta, stats, voxel_size_nm, postprocessing, **options)
     return np.ascontiguousarray(label[inner]) if inner is not None else label

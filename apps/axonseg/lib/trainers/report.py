@@ -125,12 +125,15 @@ def write_model_card(
         if pooled
         else ""
     )
-    checks = "\n".join(
-        f"- `{c['file']}` ({'x'.join(map(str, c['shape']))}): **{100 * c['foreground_fraction']:.1f} %** marked "
-        f"{spec.label_name}; plausible {100 * c['plausible'][0]:.0f}-{100 * c['plausible'][1]:.0f} % "
-        f"({'within' if c['within'] else '**outside**'}) because {c['plausible_because']}."
-        for c in protocol.get("unlabelled", [])
-    ) or "- none for this structure (its test volumes are densely labelled: see the background column)"
+    checks = (
+        "\n".join(
+            f"- `{c['file']}` ({'x'.join(map(str, c['shape']))}): **{100 * c['foreground_fraction']:.1f} %** marked "
+            f"{spec.label_name}; plausible {100 * c['plausible'][0]:.0f}-{100 * c['plausible'][1]:.0f} % "
+            f"({'within' if c['within'] else '**outside**'}) because {c['plausible_because']}."
+            for c in protocol.get("unlabelled", [])
+        )
+        or "- none for this structure (its test volumes are densely labelled: see the background column)"
+    )
     post = f"`{spec.postprocessing}`" + (f" {spec.postprocessing_options}" if spec.postprocessing_options else "")
     total = history[-1]["total_time"] if history else 0
     text = f"""# Model card: `{spec.name}`
