@@ -259,9 +259,9 @@ def parse_region(text: str | None) -> tuple[slice, ...]:
 
 
 def plot_panel(path: str, evaluations: list[Evaluation], title: str, slices: int = 3) -> None:
-    """Raw, label and prediction side by side on ``slices`` z-slices of each evaluated region (labelled
-    slices, for sparse labels; unlabelled voxels grey); for an unlabelled check, maximum-intensity
-    projections of raw and prediction."""
+    """Raw, label and prediction side by side on the ``slices`` labelled z-slices of each evaluated region
+    that hold the most foreground (unlabelled voxels grey); for an unlabelled check, a thin slab's
+    maximum-intensity projections of raw and prediction."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -273,9 +273,9 @@ def plot_panel(path: str, evaluations: list[Evaluation], title: str, slices: int
             panels.append((e, None))
             continue
         labelled = [z for z in range(e.mask.shape[0]) if e.mask[z].any()]
-        if len(labelled) > slices:
-            labelled = [labelled[i] for i in np.linspace(0, len(labelled) - 1, slices).astype(int)]
-        panels += [(e, z) for z in labelled]
+        # the labelled slices with the most foreground (dense labels: the structure is in view)
+        busiest = sorted(labelled, key=lambda z: -int((e.target[z] & e.mask[z]).sum()))[:slices]
+        panels += [(e, z) for z in sorted(busiest)]
     fig, axes = plt.subplots(len(panels), 3, figsize=(9, 3.1 * len(panels) + 0.6), squeeze=False)
     for row, (e, z) in enumerate(panels):
         if z is None:
