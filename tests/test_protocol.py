@@ -42,18 +42,18 @@ def test_overlap_check_can_fail():
     assert _overlaps(a, a)
 
 
-def test_dense_facts_count_false_positives_on_empty_slices():
-    target = np.zeros((4, 8, 8), np.uint8)
-    target[0, 2:4, 2:4] = 1
+def test_dense_facts_count_false_positives_on_empty_tiles():
+    target = np.zeros((3, 64, 64), np.uint8)
+    target[0, 2:4, 2:4] = 1  # slice 0: one tile holds foreground, three do not
     mask = np.ones(target.shape, bool)
-    mask[3, 0, 0] = False  # slice 3 is not fully labelled: not a background slice
+    mask[2, 0, 0] = False  # slice 2's first tile is not fully labelled: not counted
     prediction = target.copy()
-    prediction[1, :4, :] = 1  # half of empty slice 1 marked
+    prediction[1, :16, :32] = 1  # half of one empty tile of slice 1 marked
     facts = dense_facts(prediction, target, mask)
-    assert facts["background_slices"] == 2  # slices 1 and 2
-    assert facts["background_fp_fraction"] == pytest.approx(0.25)  # 32 of 128 voxels
+    assert facts["background_tiles"] == 3 + 4 + 3
+    assert facts["background_fp_fraction"] == pytest.approx(512 / (10 * 32 * 32))
     assert facts["labelled_fraction"] == pytest.approx(4 / mask.sum())
-    assert facts["predicted_fraction"] == pytest.approx((4 + 32) / mask.sum())
+    assert facts["predicted_fraction"] == pytest.approx((4 + 512) / mask.sum())
 
 
 def test_resampling_only_for_known_and_different_voxel_sizes():

@@ -9,7 +9,7 @@ from typing import IO
 import h5py
 
 from ..configs.spec import StructureSpec
-from ..protocol import metric_table, region_text
+from ..protocol import BACKGROUND_TILE, metric_table, region_text
 
 
 def write_history(path: str, history: list[dict]) -> None:
@@ -115,7 +115,8 @@ def write_model_card(
         selection = (
             f"Best epoch {best['epoch']} of {len(history)} by voxel F1 on the select split: precision "
             f"{v['precision']:.3f}, recall {v['recall']:.3f}, F1 {v['f1']:.3f}, foreground IoU "
-            f"{v['foreground_iou']:.3f} ({v['voxels']:,} voxels)."
+            f"{v['foreground_iou']:.3f} ({v['voxels']:,} voxels), with the post-processing of the training run; "
+            "the table scores the current one."
         )
     by_split = {split: [r for r in protocol["rows"] if r["split"] == split] for split in ("test", "cross", "select")}
     pooled = protocol.get("pooled", {}).get("test")
@@ -186,7 +187,8 @@ Label mapping (raw value → target; values not listed are neither trained nor s
 ## Test metrics
 Post-processed prediction, labelled voxels only, no test-time augmentation. `predicted_fraction` /
 `labelled_fraction`: the share of labelled voxels marked / labelled {spec.label_name}; `background_fp_fraction`:
-share of voxels marked in fully labelled slices that hold no {spec.label_name} (0 is right; nan: no such slice).
+share of voxels marked in fully labelled {BACKGROUND_TILE}x{BACKGROUND_TILE} tiles of a slice that hold no
+{spec.label_name} (0 is right; nan: no such tile).
 
 {chr(10).join(metric_table(spec, by_split["test"]))}
 
