@@ -17,11 +17,12 @@ from lib.trainers.supervised import TrainingStopped, train_segmentation
 from lib.transforms.labels import map_labels
 
 
-def test_trailmap_label_mapping_masks_unlabelled():
+def test_trailmap_label_mapping_masks_unlabelled_and_the_edge_band():
+    """0 unlabelled and 4 (the background ring TRAILMAP draws around each axon) are neither trained nor scored."""
     raw = np.array([0, 1, 2, 3, 4])
     target, mask = map_labels(raw, SPECS["axon"].label_map)
-    assert target.tolist() == [0, 0, 1, 0, 1]
-    assert mask.tolist() == [False, True, True, True, True]
+    assert target.tolist() == [0, 0, 1, 0, 0]
+    assert mask.tolist() == [False, True, True, True, False]
 
 
 def test_loss_ignores_masked_voxels():
