@@ -24,6 +24,7 @@ from .infers.predict import TTA_VARIANTS
 from .machine import default_device, describe_machine
 from .networks import load_weights
 from .protocol import Evaluation, evaluate_region, parse_region, plot_panel
+from .protocol import voxel_size_nm as image_voxel_size
 from .transforms.io import read_volume
 
 
@@ -50,12 +51,10 @@ def evaluate(
     device = device or default_device()
     weights = weights or os.path.join(MODEL_DIR, f"{model}.pt")
     network, meta = load_weights(weights, device)
-    if voxel_size_nm is None and tuple(image.spacing) != (1.0, 1.0, 1.0):  # readers say 1 µm for unknown
-        voxel_size_nm = tuple(1000.0 * s for s in image.spacing)
     started = time.perf_counter()
     result = evaluate_region(
-        spec, network, image.array, label.array, parse_region(region), voxel_size_nm=voxel_size_nm,
-        tta=tta, device=device, method=method, options=effective,
+        spec, network, image.array, label.array, parse_region(region),
+        voxel_size_nm=image_voxel_size(image, voxel_size_nm), tta=tta, device=device, method=method, options=effective,
     )  # fmt: skip
     seconds = time.perf_counter() - started
     report = {

@@ -31,7 +31,7 @@ from .infers.postprocessing import postprocess
 from .infers.predict import predict, predict_probabilities, resampling_zoom, sliding_window_probabilities
 from .metrics import detection_scores, instance_scores, roc_auc, skeleton_scores, voxel_scores
 from .transforms.intensity import intensity_stats
-from .transforms.io import read_volume
+from .transforms.io import Volume, read_volume
 from .transforms.labels import map_labels
 
 SPLITS = ("select", "test", "cross")
@@ -100,12 +100,13 @@ def dense_facts(prediction: np.ndarray, target: np.ndarray, mask: np.ndarray) ->
     return facts
 
 
-def source_voxel_size_nm(path: str, dataset: str, source: DataSource | None = None) -> tuple[float, ...] | None:
-    """A source's (z, y, x) voxel size: the recipe's override, else the file's, else None (unknown)."""
-    if source is not None and source.voxel_size_nm is not None:
-        return tuple(source.voxel_size_nm)
-    spacing = read_volume(path, dataset).spacing
-    return None if tuple(spacing) == (1.0, 1.0, 1.0) else tuple(1000.0 * s for s in spacing)
+def voxel_size_nm(volume: Volume, override: tuple[float, ...] | None = None) -> tuple[float, ...] | None:
+    """A read volume's (z, y, x) voxel size in nm: ``override`` (a recipe's, or the user's), else the
+    file's, else None (readers report 1 µm when a file states none)."""
+    if override is not None:
+        return tuple(override)
+    spacing = tuple(volume.spacing)
+    return None if spacing == (1.0, 1.0, 1.0) else tuple(1000.0 * s for s in spacing)
 
 
 def region_slices(region) -> tuple[slice, ...]:
@@ -168,11 +169,11 @@ def evaluate_source(
 ) -> Evaluation:
     """Score one recipe source (a region of a shared-data file)."""
     path = os.path.join(data_dir, source.file)
-    image = read_volume(path, source.raw).array
+    image = read_volume(path, source.raw)
     label = read_volume(path, source.label).array
     result = evaluate_region(
-        spec, network, image, label, region_slices(source.region),
-        voxel_size_nm=source_voxel_size_nm(path, source.raw, source), tta=tta, device=device,
+        spec, network, image.array, label, region_slices(source.region),
+        voxel_size_nm=voxel_size_nm(image, source.voxel_size_nm), tta=tta, device=device,
     )  # fmt: skip
     result.row.update(
         {"split": split, "file": source.file, "label": source.label, "region": region_text(source.region)}
@@ -185,15 +186,11 @@ def foreground_check(
 ) -> Evaluation:
     """The share of an unlabelled volume's voxels the model marks, against the spec's plausible range."""
     path = os.path.join(data_dir, check.file)
-    image = read_volume(path, check.dataset).array
+    volume = read_volume(path, check.dataset)
+    image = volume.array
     crop = np.ascontiguousarray(image[region_slices(check.region)])
     _, prediction = predict(
-        network,
-        crop,
-        spec,
-        device,
-        stats=intensity_stats(image),
-        voxel_size_nm=source_voxel_size_nm(path, check.dataset),
+        network, crop, spec, device, stats=intensity_stats(image), voxel_size_nm=voxel_size_nm(volume)
     )
     fraction = float(prediction.astype(bool).mean())
     low, high = check.plausible
@@ -362,11 +359,12 @@ def sweep(
     cached = []
     for source in spec.recipe.select:
         path = os.path.join(data_dir, source.file)
-        image = read_volume(path, source.raw).array
+        volume = read_volume(path, source.raw)
+        image = volume.array
         label = read_volume(path, source.label).array
         crop = region_slices(source.region)
         target, mask = map_labels(np.asarray(label[crop]), spec.label_map)
-        voxel_size = source_voxel_size_nm(path, source.raw, source)
+        voxel_size = voxel_size_nm(volume, source.voxel_size_nm)
         if resampling_zoom(spec, voxel_size) is not None:
             raise ValueError(f"sweep {source.file}: select sources must be at the model's voxel size")
         probabilities = predict_probabilities(
