@@ -65,5 +65,8 @@ def test_every_service_command_exists_in_the_project(compose):
     env = dict(line.split("=", 1) for line in (ROOT / "server_config" / "compose.env").read_text().splitlines()
                if line and not line.startswith("#"))  # fmt: skip
     assert env["REDIS_URL"].startswith("redis://redis:") and env["DATABASE_URL"].startswith("postgresql+psycopg://")
+    # the publish gate's reference data is mounted where the train workers look for it
+    mounts = {v.removesuffix(":ro").rsplit(":", 1)[1] for v in services["worker-train"]["volumes"]}
+    assert env["AXONSEG_REFERENCE_DATA"] in mounts
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "PYTHONPATH=/app/apps/axonseg" in dockerfile and "COPY apps ./apps" in dockerfile

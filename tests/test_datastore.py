@@ -399,7 +399,7 @@ def test_on_the_sample_datastore_each_structure_sees_only_its_own_labels(tmp_pat
             return ds.db.training_runs(limit=1)
 
     runs = Runs()
-    trigger = RetrainTrigger(ds.db, runs, every=2, models=list(SPECS))
+    trigger = RetrainTrigger(ds.db, runs, every=2, specs=SPECS)
     ds.on_final_label = trigger.label_saved
     for image, model in (("gala_fibsem", "mitochondria"), ("trailmap_chunk", "axon")):
         region = next(r for r in ds.list_images() if r.startswith(image))

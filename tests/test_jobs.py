@@ -152,7 +152,7 @@ def test_queue_visibility_positions_lengths_workers(server, client):
 def test_train_enqueue_run_and_cancel_with_429_when_busy(server, client):
     save_prediction_as_label(server, client)
     _, ClientError = slicer_client_class()
-    started = client.train_start("axon", {"max_epochs": 200, "iterations_per_epoch": 20, "batch_size": 1})
+    started = client.train_start("axon", {"max_epochs": 200, "iterations": 20, "batch_size": 1})
     assert started["status"] in ("SUBMITTED", "RUNNING")
     wait_for(lambda: train_status(server)["status"] == "RUNNING", 60, "training to start")
     # inference does not wait behind the training: an infer worker takes it at once
@@ -179,7 +179,7 @@ def test_train_enqueue_run_and_cancel_with_429_when_busy(server, client):
 
 def test_train_runs_to_done_and_publishes_a_model_version(server, client):
     save_prediction_as_label(server, client)
-    params = {"max_epochs": 1, "iterations_per_epoch": 2, "batch_size": 1, "publish": "always"}
+    params = {"max_epochs": 1, "iterations": 2, "batch_size": 1, "publish": "always"}
     task = client.train_start("axon", params)  # the label saved is an axon label on a light-sheet volume
     done = wait_for(
         lambda: (s := train_status(server))["id"] == task["id"] and s["status"] in ("DONE", "ERROR") and s, 300, "done"
@@ -238,7 +238,7 @@ def test_worker_killed_mid_training_fails_the_job_and_touches_nothing(isolated):
     client = Client(srv.url, tmpdir=str(srv.workdir), client_id="pytest")
     save_prediction_as_label(srv, client)
     datastore_before = srv.files()
-    client.train_start("axon", {"max_epochs": 200, "iterations_per_epoch": 20, "batch_size": 1})
+    client.train_start("axon", {"max_epochs": 200, "iterations": 20, "batch_size": 1})
     wait_for(lambda: train_status(srv)["status"] == "RUNNING", 60, "training to start")
     train_worker = next(w for w in srv.workers if w.queue == "train")
     train_worker.kill9()
@@ -249,7 +249,7 @@ def test_worker_killed_mid_training_fails_the_job_and_touches_nothing(isolated):
     # a fresh worker takes new work
     srv.workers.append(srv.add_worker("train"))
     srv.workers[-1].wait_ready()
-    again = client.train_start("axon", {"max_epochs": 1, "iterations_per_epoch": 1, "batch_size": 1})
+    again = client.train_start("axon", {"max_epochs": 1, "iterations": 1, "batch_size": 1})
     assert (
         wait_for(lambda: train_status(srv)["status"] in ("DONE", "ERROR") and train_status(srv), 300, "done")["status"]
         == "DONE"
@@ -283,7 +283,7 @@ def test_api_restart_mid_job_keeps_job_state(isolated):
     Client, _ = slicer_client_class()
     client = Client(srv.url, tmpdir=str(srv.workdir), client_id="pytest")
     save_prediction_as_label(srv, client)
-    task = client.train_start("axon", {"max_epochs": 200, "iterations_per_epoch": 20, "batch_size": 1})
+    task = client.train_start("axon", {"max_epochs": 200, "iterations": 20, "batch_size": 1})
     wait_for(lambda: train_status(srv)["status"] == "RUNNING", 60, "training to start")
     srv.stop_api()
     time.sleep(2)

@@ -84,7 +84,7 @@ def test_pretrain_through_the_api_then_fine_tune_from_the_encoder(isolated, tmp_
         assert reply.status_code == status and message in reply.json()["detail"], reply.text
     params = {
         "max_epochs": 2,
-        "iterations_per_epoch": 2,
+        "iterations": 4,
         "batch_size": 1,
         "publish": "always",
         "pretrained_encoder": str(done["encoder_version"]),

@@ -99,7 +99,7 @@ def test_save_label_then_train_then_stop(client, server, tmp_path):
     assert client.info()["datastore"]["completed"] == completed + 1
     assert client.next_sample("first", {})["id"] != "gala_fibsem"  # labelled images are not handed out
 
-    client.train_start("membrane", {"max_epochs": 2, "iterations_per_epoch": 2, "batch_size": 1, "publish": "always"})
+    client.train_start("membrane", {"max_epochs": 2, "iterations": 2, "batch_size": 1, "publish": "always"})
     status = _wait_for_train(client, ("DONE", "ERROR"), timeout=600)
     assert status["status"] == "DONE", status
     train_stats = client.info()["train_stats"]
@@ -111,7 +111,7 @@ def test_save_label_then_train_then_stop(client, server, tmp_path):
     _, params = client.infer("membrane", "gala_fibsem", {})
     assert params["weights_epoch"] in (1, 2)
 
-    client.train_start("membrane", {"max_epochs": 500, "iterations_per_epoch": 50, "batch_size": 1})
+    client.train_start("membrane", {"max_epochs": 500, "iterations": 50, "batch_size": 1})
     _wait_for_train(client, ("RUNNING",), timeout=120)
     assert client.train_status(check_if_running=True) is True
     client.train_stop()

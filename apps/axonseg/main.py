@@ -48,7 +48,7 @@ from lib.activelearning.leases import WithoutLeased
 from lib.activelearning.retrain import RetrainTrigger
 from lib.activelearning.scores import Scores
 from lib.activelearning.scoring import SCORING_METHODS
-from lib.activelearning.strategies import QueuedScoring, RecentlyServedLast, ScoreRanked
+from lib.activelearning.strategies import DiverseBatch, QueuedScoring, RecentlyServedLast, ScoreRanked
 from lib.configs.registry import init_task_configs, init_trainers
 from lib.configs.task_config import StructureTaskConfig
 from lib.datastore import DEFAULT_MAX_IMAGE_VOXELS, DEFAULT_MAX_VOXELS_IN_MEMORY, MicroscopyDatastore
@@ -105,7 +105,7 @@ class AxonSegApp(MONAILabelApp):
             self.db,
             self.training,
             int(conf.get("retrain_after_labels", 3)),
-            list(self.task_configs),
+            {name: config.spec for name, config in self.task_configs.items()},
         )
         self.scores = Scores(self.db, self.jobs, lambda: self.datastore(), list(self.task_configs))
         for name, config in self.task_configs.items():
@@ -155,12 +155,14 @@ class AxonSegApp(MONAILabelApp):
         return self.trainers
 
     def init_strategies(self):
-        ranked = {m: ScoreRanked(m, self.scores, self.active_learning_model) for m in ("epistemic", "tta")}
-        return {"random": RecentlyServedLast(), "first": First(), **ranked}
+        ranked = {m: ScoreRanked(m, self.scores, self.active_learning_model) for m in ("epistemic", "entropy", "tta")}
+        diverse = DiverseBatch(self.scores, self.active_learning_model)
+        return {"random": RecentlyServedLast(), "first": First(), **ranked, "diverse": diverse}
 
     def init_scoring_methods(self):
         descriptions = {
-            "epistemic": "Monte-Carlo dropout: mean predictive entropy of unlabelled images",
+            "epistemic": "BALD: mutual information between prediction and weights under MC dropout",
+            "entropy": "Predictive entropy under MC dropout (total uncertainty)",
             "tta": "Disagreement between test-time-augmented predictions of unlabelled images",
             "dice": "1 - Dice of the model's original prediction and the annotator's final label",
         }

@@ -207,6 +207,14 @@ def foreground_check(
     return Evaluation(row, crop, None, None, prediction)
 
 
+def pooled_scores(evaluations: list[Evaluation]) -> dict[str, float]:
+    """Voxel scores over the labelled voxels of several evaluated regions together."""
+    return voxel_scores(
+        np.concatenate([e.prediction[e.mask] for e in evaluations]),
+        np.concatenate([e.target[e.mask] for e in evaluations]),
+    )
+
+
 def run_protocol(
     spec: StructureSpec,
     network: torch.nn.Module,
@@ -229,10 +237,7 @@ def run_protocol(
     for split in splits:
         parts = [e for e in evaluations if e.row["split"] == split]
         if parts:
-            pooled[split] = voxel_scores(
-                np.concatenate([e.prediction[e.mask] for e in parts]),
-                np.concatenate([e.target[e.mask] for e in parts]),
-            )
+            pooled[split] = pooled_scores(parts)
     checks = [foreground_check(spec, network, data_dir, c, device) for c in spec.recipe.unlabelled]
     report = {
         "model": spec.name,

@@ -174,6 +174,7 @@ def _train_task(run: TrainingRun) -> dict[str, Any]:
         "error": run.error,
         "model_version": run.model_version_id,
         "encoder_version": run.encoder_version_id,
+        "gate": run.gate,  # why the run's weights were published or not
     }
 
 

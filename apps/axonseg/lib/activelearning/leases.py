@@ -17,6 +17,10 @@ class WithoutLeased:
         self._datastore = datastore
         self._hidden = hidden
 
+    def leased_to_others(self) -> set[str]:
+        """What other annotators hold now (diversity-aware strategies keep away from it)."""
+        return set(self._hidden)
+
     def get_unlabeled_images(self, *args: Any, **kwargs: Any) -> list[str]:
         return [i for i in self._datastore.get_unlabeled_images(*args, **kwargs) if i not in self._hidden]
 

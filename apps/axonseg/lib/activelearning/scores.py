@@ -37,6 +37,11 @@ class Scores:
         version_id = version.id if version else None
         return version_id, self.db.scores(method, version_id)
 
+    def fresh_features(self, model: str, method: str) -> dict[str, list[float]]:
+        """``{image: encoder features}`` stored with the fresh ``method`` scores (``epistemic`` stores them)."""
+        version_id, _ = self.fresh(model, method)
+        return self.db.score_features(method, version_id)
+
     def needing_score(self, model: str, method: str) -> list[str]:
         """Regions without a fresh score: those without a final label of the model's structure for
         ``epistemic``/``tta``; for ``dice``, labelled ones that also have the model's original prediction."""
@@ -47,6 +52,9 @@ class Scores:
             images = [i for i in datastore.training_regions(model) if i in predicted]
         else:
             images = datastore.get_unlabeled_images(structure=model)
+        if method == "epistemic":  # scored before features were stored: diversity-aware sampling needs them
+            with_features = self.fresh_features(model, method)
+            return [i for i in images if i not in fresh or i not in with_features]
         return [i for i in images if i not in fresh]
 
     def submit(

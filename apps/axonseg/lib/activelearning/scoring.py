@@ -1,15 +1,20 @@
 """Active-learning scores of one volume under one network: higher means "label this next".
 
-- ``epistemic``: Monte-Carlo dropout (Gal & Ghahramani 2016). ``samples`` forward passes with dropout
-  on; the score is the mean voxel entropy of the averaged prediction (predictive entropy). The
-  weights are loaded into the same network built with dropout, so any shipped or retrained
-  weights can be scored (dropout has no parameters).
+- ``epistemic``: BALD (Houlsby et al. 2011; Gal, Islam & Ghahramani 2017), the mutual information
+  between the prediction and the weights under Monte-Carlo dropout: the entropy of the averaged
+  prediction minus the average entropy of the ``samples`` dropout passes. High where the passes
+  disagree (the model does not know), low where they agree that a voxel is ambiguous.
+- ``entropy``: the predictive entropy of the same averaged prediction (total uncertainty: what
+  BALD measures plus the noise every pass sees alike).
 - ``tta``: disagreement between test-time-augmented predictions (flips, optionally rot90): the
   mean voxel variance across variants.
 - ``dice``: how much an annotator corrected the model: ``1 - Dice(original prediction, final label)``.
 
-Scores average over voxels, so volumes of different sizes compare; the scoring job stores them per
-image and model version (``lib.jobs.tasks.score``).
+Dropout weights load into the same network built with dropout, so any shipped or retrained weights
+can be scored (dropout has no parameters). Volumes are scored on the model's voxel grid, as they are
+predicted, and averaged over voxels so volumes of different sizes compare; the scoring job stores
+them per image and model version (``lib.jobs.tasks.score``), ``epistemic`` with the region's pooled
+encoder features (:func:`encoder_features`) for diversity-aware sampling.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ import numpy as np
 import torch
 
 from ..configs.spec import StructureSpec
-from ..infers.predict import sliding_window_probabilities, tta_probabilities
+from ..infers.predict import model_grid_image, resize, sliding_window_probabilities, tta_probabilities
 from ..networks import build_network
-from ..transforms.intensity import IntensityStats, intensity_stats, normalize
+from ..transforms.intensity import IntensityStats
 
-SCORING_METHODS = ("epistemic", "tta", "dice")
+SCORING_METHODS = ("epistemic", "entropy", "tta", "dice")
 _EPS = 1e-6
 
 
@@ -34,8 +39,7 @@ def binary_entropy(probabilities: np.ndarray) -> np.ndarray:
 def with_dropout(network: torch.nn.Module, spec: StructureSpec, rate: float) -> torch.nn.Module:
     """A copy of ``network`` with dropout layers at ``rate``, left in train mode for sampling.
 
-    Only the dropout layers train; the instance norms keep no running statistics, so nothing else
-    behaves differently.
+    Only the dropout layers train; norms stay in eval mode (batch norm keeps its running statistics).
     """
     args = {**spec.network_args(), "dropout": rate}
     sampler = build_network(**args).to(next(network.parameters()).device)
@@ -47,7 +51,14 @@ def with_dropout(network: torch.nn.Module, spec: StructureSpec, rate: float) -> 
     return sampler
 
 
-def epistemic_score(
+def _region_mean(voxel_map: np.ndarray, shape: tuple[int, ...], inner: tuple[slice, slice, slice] | None) -> float:
+    """Mean of a model-grid map over ``inner`` of the volume's own grid (``shape``)."""
+    if voxel_map.shape != tuple(shape):
+        voxel_map = resize(voxel_map, shape)
+    return float(voxel_map[inner or ...].mean())
+
+
+def mc_dropout_uncertainty(
     network: torch.nn.Module,
     array: np.ndarray,
     spec: StructureSpec,
@@ -57,19 +68,49 @@ def epistemic_score(
     seed: int = 0,
     stats: IntensityStats | None = None,
     inner: tuple[slice, slice, slice] | None = None,
-) -> float:
-    """Mean predictive entropy (bits) over ``samples`` MC-dropout passes of a raw (z, y, x) volume.
+    voxel_size_nm: tuple[float, ...] | None = None,
+) -> dict[str, float]:
+    """``{"epistemic": BALD, "entropy": predictive entropy}`` (bits per voxel) of a raw (z, y, x) volume
+    from ``samples`` MC-dropout passes.
 
     ``stats``: its image's intensity statistics (None: ``array`` is the whole image); ``inner``: the
-    region to average over when ``array`` holds it with context.
+    region to average over when ``array`` holds it with context; ``voxel_size_nm``: the image's, for
+    scoring on the model's grid.
     """
-    image = normalize(array, stats or intensity_stats(array), spec.percentiles, spec.intensity_ceiling)
+    image = model_grid_image(array, spec, stats, voxel_size_nm)
     sampler = with_dropout(network, spec, rate)
     torch.manual_seed(seed)
     total = np.zeros(image.shape, dtype=np.float32)
+    pass_entropy = np.zeros(image.shape, dtype=np.float32)
     for _ in range(samples):
-        total += sliding_window_probabilities(sampler, image, spec, device, eval_mode=False)
-    return float(binary_entropy(total / samples)[inner or ...].mean())
+        probabilities = sliding_window_probabilities(sampler, image, spec, device, eval_mode=False)
+        total += probabilities
+        pass_entropy += binary_entropy(probabilities)
+    predictive = binary_entropy(total / samples)
+    bald = np.clip(predictive - pass_entropy / samples, 0, None)
+    return {
+        "epistemic": _region_mean(bald, array.shape, inner),
+        "entropy": _region_mean(predictive, array.shape, inner),
+    }
+
+
+@torch.no_grad()
+def encoder_features(
+    network: torch.nn.Module,
+    array: np.ndarray,
+    spec: StructureSpec,
+    device: str | torch.device = "cpu",
+    stats: IntensityStats | None = None,
+    voxel_size_nm: tuple[float, ...] | None = None,
+) -> list[float]:
+    """The U-Net bottleneck's channels averaged over a raw volume (on the model's grid): where the region
+    lies in the model's own feature space, so nearby regions can be told apart from distant ones."""
+    from ..trainers.encoder import encode
+
+    image = model_grid_image(array, spec, stats, voxel_size_nm)
+    network.eval()
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+    return [float(v) for v in encode(network, tensor).mean(dim=(2, 3, 4))[0].cpu()]
 
 
 def tta_score(
@@ -80,17 +121,18 @@ def tta_score(
     tta: int = 8,
     stats: IntensityStats | None = None,
     inner: tuple[slice, slice, slice] | None = None,
+    voxel_size_nm: tuple[float, ...] | None = None,
 ) -> float:
-    """Mean voxel variance of the ``tta`` test-time variants' probabilities (``stats``, ``inner`` as in
-    :func:`epistemic_score`)."""
-    image = normalize(array, stats or intensity_stats(array), spec.percentiles, spec.intensity_ceiling)
+    """Mean voxel variance of the ``tta`` test-time variants' probabilities (``stats``, ``inner`` and
+    ``voxel_size_nm`` as in :func:`mc_dropout_uncertainty`)."""
+    image = model_grid_image(array, spec, stats, voxel_size_nm)
     total = np.zeros(image.shape, dtype=np.float64)
     squares = np.zeros(image.shape, dtype=np.float64)
     for probabilities in tta_probabilities(network, image, spec, device, tta):
         total += probabilities
         squares += probabilities.astype(np.float64) ** 2
     mean = total / tta
-    return float(np.clip(squares / tta - mean**2, 0, None)[inner or ...].mean())
+    return _region_mean(np.clip(squares / tta - mean**2, 0, None).astype(np.float32), array.shape, inner)
 
 
 def dice_score(original: np.ndarray, final: np.ndarray) -> float:

@@ -1,6 +1,6 @@
 """Axons in light-sheet / expansion microscopy (TRAILMAP-style sparse annotation)."""
 
-from .spec import Augmentation, DataSource, ForegroundCheck, Recipe, StructureSpec
+from .spec import Augmentation, DataSource, FineTune, ForegroundCheck, Recipe, StructureSpec
 from .task_config import StructureTaskConfig
 
 _CUBES = "trailmap_cubes_training.h5"
@@ -60,6 +60,9 @@ SPEC = StructureSpec(
                 ),
             ),
         ),
+        # Annotators label a few slices (TRAILMAP style): one labelled 60x60 quadrant of a slice is enough
+        # to start fine-tuning on.
+        fine_tune=FineTune(min_labelled_voxels=3_000),
         epochs=24,
         iterations_per_epoch=25,
         batch_size=2,

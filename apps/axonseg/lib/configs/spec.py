@@ -60,6 +60,35 @@ class ForegroundCheck:
 
 
 @dataclass(frozen=True)
+class FineTune:
+    """How served weights adapt to a lab's few labelled regions (``lib.trainers.finetune``), and the gate
+    that decides whether the result is served.
+
+    Iterations scale with the labelled voxels on the model's grid: ``iterations_per_patch`` per
+    patch-worth of them, within ``[min_iterations, max_iterations]``. Held out for the gate: every
+    ``1 / hold_out_share``-th whole region once there are ``hold_out_regions_from`` regions, before
+    that the last ``hold_out_share`` of each region along its longest axis. A patch in ``replay_share``
+    comes from the recipe's own training data (``replay_voxels`` of each source), so the original
+    microscope is not forgotten. Published only if the held-out score rises and the recipe's test split
+    stays within ``original_tolerance`` (voxel F1) of the served weights'.
+    """
+
+    iterations_per_patch: float = 8.0
+    min_iterations: int = 40
+    max_iterations: int = 600
+    learning_rate_factor: float = 0.1  # of the recipe's learning rate
+    validations: int = 4  # times the held-out part is scored during a run (the best is kept)
+    replay_share: float = 0.25
+    replay_voxels: int = 4_000_000
+    hold_out_regions_from: int = 3
+    hold_out_share: float = 0.25
+    # The fewest labelled voxels (model grid) a run starts with, so the held-out share is not a handful of
+    # voxels: 20,000 is under a tenth of one dense 64x256x256 region, and holds out 5,000.
+    min_labelled_voxels: int = 20_000
+    original_tolerance: float = 0.02
+
+
+@dataclass(frozen=True)
 class Recipe:
     """How the shipped weights were trained and are judged (``lib.protocol``); files are relative to the
     data folder.
@@ -83,6 +112,7 @@ class Recipe:
     loss: str = "bce_dice"  # a name in lib.trainers.losses.LOSSES
     pos_weight: float = 1.0  # > 1 weights foreground errors up (rare structures)
     augmentation: Augmentation = Augmentation()
+    fine_tune: FineTune = FineTune()
     seed: int = 0
 
 

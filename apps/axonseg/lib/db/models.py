@@ -129,6 +129,8 @@ class Score(Base):
     method: Mapped[str] = mapped_column(String(64))
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     value: Mapped[float] = mapped_column(Float)
+    # The region's pooled encoder features under that version, for diversity-aware sampling (or None).
+    features: Mapped[list[Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -143,6 +145,8 @@ class TrainingRun(Base):
     params: Mapped[dict[str, Any] | None]
     epochs: Mapped[list[Any]] = mapped_column(JSON, default=list)
     error: Mapped[str | None] = mapped_column(Text)
+    # A fine-tuning run's publish gate: held-out and original-test scores of candidate and served weights.
+    gate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     encoder_version_id: Mapped[int | None] = mapped_column(ForeignKey("encoder_versions.id"))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -324,7 +324,14 @@ class Database:
             return list(s.scalars(select(Lease).where(Lease.expires_at > utcnow())))
 
     # scores ---------------------------------------------------------------------------------
-    def record_score(self, image_id: str, method: str, value: float, model_version_id: int | None) -> None:
+    def record_score(
+        self,
+        image_id: str,
+        method: str,
+        value: float,
+        model_version_id: int | None,
+        features: list[float] | None = None,
+    ) -> None:
         with self.session() as s, s.begin():
             row = s.scalar(
                 select(Score).where(
@@ -332,9 +339,19 @@ class Database:
                 )
             )
             if row is None:
-                s.add(Score(image_id=image_id, method=method, value=float(value), model_version_id=model_version_id))
-            else:
-                row.value, row.created_at = float(value), utcnow()
+                row = Score(image_id=image_id, method=method, model_version_id=model_version_id)
+                s.add(row)
+            row.value, row.features, row.created_at = float(value), features, utcnow()
+
+    def score_features(self, method: str, model_version_id: int | None = None) -> dict[str, list[float]]:
+        """``{region: encoder features}`` stored with ``method``'s scores under a model version."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Score.image_id, Score.features).where(
+                    Score.method == method, Score.model_version_id == model_version_id
+                )
+            ).all()
+        return {image: features for image, features in rows if features}  # JSON null or SQL NULL: none
 
     def scores(self, method: str, model_version_id: int | None = None) -> dict[str, float]:
         with self.session() as s:
@@ -365,6 +382,19 @@ class Database:
     def active_model_version(self, model: str) -> ModelVersion | None:
         with self.session() as s:
             return s.scalar(select(ModelVersion).where(ModelVersion.model == model, ModelVersion.active.is_(True)))
+
+    def model_version_of_file(self, model: str, path: str) -> ModelVersion | None:
+        """The version whose weights are the file at ``path`` now (by checksum)."""
+        checksum = file_checksum(path)
+        with self.session() as s:
+            return s.scalar(select(ModelVersion).where(ModelVersion.model == model, ModelVersion.checksum == checksum))
+
+    def add_model_version_metrics(self, version_id: int, metrics: dict[str, Any]) -> None:
+        """Merge ``metrics`` into a version's (e.g. a score measured once and kept for the next run)."""
+        with self.session() as s, s.begin():
+            row = s.get(ModelVersion, version_id)
+            if row is not None:
+                row.metrics = {**(row.metrics or {}), **metrics}
 
     def model_versions(self, model: str) -> list[ModelVersion]:
         with self.session() as s:

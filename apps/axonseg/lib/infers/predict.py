@@ -33,10 +33,38 @@ def resampling_zoom(spec: StructureSpec, voxel_size_nm: tuple[float, ...] | None
     return zoom
 
 
-def _resize(array: np.ndarray, shape: tuple[int, ...], mode: str = "trilinear") -> np.ndarray:
+def resize(array: np.ndarray, shape: tuple[int, ...], mode: str = "trilinear") -> np.ndarray:
+    """``array`` resampled onto ``shape`` (float32; ``mode`` as in ``torch.nn.functional.interpolate``)."""
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
     corners = {"align_corners": False} if mode == "trilinear" else {}
     return torch.nn.functional.interpolate(tensor, size=tuple(shape), mode=mode, **corners)[0, 0].numpy()
+
+
+def model_grid_shape(shape: tuple[int, ...], spec: StructureSpec, voxel_size_nm: tuple[float, ...] | None):
+    """The shape a volume of ``shape`` and ``voxel_size_nm`` has on the model's voxel grid."""
+    zoom = resampling_zoom(spec, voxel_size_nm)
+    return tuple(shape) if zoom is None else tuple(max(1, round(s * z)) for s, z in zip(shape, zoom))
+
+
+def model_grid_image(
+    array: np.ndarray,
+    spec: StructureSpec,
+    stats: IntensityStats | None = None,
+    voxel_size_nm: tuple[float, ...] | None = None,
+) -> np.ndarray:
+    """A raw volume normalised (by ``stats``, its image's; None: its own) and resampled (trilinear) onto
+    the model's voxel grid: what the network sees, in inference, scoring and training alike."""
+    image = normalize(array, stats or intensity_stats(array), spec.percentiles, spec.intensity_ceiling)
+    shape = model_grid_shape(image.shape, spec, voxel_size_nm)
+    return image if shape == image.shape else resize(image, shape)
+
+
+def model_grid_label(label: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A label (or mask) resampled by nearest neighbour onto ``shape`` (from :func:`model_grid_shape`)."""
+    if tuple(label.shape) == tuple(shape):
+        return label
+    resized = resize(label.astype(np.float32), shape, mode="nearest-exact")
+    return resized.round().astype(label.dtype)
 
 
 def predict_probabilities(
@@ -59,7 +87,7 @@ def predict_probabilities(
     its probabilities resampled back, e.g. 50 nm ssTEM sections for a 5 nm isotropic FIB-SEM model.
     """
     probabilities = model_grid_probabilities(network, array, spec, device, tta, stats, voxel_size_nm)
-    return probabilities if probabilities.shape == array.shape else _resize(probabilities, array.shape)
+    return probabilities if probabilities.shape == array.shape else resize(probabilities, array.shape)
 
 
 def model_grid_probabilities(
@@ -72,10 +100,7 @@ def model_grid_probabilities(
     voxel_size_nm: tuple[float, float, float] | None = None,
 ) -> np.ndarray:
     """:func:`predict_probabilities` left on the model's voxel grid (the image's when not resampled)."""
-    image = normalize(array, stats or intensity_stats(array), spec.percentiles, spec.intensity_ceiling)
-    zoom = resampling_zoom(spec, voxel_size_nm)
-    if zoom is not None:
-        image = _resize(image, tuple(max(1, round(s * z)) for s, z in zip(image.shape, zoom)))
+    image = model_grid_image(array, spec, stats, voxel_size_nm)
     if tta == 1:
         return sliding_window_probabilities(network, image, spec, device)
     probabilities = np.zeros(image.shape, dtype=np.float32)
@@ -105,8 +130,8 @@ def predict(
     probabilities = model_grid_probabilities(network, array, spec, device, tta, stats, voxel_size_nm)
     label = postprocess(probabilities, spec, postprocessing, **options)
     if probabilities.shape != array.shape:
-        probabilities = _resize(probabilities, array.shape)
-        label = _resize(label, array.shape, mode="nearest-exact").round().astype(label.dtype)
+        probabilities = resize(probabilities, array.shape)
+        label = model_grid_label(label, array.shape)
     return probabilities, label
 
 

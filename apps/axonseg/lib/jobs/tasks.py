@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from rq import get_current_job
 
-from ..activelearning.scoring import dice_score, epistemic_score, tta_score
+from ..activelearning.scoring import dice_score, encoder_features, mc_dropout_uncertainty, tta_score
 from ..configs.registry import init_task_configs, init_trainers
 from ..configs.spec import StructureSpec
 from ..configs.task_config import StructureTaskConfig
@@ -180,6 +180,7 @@ def train(model: str, params: dict[str, Any]) -> dict[str, Any]:
         status="DONE",
         model_version_id=recorded.get("model_version"),
         encoder_version_id=recorded.get("encoder_version"),
+        gate=result.get("gate"),
         finished_at=utcnow(),
     )
     return {**result, **recorded}
@@ -208,7 +209,8 @@ def batch_infer(model: str, image_ids: list[str], params: dict[str, Any]) -> dic
 def score(model: str, method: str, image_ids: list[str], params: dict[str, Any]) -> dict[str, Any]:
     """Score datastore regions under ``model``'s active version and store each score in the database.
 
-    ``epistemic`` and ``tta`` read the region with context, normalised by its image's statistics;
+    ``epistemic``, ``entropy`` and ``tta`` read the region with context, normalised by its image's statistics
+    and scored on the model's voxel grid (``epistemic`` also stores the region's encoder features);
     ``dice`` compares the model's ``original`` label with the annotator's ``final`` one, and skips
     regions without both.
     """
@@ -224,6 +226,7 @@ def score(model: str, method: str, image_ids: list[str], params: dict[str, Any])
         if rt.stop_event.is_set():
             raise TrainingStopped(f"stopped after {index} of {len(image_ids)} images")
         _progress(done=index, total=len(image_ids), image=image_id)
+        features = None
         try:
             if method == "dice":
                 original, final = (datastore.read_label(image_id, model, tag) for tag in ("original", "final"))
@@ -233,17 +236,27 @@ def score(model: str, method: str, image_ids: list[str], params: dict[str, Any])
                 value = dice_score(original, final)
             else:
                 data = datastore.read_region(image_id, _context(config.spec))
-                if method == "epistemic":
+                geometry = {
+                    "stats": data.stats,
+                    "inner": data.inner,
+                    "voxel_size_nm": tuple(1000.0 * v for v in data.volume.spacing),
+                }
+                if method in ("epistemic", "entropy"):
                     samples, rate = int(params.get("samples", 8)), float(params.get("rate", 0.2))
-                    value = epistemic_score(
-                        network, data.array, config.spec, device, samples, rate, stats=data.stats, inner=data.inner
-                    )
+                    value = mc_dropout_uncertainty(network, data.array, config.spec, device, samples, rate, **geometry)[
+                        method
+                    ]
+                    if method == "epistemic":  # what diversity-aware sampling compares regions by
+                        region = data.array[data.inner]
+                        features = encoder_features(
+                            network, region, config.spec, device, data.stats, geometry["voxel_size_nm"]
+                        )
                 else:
-                    value = tta_score(network, data.array, config.spec, device, stats=data.stats, inner=data.inner)
+                    value = tta_score(network, data.array, config.spec, device, **geometry)
         except (AxonSegError, OSError, ValueError) as e:
             skipped[image_id] = str(e)
             continue
-        rt.db.record_score(image_id, method, value, version.id if version else None)
+        rt.db.record_score(image_id, method, value, version.id if version else None, features)
         scored[image_id] = value
     return {
         "model": model,

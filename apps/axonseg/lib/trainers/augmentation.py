@@ -160,3 +160,17 @@ def load_artifact_cubes(data_dir: str, spec: StructureSpec, size: int = 12, limi
             if not foreground[region].any():
                 cubes.append(image[region].copy())
     return cubes[:limit]
+
+
+def recipe_augmentation(spec: StructureSpec, data_dir: str | None) -> tuple[Compose, list[np.ndarray]]:
+    """The recipe's whole augmentation pipeline and its artifact cubes, with the reference data read from
+    ``data_dir``; without it (None or missing files), the pipeline without the steps that need it."""
+    augmentation = spec.recipe.augmentation
+    needed = [augmentation.histogram_reference] if augmentation.histogram_reference else []
+    if augmentation.artifact_label is not None:
+        needed += [source.file for source in spec.recipe.train]
+    if needed and (not data_dir or not all(os.path.exists(os.path.join(data_dir, f)) for f in needed)):
+        return training_transforms(spec), []
+    artifacts = load_artifact_cubes(data_dir, spec) if data_dir else []
+    reference = load_histogram_reference(data_dir, spec) if data_dir else None
+    return training_transforms(spec, reference, artifacts), artifacts

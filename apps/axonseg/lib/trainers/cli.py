@@ -21,7 +21,7 @@ from ..configs.registry import SPECS
 from ..machine import default_device, describe_machine
 from ..networks import load_weights
 from ..protocol import plot_panel, run_protocol
-from .augmentation import describe, load_artifact_cubes, load_histogram_reference, training_transforms
+from .augmentation import describe, recipe_augmentation
 from .data import load_source
 from .report import plot_learning_curve, write_history, write_model_card
 from .supervised import train_segmentation
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     history_path = os.path.join(args.model_dir, f"{spec.name}.history.json")
     card = os.path.join(args.model_dir, f"{spec.name}.md")
 
-    artifacts = load_artifact_cubes(args.data_dir, spec)
-    transforms = training_transforms(spec, load_histogram_reference(args.data_dir, spec), artifacts)
+    transforms, artifacts = recipe_augmentation(spec, args.data_dir)
     augmentation = describe(transforms, spec, artifacts)
 
     protocol_path = os.path.join(args.model_dir, f"{spec.name}.protocol.json")

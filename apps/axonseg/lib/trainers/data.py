@@ -16,8 +16,9 @@ from monai.transforms import Compose
 from monai.utils import convert_to_numpy
 
 from ..configs.spec import DataSource, StructureSpec
+from ..infers.predict import model_grid_image, model_grid_label
 from ..transforms.augment import PATCH_KEYS
-from ..transforms.intensity import normalize, normalize_percentiles
+from ..transforms.intensity import normalize_percentiles
 from ..transforms.io import read_volume
 from ..transforms.labels import map_labels
 
@@ -63,22 +64,29 @@ def load_source(data_dir: str, source: DataSource, spec: StructureSpec) -> Train
 
 def load_region(datastore: MicroscopyDatastore, region_id: str, spec: StructureSpec) -> TrainingVolume:
     """A datastore region with its latest final label of ``spec``'s structure (any value > 0 is foreground:
-    binary labels and object ids alike), normalised by its image's statistics."""
+    binary labels and object ids alike), normalised by its image's statistics and resampled onto the
+    model's voxel grid (e.g. 50 nm ssTEM sections for a 5 nm isotropic FIB-SEM model), as inference sees it."""
     data = datastore.read_region(region_id)
     label = datastore.read_label(region_id, spec.name)
     if label is None:
         raise ValueError(f"'{region_id}' has no final {spec.name} label")
+    voxel_size_nm = tuple(1000.0 * s for s in data.region_volume.spacing)
+    image = model_grid_image(data.array, spec, data.stats, voxel_size_nm)
     # Annotators label the whole region they submit, so every voxel counts.
     return TrainingVolume(
         region_id,
-        normalize(data.array, data.stats, spec.percentiles, spec.intensity_ceiling),
-        (label > 0).astype(np.uint8),
-        np.ones(label.shape, dtype=bool),
+        image,
+        model_grid_label((label > 0).astype(np.uint8), image.shape),
+        np.ones(image.shape, dtype=bool),
     )
 
 
 class PatchSampler:
-    """Random training patches of a fixed size from a list of volumes, augmented by ``transforms``."""
+    """Random training patches of a fixed size from a list of volumes, augmented by ``transforms``.
+
+    A volume is picked with probability proportional to its labelled voxels, or to ``weights`` (one
+    per volume) when given: how fine-tuning mixes a lab's new regions with replayed training data.
+    """
 
     def __init__(
         self,
@@ -87,8 +95,10 @@ class PatchSampler:
         foreground_fraction: float,
         seed: int,
         transforms: Compose,
+        weights: list[float] | None = None,
     ):
-        self.volumes = [v for v in volumes if v.labelled_voxels > 0]
+        kept = [(v, w) for v, w in zip(volumes, weights or [v.labelled_voxels for v in volumes]) if v.labelled_voxels]
+        self.volumes = [v for v, _ in kept]
         if not self.volumes:
             raise ValueError("no labelled voxels in the training data")
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -99,8 +109,8 @@ class PatchSampler:
         # labelled voxels are listed only for sparse masks (dense ones sample uniformly).
         self._foreground = [np.flatnonzero((v.target > 0) & v.mask) for v in self.volumes]
         self._labelled = [None if v.mask.all() else np.flatnonzero(v.mask) for v in self.volumes]
-        weights = np.array([v.labelled_voxels for v in self.volumes], dtype=float)
-        self._volume_p = weights / weights.sum()
+        chances = np.array([w for _, w in kept], dtype=float)
+        self._volume_p = chances / chances.sum()
 
     def _corner(self, shape, centre) -> tuple[int, ...]:
         return tuple(int(np.clip(c - p // 2, 0, max(s - p, 0))) for c, p, s in zip(centre, self.patch_size, shape))
@@ -130,3 +140,12 @@ class PatchSampler:
     def batch(self, size: int):
         patches = [self.sample() for _ in range(size)]
         return tuple(np.stack([p[j] for p in patches]) for j in range(3))
+
+
+def mixing_weights(train: list[TrainingVolume], replay: list[TrainingVolume], share: float) -> list[float]:
+    """Per-volume sampling weights: ``share`` of patches from ``replay``, the rest from ``train``, each
+    set by labelled voxels within."""
+    if not replay:
+        return [float(v.labelled_voxels) for v in train]
+    new, old = sum(v.labelled_voxels for v in train), sum(v.labelled_voxels for v in replay)
+    return [(1 - share) * v.labelled_voxels / new for v in train] + [share * v.labelled_voxels / old for v in replay]

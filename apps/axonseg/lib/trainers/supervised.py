@@ -19,7 +19,7 @@ from ..configs.spec import StructureSpec
 from ..networks import build_network, load_weights, save_weights
 from ..protocol import score_volumes
 from .augmentation import training_transforms
-from .data import PatchSampler, TrainingVolume
+from .data import PatchSampler, TrainingVolume, mixing_weights
 from .encoder import load_encoder, set_encoder_trainable
 from .losses import LOSSES
 
@@ -60,6 +60,9 @@ def train_segmentation(
     pretrained_encoder: str | None = None,
     freeze_encoder_epochs: int = 0,
     transforms: Compose | None = None,
+    replay: list[TrainingVolume] | None = None,
+    replay_share: float = 0.0,
+    keep_norm_statistics: bool = False,
     device: str = "cpu",
     meta: dict | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
@@ -72,9 +75,14 @@ def train_segmentation(
         init_weights: start from this weights file (fine-tuning) instead of random weights.
         pretrained_encoder: an encoder file (``lib.trainers.encoder``) loaded into a fresh U-Net,
             whose decoder starts from random weights; not together with ``init_weights``.
-        freeze_encoder_epochs: keep the pretrained encoder fixed for this many first epochs, so the
-            fresh decoder adapts to it before both train together.
+        freeze_encoder_epochs: keep the encoder (pretrained or served) fixed for this many first epochs, so
+            the decoder adapts first: a fresh one to a pretrained encoder, or a fine-tuned one to new labels
+            too few to retrain the features on.
         transforms: patch augmentations; default the recipe's, without the ones that need reference data.
+        replay: volumes of the recipe's own training data that ``replay_share`` of patches come from
+            (fine-tuning on a new microscope without forgetting the old one).
+        keep_norm_statistics: batch norms keep their running statistics (fine-tuning on batches of a few
+            patches would otherwise replace the statistics of the whole recipe with theirs).
         on_epoch: called after every epoch with its :class:`EpochStats` (progress reporting).
         should_stop: polled every iteration; True raises :class:`TrainingStopped` and keeps the
             best weights written so far.
@@ -93,14 +101,20 @@ def train_segmentation(
             load_encoder(network, pretrained_encoder, spec.network_args())
         network = network.to(device)
     transforms = transforms if transforms is not None else training_transforms(spec)
-    sampler = PatchSampler(train, spec.patch_size, foreground_fraction, seed, transforms)
+    replay = list(replay or [])
+    weights = mixing_weights(train, replay, replay_share)
+    sampler = PatchSampler(train + replay, spec.patch_size, foreground_fraction, seed, transforms, weights)
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * iterations_per_epoch)
     best_metric, best_epoch, started = -1.0, 0, time.time()
     stats = EpochStats(0, epochs, 0.0, 0.0, 0.0)
     for epoch in range(1, epochs + 1):
         network.train()
-        if pretrained_encoder:
+        if keep_norm_statistics:
+            for module in network.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()  # running statistics stay those of the recipe's data
+        if freeze_encoder_epochs:
             set_encoder_trainable(network, epoch > freeze_encoder_epochs)
         epoch_start, losses = time.time(), []
         for _ in range(iterations_per_epoch):

@@ -16,17 +16,17 @@ from ..db.store import Database
 from ..errors import InvalidRequest, NotFound
 from ..infers.segmentation import ModelWeights
 from ..machine import default_device
-from ..protocol import score_volumes
+from ..volumes.roots import reference_data_dir
 from .data import load_region
 from .encoder import read_encoder
-from .supervised import EpochStats, train_segmentation
+from .finetune import GATE_METRIC, fine_tune, original_test_scores
+from .supervised import EpochStats
 
 if TYPE_CHECKING:
     from ..datastore import MicroscopyDatastore
 
 logger = logging.getLogger(__name__)
 _CURVE_FIELDS = ("epoch", "loss", "validation", "total_time")
-_HOLD_OUT_EVERY = 4
 
 
 class StructureTrainer(TrainTask):
@@ -84,42 +84,60 @@ class StructureTrainer(TrainTask):
 
 
 class SegmentationTrainer(StructureTrainer):
-    """Fine-tunes the served weights on the datastore's final labels, then publishes them.
+    """Fine-tunes the served weights on the datastore's final labels (``lib.trainers.finetune``), then
+    publishes them if they pass the gate.
 
     Progress is written to ``stats_path`` after every epoch, which ``/info/`` shows as
     ``train_stats``: the fields 3D Slicer reads (epoch, total_epochs, total_time, best_metric), the
-    epoch's loss and validation scores, and ``history`` (every epoch so far), which
-    ``/train/{model}/learning_curve.png`` draws.
+    epoch's loss and held-out scores, ``history`` (every epoch so far), which
+    ``/train/{model}/learning_curve.png`` draws, and at the end the gate's figures (``gate``).
     """
 
     def __init__(self, spec: StructureSpec, weights: ModelWeights, stats_path: str):
-        super().__init__(f"Retrain '{spec.name}' on submitted labels", stats_path)
+        super().__init__(f"Fine-tune '{spec.name}' on submitted labels", stats_path)
         self.spec = spec
         self.weights = weights
 
     def config(self) -> dict[str, Any]:
+        recipe = self.spec.recipe.fine_tune
         return {
-            "max_epochs": 10,
-            "iterations_per_epoch": 20,
-            "learning_rate": 1e-3,
+            # "auto": so many per patch-worth of labelled voxels (the structure's fine-tuning recipe)
+            "iterations": "auto",
+            # epochs: the held-out labels are scored after each; the best epoch is kept
+            "max_epochs": recipe.validations,
+            "learning_rate": self.spec.recipe.learning_rate * recipe.learning_rate_factor,
             "batch_size": self.spec.recipe.batch_size,
+            "replay_share": recipe.replay_share,
             "device": "auto",
-            # "if_not_worse": publish only weights that validate at least as well as the served ones
-            "publish": "if_not_worse",
+            # "gate": publish only weights that score higher on held-out new labels and stay within the
+            # tolerance on the recipe's test split; "always": publish whatever the run produced
+            "publish": ["gate", "always"],
             # An ssl_pretrain encoder version id (GET /encoders/) or an encoder file: start from it
             # with a fresh decoder instead of from the served weights.
             "pretrained_encoder": "",
+            # epochs (of max_epochs) in which the encoder stays fixed and only the decoder adapts
             "freeze_encoder_epochs": 0,
         }
 
     def resolve(self, request: dict[str, Any], db: Database | None = None) -> dict[str, Any]:
         params = super().resolve(request, db)
-        if params["publish"] not in ("if_not_worse", "always"):
-            raise InvalidRequest(f"publish must be 'if_not_worse' or 'always', not '{params['publish']}'")
+        if params["publish"] not in ("gate", "always"):
+            raise InvalidRequest(f"publish must be 'gate' or 'always', not '{params['publish']}'")
         try:
             params["freeze_encoder_epochs"] = int(params["freeze_encoder_epochs"])
+            params["max_epochs"] = max(1, int(params["max_epochs"]))
+            params["batch_size"] = max(1, int(params["batch_size"]))
+            params["learning_rate"] = float(params["learning_rate"])
+            params["replay_share"] = float(params["replay_share"])
+            if str(params["iterations"]).strip().lower() != "auto":
+                params["iterations"] = max(1, int(params["iterations"]))
         except (TypeError, ValueError):
-            raise InvalidRequest("freeze_encoder_epochs must be a whole number of epochs") from None
+            raise InvalidRequest(
+                "iterations ('auto' or a whole number), max_epochs, batch_size, freeze_encoder_epochs, "
+                "learning_rate and replay_share must be numbers"
+            ) from None
+        if not 0.0 <= params["replay_share"] < 1.0:
+            raise InvalidRequest(f"replay_share must be in [0, 1), not {params['replay_share']}")
         encoder = str(params["pretrained_encoder"] or "").strip()
         if encoder.isdigit():
             if db is None:
@@ -138,13 +156,25 @@ class SegmentationTrainer(StructureTrainer):
         return params
 
     def record(self, result: dict[str, Any], db: Database) -> dict[str, Any]:
-        """A published run becomes the model's active version."""
-        if not result["published"]:  # validated worse than the served weights: those stay
+        """A published run becomes the model's active version, with the gate's figures as its metrics."""
+        if not result["published"]:  # the gate kept the served weights
             return {"model_version": None}
-        metrics = {k: result.get(k) for k in ("best_metric", "baseline_metric", "validation_images")}
+        metrics = {k: result.get(k) for k in ("best_metric", "baseline_metric", "validation_images", "gate", "trigger")}
+        metrics["original_test"] = (result.get("gate") or {}).get("original_score")
         return {
             "model_version": db.register_model_version(self.spec.name, result["weights"], "trained", metrics=metrics).id
         }
+
+    def _served_original_score(self, db: Database, served_path: str, served, device: str) -> float | None:
+        """The served weights' F1 on the recipe's test split, measured once per version and kept with it."""
+        version = db.model_version_of_file(self.spec.name, served_path)
+        if version is not None and (version.metrics or {}).get("original_test") is not None:
+            return float(version.metrics["original_test"])
+        scores = original_test_scores(self.spec, served, reference_data_dir(), device)
+        value = scores[GATE_METRIC] if scores else None
+        if version is not None and value is not None:
+            db.add_model_version_metrics(version.id, {"original_test": value})
+        return value
 
     def __call__(
         self,
@@ -153,17 +183,18 @@ class SegmentationTrainer(StructureTrainer):
         should_stop: Callable[[], bool] | None = None,
         on_epoch: Callable[[EpochStats], None] | None = None,
     ) -> dict[str, Any]:
-        """Fine-tune the served weights; publish the best epoch only if it validates no worse than them.
+        """Fine-tune the served weights on this structure's labelled regions and gate the result.
 
-        Validation uses held-out labelled regions of this structure (every 4th by id, from 4 labelled images on; with
-        fewer, the training images). Publishing archives the weights under ``versions/`` and then
-        replaces the served file by rename, so readers see the old or the new weights, never half.
-        ``should_stop`` is polled every iteration (a worker's cancel flag); ``on_epoch`` sees every
-        epoch's stats after they are written to ``stats_path``.
+        Before training, part of the labels is held out (``finetune.split_hold_out``); the best epoch on it
+        is kept. Publishing archives the weights under ``versions/`` and then replaces the served file by
+        rename, so readers see the old or the new weights, never half. ``should_stop`` is polled every
+        iteration (a worker's cancel flag); ``on_epoch`` sees every epoch's stats after they are written to
+        ``stats_path``.
 
         Returns:
-            the final stats, with ``published`` (bool), ``baseline_metric`` (the served weights' F1
-            on the same validation images) and, if published, ``weights`` (the archived file).
+            the final stats, with ``published`` (bool), ``gate`` (:class:`~lib.trainers.finetune.GateDecision`
+            as a dict), ``baseline_metric`` (the served weights' held-out F1) and, if published,
+            ``weights`` (the archived file).
         """
         params = self.resolve(request)
         regions = datastore.training_regions(self.spec.name)  # this structure's labels only, in id order
@@ -172,58 +203,60 @@ class SegmentationTrainer(StructureTrainer):
                 f"no submitted {self.spec.name} labels to train '{self.spec.name}' on; save a label first"
             )
         volumes = [load_region(datastore, region, self.spec) for region in regions]
-        held_out = set(range(_HOLD_OUT_EVERY - 1, len(volumes), _HOLD_OUT_EVERY))
-        train = [v for i, v in enumerate(volumes) if i not in held_out]
-        val = [v for i, v in enumerate(volumes) if i in held_out] or volumes
         device = params["device"] if params["device"] != "auto" else default_device()
         served, _, served_path = self.weights.load(device)
-        baseline = score_volumes(served, val, self.spec, device)["f1"]
+        original_baseline = self._served_original_score(datastore.db, served_path, served, device)
         candidate = f"{self.weights.trained_path}.candidate"
         if os.path.exists(candidate):  # left by a run that was stopped: never published, safe to drop
             os.remove(candidate)
         started = time.time()
         history: list[dict[str, Any]] = []  # every epoch so far: the learning curve
-
-        final = train_segmentation(
-            self.spec,
-            train,
-            val,
-            candidate,
-            epochs=int(params["max_epochs"]),
-            iterations_per_epoch=int(params["iterations_per_epoch"]),
-            batch_size=int(params["batch_size"]),
-            learning_rate=float(params["learning_rate"]),
-            foreground_fraction=self.spec.recipe.foreground_fraction,
-            # A pretrained encoder starts a fresh network: fine-tuning the served one would mix the two.
-            init_weights=None if params["pretrained_encoder"] else served_path,
-            pretrained_encoder=params["pretrained_encoder"] or None,
-            freeze_encoder_epochs=params["freeze_encoder_epochs"],
-            device=device,
-            meta={
-                "name": self.spec.name,
-                "recipe": "retrain",
-                "images": regions,
-                "pretrained_encoder": params["pretrained_encoder"] or None,
-            },
-            on_epoch=self._epoch_reporter(self.spec.name, started, history, on_epoch),
-            should_stop=should_stop,
-        )
-        published = params["publish"] == "always" or final.best_metric >= baseline
+        try:
+            run = fine_tune(
+                self.spec,
+                volumes,
+                served_path,
+                candidate,
+                original_baseline=original_baseline,
+                data_dir=reference_data_dir(),
+                iterations=None if params["iterations"] == "auto" else params["iterations"],
+                epochs=params["max_epochs"],
+                learning_rate=params["learning_rate"],
+                batch_size=params["batch_size"],
+                replay_share=params["replay_share"],
+                pretrained_encoder=params["pretrained_encoder"] or None,
+                freeze_encoder_epochs=params["freeze_encoder_epochs"],
+                device=device,
+                meta={
+                    "name": self.spec.name,
+                    "images": regions,
+                    "pretrained_encoder": params["pretrained_encoder"] or None,
+                },
+                on_epoch=self._epoch_reporter(self.spec.name, started, history, on_epoch),
+                should_stop=should_stop,
+            )
+        except ValueError as e:  # too few labels to hold a part out
+            raise InvalidRequest(str(e)) from None
+        final, gate = run.final, run.gate
+        published = params["publish"] == "always" or gate.publish
         result = {
             **final.to_dict(),
             "name": self.spec.name,
             "start_ts": started,
             "status": "DONE",
             "images": len(regions),
-            "validation_images": [v.name for v in val],
-            "baseline_metric": baseline,
+            "iterations": run.iterations,
+            "validation_images": run.held_out,
+            "baseline_metric": gate.new_baseline,
+            "gate": gate.to_dict(),
+            "trigger": request.get("trigger"),
             "published": published,
             "history": history,
         }
         if published:
             result["weights"] = self.weights.publish(candidate)
         else:
-            logger.info(f"{self.spec.name}: not published, F1 {final.best_metric:.3f} < served {baseline:.3f}")
+            logger.info(f"{self.spec.name}: not published: {gate.reason}")
             os.remove(candidate)
         self._write_stats(result)
         return result
