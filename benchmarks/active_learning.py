@@ -307,7 +307,7 @@ def write_report(args, results: dict, device: str) -> None:
 
     png = args.out / f"active_learning_{_name(device)}.png"
     names = [name for name in ADAPTATIONS if name in results["adaptations"]]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.8 * len(names), 3.8), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(max(6.0, 4.8 * len(names)), 4.0), dpi=100, squeeze=False)
     sections = []
     for ax, name in zip(axes[0], names):
         adaptation, entry = ADAPTATIONS[name], results["adaptations"][name]
@@ -317,6 +317,7 @@ def write_report(args, results: dict, device: str) -> None:
         for strategy, runs in curves.items():
             values = _matrix(runs, metric)
             ax.errorbar(counts, values.mean(0), yerr=values.std(0), fmt="o-", capsize=3, label=strategy)
+        ax.set_xticks(counts)
         ax.set_xlabel("labelled regions")
         ax.set_ylabel(f"test {metric.replace('_', ' ')}")
         ax.set_title(f"{name} → {adaptation.microscope}\n{len(schedule['seeds'])} seeds, mean ± sd", fontsize=9)
@@ -381,6 +382,7 @@ def _section(adaptation: Adaptation, entry: dict, counts: list[int]) -> str:
             "on average."
         )
     header = " | ".join(f"{n} regions" for n in counts)
+    minutes = entry.get("minutes") or sum(curve[-1].get("minutes", 0) for runs in curves.values() for curve in runs)
     seeds = " ".join(map(str, schedule["seeds"]))
     command = (
         f".venv/bin/python benchmarks/active_learning.py --adaptations {adaptation.model} "
@@ -390,7 +392,7 @@ def _section(adaptation: Adaptation, entry: dict, counts: list[int]) -> str:
 
 Schedule: {schedule["rounds"]} rounds of one region; {schedule["pool"]} candidate regions per seed (the same
 for every strategy of a seed); seeds {seeds}; {schedule["samples"]} MC-dropout passes per region;
-{entry.get("minutes", 0):.0f} minutes. Reproduce: `{command}`
+{minutes:.0f} minutes. Reproduce: `{command}`
 
 Test: `{adaptation.test.file}` region {adaptation.test.region}; {metric} of the served weights
 (mean ± sd over seeds); last column: rounds whose candidate the gate published.

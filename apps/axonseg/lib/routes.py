@@ -320,10 +320,10 @@ async def encoder_versions(structure: str | None = None):
 
 
 # --- active-learning scores ----------------------------------------------------------------------
-@router.post("/scoring/{method}", summary="Queue an active-learning scoring job (epistemic, tta, dice)")
+@router.post("/scoring/{method}", summary="Queue an active-learning scoring job (epistemic, entropy, tta, dice)")
 async def score(method: str, params: dict | None = None):
     """Body: ``model`` (default: the app's active-learning model), ``images`` (default: every image
-    without a fresh score), and for epistemic ``samples`` and ``rate``."""
+    without a fresh score), and for epistemic and entropy ``samples`` and ``rate`` (MC dropout)."""
     app = _app()
     params = dict(params or {})
     model = str(params.pop("model", None) or app.active_learning_model)
