@@ -121,7 +121,7 @@ def test_fine_tune_holds_out_trains_and_gates_on_real_sstem_regions(tmp_path):
     torch.manual_seed(0)
     save_weights(served, build_network(**MITO.network_args()), MITO.network_args(), {})
     spec = dataclasses.replace(MITO, patch_size=(16, 64, 64))  # a CPU-sized run of the same recipe
-    run = fine_tune(spec, volumes, served, str(tmp_path / "c.pt"), original_baseline=0.5, data_dir=None,
+    run = fine_tune(spec, volumes, served, str(tmp_path / "c.pt"), original_baseline=lambda: 0.5, data_dir=None,
                     iterations=4, epochs=2, batch_size=1)  # fmt: skip
     assert run.held_out == [f"r{i} [held out: y 66:88]" for i in range(2)]
     assert run.trained_voxels == 2 * 40 * 66 * 88
@@ -130,4 +130,4 @@ def test_fine_tune_holds_out_trains_and_gates_on_real_sstem_regions(tmp_path):
     assert run.gate.original_score is None and "AXONSEG_REFERENCE_DATA" in run.gate.reason
     with pytest.raises(ValueError, match="too few"):
         fine_tune(MITO, [dataclasses.replace(volumes[0], mask=np.zeros_like(volumes[0].mask))], served,
-                  str(tmp_path / "d.pt"), original_baseline=0.5, data_dir=None)  # fmt: skip
+                  str(tmp_path / "d.pt"), original_baseline=lambda: 0.5, data_dir=None)  # fmt: skip

@@ -176,7 +176,7 @@ def fine_tune(
     served_path: str,
     candidate_path: str,
     *,
-    original_baseline: float | None,
+    original_baseline: Callable[[], float | None],
     data_dir: str | None,
     iterations: int | None = None,
     epochs: int | None = None,
@@ -195,9 +195,10 @@ def fine_tune(
     """Fine-tune the weights at ``served_path`` on labelled ``volumes`` (model grid) and gate the result.
 
     Part of ``volumes`` is held out first (:func:`split_hold_out`); the best epoch on it is kept at
-    ``candidate_path``. ``original_baseline``: the served weights' F1 on the recipe's test split (the
-    caller keeps it per version; None when unknown). Options left None come from the structure's
-    fine-tuning recipe; ``replay`` None loads it from ``data_dir``.
+    ``candidate_path``. ``original_baseline``: returns the served weights' F1 on the recipe's test split
+    (the caller keeps it per version; None when unknown), asked only when the held-out part improved.
+    Options left None come from the structure's fine-tuning recipe; ``replay`` None loads it from
+    ``data_dir``.
 
     Raises:
         ValueError: too few labelled voxels to hold a part out.
@@ -242,15 +243,16 @@ def fine_tune(
         on_epoch=on_epoch,
         should_stop=should_stop,
     )
-    scores = None
+    scores, served_original = None, None
     if final.best_metric > baseline:  # otherwise the gate has its answer: spare the test split's minutes
         candidate, _ = load_weights(candidate_path, device)
         scores = original_test_scores(spec, candidate, data_dir, device)
+        served_original = original_baseline()
     gate = decide(
         final.best_metric,
         baseline,
         scores[GATE_METRIC] if scores else None,
-        original_baseline,
+        served_original,
         recipe.original_tolerance,
     )
     return FineTuneRun(final, gate, iterations, trained_voxels, [v.name for v in held_out])

@@ -205,7 +205,6 @@ class SegmentationTrainer(StructureTrainer):
         volumes = [load_region(datastore, region, self.spec) for region in regions]
         device = params["device"] if params["device"] != "auto" else default_device()
         served, _, served_path = self.weights.load(device)
-        original_baseline = self._served_original_score(datastore.db, served_path, served, device)
         candidate = f"{self.weights.trained_path}.candidate"
         if os.path.exists(candidate):  # left by a run that was stopped: never published, safe to drop
             os.remove(candidate)
@@ -217,7 +216,7 @@ class SegmentationTrainer(StructureTrainer):
                 volumes,
                 served_path,
                 candidate,
-                original_baseline=original_baseline,
+                original_baseline=lambda: self._served_original_score(datastore.db, served_path, served, device),
                 data_dir=reference_data_dir(),
                 iterations=None if params["iterations"] == "auto" else params["iterations"],
                 epochs=params["max_epochs"],
