@@ -49,7 +49,7 @@ from lib.machine import default_device, describe_machine  # noqa: E402
 from lib.networks import load_weights  # noqa: E402
 from lib.protocol import evaluate_source, voxel_size_nm  # noqa: E402
 from lib.trainers.data import TrainingVolume  # noqa: E402
-from lib.trainers.finetune import GATE_METRIC, fine_tune, original_test_scores  # noqa: E402
+from lib.trainers.finetune import GATE_METRIC, TooFewLabels, fine_tune, original_test_scores  # noqa: E402
 from lib.transforms.intensity import intensity_stats  # noqa: E402
 from lib.transforms.io import read_volume  # noqa: E402
 from lib.transforms.labels import map_labels  # noqa: E402
@@ -145,7 +145,7 @@ class Cache:
         return self.values[key]
 
 
-def test_score(adaptation: Adaptation, weights: str, data_dir: Path, cache: Cache, device: str) -> dict:
+def score_on_test(adaptation: Adaptation, weights: str, data_dir: Path, cache: Cache, device: str) -> dict:
     def compute():
         network, _ = load_weights(weights, device)
         row = evaluate_source(adaptation.spec, network, str(data_dir), adaptation.test, "test", device=device).row
@@ -199,7 +199,7 @@ def run(adaptation, pool, strategy, seed, candidates, args, data_dir, cache, wor
 
     labelled: list[int] = []
     left = list(candidates)
-    curve = [{"labelled": 0, "published": None, **test_score(adaptation, served, data_dir, cache, device)}]
+    curve = [{"labelled": 0, "published": None, **score_on_test(adaptation, served, data_dir, cache, device)}]
     started = time.time()
     for round_ in range(1, args.rounds + 1):
         choice = pick(strategy, adaptation, pool, left, labelled, served, args, cache, rng, device)
@@ -216,9 +216,9 @@ def run(adaptation, pool, strategy, seed, candidates, args, data_dir, cache, wor
                 seed=seed * 100 + round_,
                 device=device,
             )
-        except ValueError as e:  # too few labelled voxels yet: the app's trigger waits for more
+        except TooFewLabels as e:  # the app's trigger waits for more labels
             point = {"labelled": len(labelled), "region": choice, "published": None, "waiting": str(e)}
-            point.update(test_score(adaptation, served, data_dir, cache, device))
+            point.update(score_on_test(adaptation, served, data_dir, cache, device))
             curve.append(point)
             continue
         gate = result.gate
@@ -227,8 +227,8 @@ def run(adaptation, pool, strategy, seed, candidates, args, data_dir, cache, wor
             shutil.copyfile(candidate, served)
             cache.values[("original", adaptation.model, file_checksum(served))] = gate.original_score
         else:  # what the gate turned down, for the report
-            point["rejected"] = test_score(adaptation, candidate, data_dir, cache, device)
-        point.update(test_score(adaptation, served, data_dir, cache, device))
+            point["rejected"] = score_on_test(adaptation, candidate, data_dir, cache, device)
+        point.update(score_on_test(adaptation, served, data_dir, cache, device))
         point["iterations"] = result.iterations
         point["minutes"] = (time.time() - started) / 60
         curve.append(point)

@@ -14,7 +14,14 @@ from lib.configs.registry import SPECS
 from lib.networks import build_network, save_weights
 from lib.trainers.augmentation import training_transforms
 from lib.trainers.data import PatchSampler, TrainingVolume, mixing_weights
-from lib.trainers.finetune import decide, fine_tune, foreground_fraction_for, iterations_for, split_hold_out
+from lib.trainers.finetune import (
+    TooFewLabels,
+    decide,
+    fine_tune,
+    foreground_fraction_for,
+    iterations_for,
+    split_hold_out,
+)
 from lib.trainers.supervised import train_segmentation
 
 MITO = SPECS["mitochondria"]
@@ -128,6 +135,6 @@ def test_fine_tune_holds_out_trains_and_gates_on_real_sstem_regions(tmp_path):
     assert len(run.final.validation) and run.final.best_epoch in (1, 2)
     assert not run.gate.publish  # no reference data here: the original split cannot be checked
     assert run.gate.original_score is None and "AXONSEG_REFERENCE_DATA" in run.gate.reason
-    with pytest.raises(ValueError, match="too few"):
+    with pytest.raises(TooFewLabels, match="too few"):
         fine_tune(MITO, [dataclasses.replace(volumes[0], mask=np.zeros_like(volumes[0].mask))], served,
                   str(tmp_path / "d.pt"), original_baseline=lambda: 0.5, data_dir=None)  # fmt: skip

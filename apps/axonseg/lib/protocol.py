@@ -28,10 +28,16 @@ from scipy import ndimage
 
 from .configs.spec import DataSource, ForegroundCheck, StructureSpec
 from .infers.postprocessing import postprocess
-from .infers.predict import predict, predict_probabilities, resampling_zoom, sliding_window_probabilities
+from .infers.predict import (
+    predict,
+    predict_probabilities,
+    resampling_zoom,
+    sliding_window_probabilities,
+    voxel_size_nm,
+)
 from .metrics import detection_scores, instance_scores, roc_auc, skeleton_scores, voxel_scores
 from .transforms.intensity import intensity_stats
-from .transforms.io import Volume, read_volume
+from .transforms.io import read_volume
 from .transforms.labels import map_labels
 
 SPLITS = ("select", "test", "cross")
@@ -98,15 +104,6 @@ def dense_facts(prediction: np.ndarray, target: np.ndarray, mask: np.ndarray) ->
     facts["background_tiles"] = tiles
     facts["background_fp_fraction"] = marked / total if total else float("nan")
     return facts
-
-
-def voxel_size_nm(volume: Volume, override: tuple[float, ...] | None = None) -> tuple[float, ...] | None:
-    """A read volume's (z, y, x) voxel size in nm: ``override`` (a recipe's, or the user's), else the
-    file's, else None (readers report 1 µm when a file states none)."""
-    if override is not None:
-        return tuple(override)
-    spacing = tuple(volume.spacing)
-    return None if spacing == (1.0, 1.0, 1.0) else tuple(1000.0 * s for s in spacing)
 
 
 def region_slices(region) -> tuple[slice, ...]:

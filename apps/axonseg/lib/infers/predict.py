@@ -11,6 +11,7 @@ from monai.inferers import sliding_window_inference
 
 from ..configs.spec import StructureSpec
 from ..transforms.intensity import IntensityStats, intensity_stats, normalize
+from ..transforms.io import Volume
 from .postprocessing import postprocess
 
 TTA_VARIANTS = (1, 8, 16)
@@ -31,6 +32,15 @@ def resampling_zoom(spec: StructureSpec, voxel_size_nm: tuple[float, ...] | None
     if all(abs(z - 1.0) <= RESAMPLE_TOLERANCE for z in zoom):
         return None
     return zoom
+
+
+def voxel_size_nm(volume: Volume, override: tuple[float, ...] | None = None) -> tuple[float, ...] | None:
+    """A read volume's (z, y, x) voxel size in nm: ``override`` (a recipe's, or the user's), else the
+    file's, else None (readers report 1 µm when a file states none)."""
+    if override is not None:
+        return tuple(override)
+    spacing = tuple(volume.spacing)
+    return None if spacing == (1.0, 1.0, 1.0) else tuple(1000.0 * s for s in spacing)
 
 
 def resize(array: np.ndarray, shape: tuple[int, ...], mode: str = "trilinear") -> np.ndarray:

@@ -21,7 +21,7 @@ from ..networks import load_weights
 from ..transforms.intensity import IntensityStats
 from ..transforms.io import Volume, copy_atomic, read_volume, write_volume
 from .postprocessing import default_options, resolve
-from .predict import TTA_VARIANTS, segment
+from .predict import TTA_VARIANTS, segment, voxel_size_nm
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +146,8 @@ class SegmentationInfer(InferTask):
             raise InvalidRequest(str(e)) from e
         network, meta, path = self.weights.load(device)
         start = time.time()
-        voxel_size_nm = tuple(1000.0 * s for s in volume.spacing)
-        label = segment(network, volume.array, self.spec, device, tta, method, stats, inner, voxel_size_nm, **options)
+        voxel_size = voxel_size_nm(volume)
+        label = segment(network, volume.array, self.spec, device, tta, method, stats, inner, voxel_size, **options)
         elapsed = time.time() - start
         params = {
             "model": self.spec.name,

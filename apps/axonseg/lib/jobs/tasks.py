@@ -24,6 +24,7 @@ from ..db.engine import database_url
 from ..db.models import utcnow
 from ..db.store import Database
 from ..errors import AxonSegError, NotFound
+from ..infers.predict import voxel_size_nm
 from ..infers.segmentation import SegmentationInfer, write_label_file
 from ..machine import default_device
 from ..trainers.supervised import EpochStats, TrainingStopped
@@ -239,7 +240,7 @@ def score(model: str, method: str, image_ids: list[str], params: dict[str, Any])
                 geometry = {
                     "stats": data.stats,
                     "inner": data.inner,
-                    "voxel_size_nm": tuple(1000.0 * v for v in data.volume.spacing),
+                    "voxel_size_nm": voxel_size_nm(data.volume),
                 }
                 if method in ("epistemic", "entropy"):
                     samples, rate = int(params.get("samples", 8)), float(params.get("rate", 0.2))

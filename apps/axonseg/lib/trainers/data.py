@@ -16,7 +16,7 @@ from monai.transforms import Compose
 from monai.utils import convert_to_numpy
 
 from ..configs.spec import DataSource, StructureSpec
-from ..infers.predict import model_grid_image, model_grid_label
+from ..infers.predict import model_grid_image, model_grid_label, voxel_size_nm
 from ..transforms.augment import PATCH_KEYS
 from ..transforms.intensity import normalize_percentiles
 from ..transforms.io import read_volume
@@ -70,8 +70,7 @@ def load_region(datastore: MicroscopyDatastore, region_id: str, spec: StructureS
     label = datastore.read_label(region_id, spec.name)
     if label is None:
         raise ValueError(f"'{region_id}' has no final {spec.name} label")
-    voxel_size_nm = tuple(1000.0 * s for s in data.region_volume.spacing)
-    image = model_grid_image(data.array, spec, data.stats, voxel_size_nm)
+    image = model_grid_image(data.array, spec, data.stats, voxel_size_nm(data.region_volume))
     # Annotators label the whole region they submit, so every voxel counts.
     return TrainingVolume(
         region_id,

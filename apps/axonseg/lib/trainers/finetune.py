@@ -30,6 +30,11 @@ from .augmentation import recipe_augmentation
 from .data import TrainingVolume, load_source
 from .supervised import EpochStats, train_segmentation
 
+
+class TooFewLabels(ValueError):
+    """The labels cannot spare a held-out part yet: the client's to fix by labelling more."""
+
+
 GATE_METRIC = "f1"  # voxel F1 (for one binary class, foreground IoU = F1 / (2 - F1): the same order)
 
 
@@ -60,7 +65,7 @@ def split_hold_out(
         length = volume.image.shape[axis]
         cut = length - max(1, round(length * recipe.hold_out_share))
         if cut < 1:
-            raise ValueError(f"'{volume.name}' is too small to hold out a part of it")
+            raise TooFewLabels(f"'{volume.name}' is too small to hold out a part of it")
         for part, window, name in ((train, slice(0, cut), "train"), (held_out, slice(cut, length), "held out")):
             index = tuple(window if a == axis else slice(None) for a in range(3))
             part.append(
@@ -201,12 +206,12 @@ def fine_tune(
     ``data_dir``.
 
     Raises:
-        ValueError: too few labelled voxels to hold a part out.
+        TooFewLabels: too few labelled voxels to hold a part out.
     """
     recipe = spec.recipe.fine_tune
     labelled = sum(v.labelled_voxels for v in volumes)
     if labelled < recipe.min_labelled_voxels:
-        raise ValueError(
+        raise TooFewLabels(
             f"{labelled:,} labelled {spec.name} voxels (on the model's grid) are too few to hold a part out for "
             f"validation; label at least {recipe.min_labelled_voxels:,}"
         )

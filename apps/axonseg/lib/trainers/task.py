@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import torch
 from monailabel.interfaces.tasks.train import TrainTask
 
 from ..configs.spec import StructureSpec
@@ -19,7 +20,7 @@ from ..machine import default_device
 from ..volumes.roots import reference_data_dir
 from .data import load_region
 from .encoder import read_encoder
-from .finetune import GATE_METRIC, fine_tune, original_test_scores
+from .finetune import GATE_METRIC, TooFewLabels, fine_tune, original_test_scores
 from .supervised import EpochStats
 
 if TYPE_CHECKING:
@@ -165,7 +166,9 @@ class SegmentationTrainer(StructureTrainer):
             "model_version": db.register_model_version(self.spec.name, result["weights"], "trained", metrics=metrics).id
         }
 
-    def _served_original_score(self, db: Database, served_path: str, served, device: str) -> float | None:
+    def _served_original_score(
+        self, db: Database, served_path: str, served: torch.nn.Module, device: str
+    ) -> float | None:
         """The served weights' F1 on the recipe's test split, measured once per version and kept with it."""
         version = db.model_version_of_file(self.spec.name, served_path)
         if version is not None and (version.metrics or {}).get("original_test") is not None:
@@ -234,7 +237,7 @@ class SegmentationTrainer(StructureTrainer):
                 on_epoch=self._epoch_reporter(self.spec.name, started, history, on_epoch),
                 should_stop=should_stop,
             )
-        except ValueError as e:  # too few labels to hold a part out
+        except TooFewLabels as e:
             raise InvalidRequest(str(e)) from None
         final, gate = run.final, run.gate
         published = params["publish"] == "always" or gate.publish
