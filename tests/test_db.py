@@ -22,6 +22,8 @@ TABLES = {
     "training_runs",
     "model_versions",
     "encoder_versions",
+    "volume_jobs",
+    "volume_blocks",
     "alembic_version",
 }
 

@@ -57,6 +57,7 @@ from lib.db.store import Database
 from lib.errors import NotFound
 from lib.jobs.client import JobClient
 from lib.jobs.training import TrainingRuns
+from lib.jobs.volume import VolumeJobs
 from lib.routes import replace_routes
 from lib.server import install_http_guards
 from lib.transforms.io import warm_up as warm_up_writers
@@ -108,6 +109,9 @@ class AxonSegApp(MONAILabelApp):
             {name: config.spec for name, config in self.task_configs.items()},
         )
         self.scores = Scores(self.db, self.jobs, lambda: self.datastore(), list(self.task_configs))
+        self.volume_jobs = VolumeJobs(
+            self.db, self.jobs, conf["workdir"], {name: config.spec for name, config in self.task_configs.items()}
+        )
         for name, config in self.task_configs.items():
             # The weights served now are the active version (a retrained file wins over the shipped one).
             path = config.weights.path()
@@ -214,6 +218,8 @@ class AxonSegApp(MONAILabelApp):
 
             install_http_guards(fastapi_app, self.max_upload_bytes)
             replace_routes(fastapi_app)
+            # Whole-volume jobs that were running: queue again what a restarted Redis lost.
+            threading.Thread(target=self.volume_jobs.reconcile_running, name="volume-jobs", daemon=True).start()
 
 
 def _region_size(text: str) -> tuple[int, int, int] | None:

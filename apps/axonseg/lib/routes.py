@@ -14,7 +14,9 @@ the work runs in a worker, and handlers only await it, so the event loop stays f
     GET    /jobs/                     queue lengths, job ids by state, live workers
     GET    /jobs/workers              live workers
     GET    /jobs/{id}                 one job: state, position in its queue, progress, error
+                                      (a volume job: blocks done/total per step, voxels/s, ETA)
     DELETE /jobs/{id}                 cancel
+    POST   /volumes/{image}/segment/{model}   202: segment a whole volume block by block (lib.jobs.volume)
     GET    /labels/{image}/versions   every saved label version of a region (per structure)
     GET    /labels/{image}/versions/{n}   one version's file (latest is also /datastore/label)
     *      /datastore/..., /activelearning/{strategy}   MONAI Label's, run in the thread pool
@@ -52,6 +54,7 @@ from .errors import InvalidRequest, NotFound, error_from_status
 from .jobs.client import describe_worker
 from .jobs.queues import INFER_QUEUE, TRAIN_QUEUE
 from .jobs.training import FINAL
+from .jobs.volume import is_volume_job
 from .trainers.report import plot_learning_curve
 
 if TYPE_CHECKING:
@@ -383,6 +386,8 @@ async def jobs_workers():
 @router.get("/jobs/{job_id}", summary="One job: state, queue position, progress, error")
 async def job_detail(job_id: str):
     app = _app()
+    if is_volume_job(job_id):
+        return await run_in_threadpool(app.volume_jobs.describe, job_id)
     job = await run_in_threadpool(app.jobs.job, job_id)
     if job is None:
         raise NotFound(f"no job '{job_id}' (finished jobs are kept for a limited time)")
@@ -392,6 +397,9 @@ async def job_detail(job_id: str):
 @router.delete("/jobs/{job_id}", summary="Cancel a queued job or stop a running one")
 async def job_cancel(job_id: str):
     app = _app()
+    if is_volume_job(job_id):
+        job = await run_in_threadpool(app.volume_jobs.cancel, job_id)
+        return await run_in_threadpool(app.volume_jobs.describe, job.id)
     job = await run_in_threadpool(app.jobs.cancel, job_id)
     if job is None:
         raise NotFound(f"no job '{job_id}'")
@@ -535,6 +543,20 @@ def register_volume(params: dict):
     return app.datastore().get_image_info(image)
 
 
+@router.post(
+    "/volumes/{image}/segment/{model}", status_code=202, summary="Segment a whole volume block by block (queued)"
+)
+async def segment_volume(image: str, model: str, params: dict | None = None):
+    """Body: the model's infer options (post-processing and its options), optional ``roi``
+    (``{"offset": [z, y, x], "shape": [z, y, x]}``), ``block_shape``, ``sw_batch_size``, ``amp``. The same
+    request again resumes the job (only blocks not done are run); ``GET /jobs/{id}`` follows it."""
+    app = _app()
+    check_image_id(image)
+    await run_in_threadpool(app.jobs.require_workers, TRAIN_QUEUE)
+    job = await run_in_threadpool(app.volume_jobs.submit, image, model, dict(params or {}))
+    return await run_in_threadpool(app.volume_jobs.describe, job.id)
+
+
 @router.get("/leases/", summary="Live annotator leases")
 async def leases():
     app = _app()
@@ -545,5 +567,11 @@ async def leases():
 def replace_routes(app: FastAPI) -> None:
     """Serve our routes ahead of MONAI Label's: the first route that matches a request handles it, so ours
     shadow the stock ones with the same path and method, and the rest are added."""
-    app.include_router(router)
-    app.router.routes.insert(0, app.router.routes.pop())
+    from .viewer import router as viewer_router
+
+    for extra in (router, viewer_router):
+        count = len(app.router.routes)
+        app.include_router(extra)
+        added = app.router.routes[count:]
+        del app.router.routes[count:]
+        app.router.routes[0:0] = added

@@ -151,3 +151,44 @@ class TrainingRun(Base):
     encoder_version_id: Mapped[int | None] = mapped_column(ForeignKey("encoder_versions.id"))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class VolumeJob(Base):
+    """A whole-volume segmentation: its plan and post-processing, where it writes, and which step it is at.
+
+    ``key`` identifies what is computed (image, model weights, parameters, ROI): submitting the same again
+    resumes this job instead of starting over."""
+
+    __tablename__ = "volume_jobs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str] = mapped_column(String(64), index=True)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)  # post-processing and infer options, resolved
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)  # lib.volumes.blockwise.BlockPlan
+    folder: Mapped[str] = mapped_column(Text)  # lib.volumes.outputs.VolumeOutput
+    step: Mapped[str] = mapped_column(String(16))  # predict, stitch, relabel, pyramid, done
+    status: Mapped[str] = mapped_column(String(16))  # RUNNING, DONE, FAILED, CANCELLED
+    error: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # objects found, pyramid levels
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    resumed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)  # progress rate from here
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class VolumeBlock(Base):
+    """One unit of a volume job's step (a write block, or the whole of a one-off step), and what it wrote."""
+
+    __tablename__ = "volume_blocks"
+    job_id: Mapped[str] = mapped_column(ForeignKey("volume_jobs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[str] = mapped_column(String(16), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    voxels: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="PENDING")  # PENDING, RUNNING, DONE, FAILED
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    checksum: Mapped[str | None] = mapped_column(String(64))  # sha256 of the arrays it wrote
+    worker: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(Text)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -17,7 +17,19 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .engine import make_engine
-from .models import EncoderVersion, Image, LabelVersion, Lease, ModelVersion, Region, Score, TrainingRun, utcnow
+from .models import (
+    EncoderVersion,
+    Image,
+    LabelVersion,
+    Lease,
+    ModelVersion,
+    Region,
+    Score,
+    TrainingRun,
+    VolumeBlock,
+    VolumeJob,
+    utcnow,
+)
 
 # Saves that race for the same (image, tag, version) retry with the next number.
 _VERSION_RETRIES = 50
@@ -471,3 +483,116 @@ class Database:
             if statuses is not None:
                 query = query.where(TrainingRun.status.in_(list(statuses)))
             return list(s.scalars(query))
+
+    # volume jobs ----------------------------------------------------------------------------
+    def add_volume_job(self, job: VolumeJob, blocks: Iterable[VolumeBlock]) -> tuple[VolumeJob, bool]:
+        """Record a job with its blocks; if a job with its key exists (a resubmission), that one, unchanged.
+        Returns ``(job, created)``."""
+        try:
+            with self.session() as s, s.begin():
+                s.add(job)
+                s.flush()
+                s.add_all(blocks)
+            return job, True
+        except IntegrityError:
+            existing = self.volume_job_by_key(job.key)
+            if existing is None:
+                raise
+            return existing, False
+
+    def volume_job(self, job_id: str) -> VolumeJob | None:
+        with self.session() as s:
+            return s.get(VolumeJob, job_id)
+
+    def volume_job_by_key(self, key: str) -> VolumeJob | None:
+        with self.session() as s:
+            return s.scalar(select(VolumeJob).where(VolumeJob.key == key))
+
+    def volume_jobs(
+        self, image_id: str | None = None, model: str | None = None, status: str | None = None
+    ) -> list[VolumeJob]:
+        """Newest first."""
+        with self.session() as s:
+            query = select(VolumeJob).order_by(VolumeJob.created_at.desc())
+            for column, value in ((VolumeJob.image_id, image_id), (VolumeJob.model, model), (VolumeJob.status, status)):
+                if value is not None:
+                    query = query.where(column == value)
+            return list(s.scalars(query))
+
+    def update_volume_job(self, job_id: str, **values: Any) -> None:
+        with self.session() as s, s.begin():
+            s.execute(update(VolumeJob).where(VolumeJob.id == job_id).values(**values))
+
+    def volume_blocks(self, job_id: str, step: str | None = None) -> list[VolumeBlock]:
+        with self.session() as s:
+            query = select(VolumeBlock).where(VolumeBlock.job_id == job_id).order_by(VolumeBlock.index)
+            if step is not None:
+                query = query.where(VolumeBlock.step == step)
+            return list(s.scalars(query))
+
+    def start_volume_block(self, job_id: str, step: str, index: int, worker: str) -> VolumeBlock | None:
+        """Claim a block for one attempt (``attempts`` + 1); None when it is done already (skip it)."""
+
+        def claim() -> VolumeBlock | None:
+            with self.session() as s, s.begin():
+                _lock_for_write(s)
+                row = s.scalar(
+                    select(VolumeBlock)
+                    .where(VolumeBlock.job_id == job_id, VolumeBlock.step == step, VolumeBlock.index == index)
+                    .with_for_update()
+                )
+                if row is None or row.status == "DONE":
+                    return None
+                row.status, row.attempts, row.worker, row.error = "RUNNING", row.attempts + 1, worker, None
+                return row
+
+        return _retry_when_locked(claim)
+
+    def finish_volume_block(self, job_id: str, step: str, index: int, checksum: str, seconds: float) -> None:
+        with self.session() as s, s.begin():
+            s.execute(
+                update(VolumeBlock)
+                .where(VolumeBlock.job_id == job_id, VolumeBlock.step == step, VolumeBlock.index == index)
+                .values(status="DONE", checksum=checksum, seconds=seconds, finished_at=utcnow(), error=None)
+            )
+
+    def fail_volume_block(self, job_id: str, step: str, index: int, error: str, final: bool) -> None:
+        """Record a failed attempt: PENDING again for a retry, or FAILED when ``final``."""
+        with self.session() as s, s.begin():
+            s.execute(
+                update(VolumeBlock)
+                .where(VolumeBlock.job_id == job_id, VolumeBlock.step == step, VolumeBlock.index == index)
+                .values(status="FAILED" if final else "PENDING", error=error)
+            )
+
+    def advance_volume_step(self, job_id: str, step: str, next_step: str) -> bool:
+        """Move a job from ``step`` to ``next_step`` once every block of ``step`` is done. True for exactly
+        one caller (the compare-and-set on ``step``), so the next step is queued once."""
+        with self.session() as s, s.begin():
+            pending = s.scalar(
+                select(func.count())
+                .select_from(VolumeBlock)
+                .where(VolumeBlock.job_id == job_id, VolumeBlock.step == step, VolumeBlock.status != "DONE")
+            )
+            if pending:
+                return False
+            result = s.execute(
+                update(VolumeJob)
+                .where(VolumeJob.id == job_id, VolumeJob.step == step, VolumeJob.status == "RUNNING")
+                .values(step=next_step)
+            )
+            return result.rowcount == 1
+
+    def resume_volume_job(self, job_id: str) -> None:
+        """Make a failed or cancelled job runnable again: failed blocks get two fresh attempts."""
+        with self.session() as s, s.begin():
+            s.execute(
+                update(VolumeBlock)
+                .where(VolumeBlock.job_id == job_id, VolumeBlock.status.in_(["FAILED", "RUNNING"]))
+                .values(status="PENDING", attempts=0, error=None)
+            )
+            s.execute(
+                update(VolumeJob)
+                .where(VolumeJob.id == job_id)
+                .values(status="RUNNING", error=None, finished_at=None, resumed_at=utcnow())
+            )

@@ -45,9 +45,9 @@ ACTIVE = (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.C
 class JobClient:
     """One per API process. Every Redis error surfaces as :class:`ServiceUnavailable` (503)."""
 
-    def __init__(self, redis_url: str):
-        self.redis_url = redis_url
-        self.connection = Redis.from_url(
+    def __init__(self, redis_url: str | None = None, connection: Redis | None = None):
+        """From a URL (the API), or a worker's own ``connection`` (jobs that queue further jobs)."""
+        self.connection = connection or Redis.from_url(
             redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=10
         )
         self.queues = {name: Queue(name, connection=self.connection) for name in ALL_QUEUES}
@@ -59,12 +59,22 @@ class JobClient:
         )
 
     # submitting ----------------------------------------------------------------------------
-    def submit(self, kind: str, *, description: str, meta: dict[str, Any] | None = None, **kwargs: Any) -> Job:
+    def submit(
+        self,
+        kind: str,
+        *,
+        description: str,
+        meta: dict[str, Any] | None = None,
+        job_id: str | None = None,
+        **kwargs: Any,
+    ) -> Job:
+        """Queue a job of ``kind`` (``job_id``: a chosen id, e.g. to find it again; else RQ's)."""
         spec = JOB_KINDS[kind]
         try:
             return self.queues[spec.queue].enqueue(
                 spec.function,
                 kwargs=kwargs,
+                job_id=job_id,
                 job_timeout=spec.timeout_s,
                 result_ttl=spec.result_ttl_s,
                 failure_ttl=spec.result_ttl_s,

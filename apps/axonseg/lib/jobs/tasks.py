@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from rq import get_current_job
 
 from ..activelearning.scoring import dice_score, encoder_features, mc_dropout_uncertainty, tta_score
@@ -22,11 +23,12 @@ from ..configs.task_config import StructureTaskConfig
 from ..datastore import MicroscopyDatastore
 from ..db.engine import database_url
 from ..db.models import utcnow
-from ..db.store import Database
+from ..db.store import Database, file_checksum
 from ..errors import AxonSegError, NotFound
 from ..infers.predict import voxel_size_nm
 from ..infers.segmentation import SegmentationInfer, write_label_file
 from ..machine import default_device
+from ..networks import load_weights
 from ..trainers.supervised import EpochStats, TrainingStopped
 from ..trainers.task import StructureTrainer
 
@@ -44,6 +46,8 @@ class Runtime:
     db: Database
     # Set by the worker when the API asks to stop the running job; polled by long jobs.
     stop_event: threading.Event = field(default_factory=threading.Event)
+    # Networks of archived weights files (volume jobs name the exact version they started with).
+    networks: dict[tuple[str, str], torch.nn.Module] = field(default_factory=dict)
 
     def datastore(self) -> MicroscopyDatastore:
         """The datastore over the shared database and volume store (cheap: it holds no state of its own)."""
@@ -56,6 +60,16 @@ class Runtime:
         if model not in self.configs:
             raise NotFound(f"unknown model '{model}'; available models: {', '.join(self.configs)}")
         return self.configs[model].infer()
+
+    def network(self, path: str, checksum: str, device: str) -> torch.nn.Module:
+        """The network of the weights file ``path``, loaded once per worker; NotFound if the file is gone or
+        is no longer the version a job started with (``checksum``)."""
+        key = (path, device)
+        if key not in self.networks:
+            if not os.path.isfile(path) or file_checksum(path) != checksum:
+                raise NotFound(f"the weights this job started with ({os.path.basename(path)}) are gone or changed")
+            self.networks[key] = load_weights(path, device)[0]
+        return self.networks[key]
 
     def warm_up(self, device: str) -> None:
         for model in self.configs:
@@ -266,3 +280,10 @@ def score(model: str, method: str, image_ids: list[str], params: dict[str, Any])
         "scored": scored,
         "skipped": skipped,
     }
+
+
+def volume_step(volume_job: str, step: str, indices: list[int]) -> dict[str, Any]:
+    """A batch of a whole-volume job's blocks (``lib.jobs.volume``)."""
+    from .volume import run_step
+
+    return run_step(runtime(), volume_job, step, indices)

@@ -42,7 +42,7 @@ NGFF_VERSION = "0.4"
 LABEL_DTYPE = np.uint32  # wide enough for instance ids
 
 
-def _compressor() -> Blosc:
+def chunk_compressor() -> Blosc:
     return Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)
 
 
@@ -65,14 +65,14 @@ def chunks_for(shape: Shape, chunks: Shape = DEFAULT_CHUNKS) -> Shape:
     return tuple(max(1, min(s, c)) for s, c in zip(shape, chunks))  # type: ignore[return-value]
 
 
-def _downsample_factors(voxel_size: tuple[float, float, float] | None) -> Shape:
+def downsample_factors(voxel_size: tuple[float, float, float] | None) -> Shape:
     """2x in-plane; 2x in z too unless z is already at least twice coarser than x (ssTEM, light-sheet)."""
     if voxel_size and voxel_size[0] >= 2 * voxel_size[2]:
         return (1, 2, 2)
     return (2, 2, 2)
 
 
-def _multiscales(name: str, scales: list[list[float]], unit: str | None) -> list[dict[str, Any]]:
+def ngff_multiscales(name: str, scales: list[list[float]], unit: str | None) -> list[dict[str, Any]]:
     axes = [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in "zyx"]
     datasets = [
         {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
@@ -96,6 +96,55 @@ def _mean_pool(array: np.ndarray, factors: Shape) -> np.ndarray:
         work = np.pad(work, [(0, p - s) for p, s in zip(padded, array.shape)], mode="edge")
     view = work.reshape(out_shape[0], factors[0], out_shape[1], factors[1], out_shape[2], factors[2])
     return view.mean(axis=(1, 3, 5))
+
+
+def pyramid_scales(voxel_size: tuple[float, float, float] | None, levels: list[list[int]]) -> list[list[float]]:
+    """Each level's voxel size (µm; 1 per voxel when unknown), for the NGFF scale transforms."""
+    base = list(voxel_size) if voxel_size else [1.0, 1.0, 1.0]
+    full = levels[0]
+    return [[b * f / s for b, f, s in zip(base, full, level)] for level in levels]
+
+
+def _strided(array: np.ndarray, factors: Shape) -> np.ndarray:
+    """Every ``factors``-th voxel: ids stay ids (a mean of labels would invent new ones)."""
+    return np.asarray(array[tuple(slice(None, None, f) for f in factors)])
+
+
+def write_pyramid(group: zarr.Group, level0: zarr.Array, factors: Shape, reduce: str = "mean") -> list[list[int]]:
+    """Levels 1, 2, ... of ``level0`` in ``group`` until the plane is at most ``_COARSEST_YX``; returns every
+    level's shape. ``reduce``: ``mean`` (intensities, probabilities) or ``stride`` (labels, instance ids).
+    Memory stays bounded by one tile whatever the volume's size."""
+    levels = [list(level0.shape)]
+    previous = level0
+    while max(previous.shape[1:]) > _COARSEST_YX and len(levels) < 10:
+        shape = tuple(math.ceil(s / f) for s, f in zip(previous.shape, factors))
+        array = group.create_dataset(
+            str(len(levels)),
+            shape=shape,
+            chunks=chunks_for(shape, level0.chunks),  # type: ignore[arg-type]
+            dtype=level0.dtype,
+            compressor=chunk_compressor(),
+            write_empty_chunks=False,
+            dimension_separator="/",
+            overwrite=True,
+        )
+        # Output tiles a factor smaller in-plane, so each one reads a tile of the level above of at most
+        # the ingest tile's size.
+        for roi in tiles(shape, array.chunks, _TILE_YX // max(factors)):  # type: ignore[arg-type]
+            source_roi = Roi(
+                tuple(o * f for o, f in zip(roi.offset, factors)),  # type: ignore[arg-type]
+                tuple(min(s * f, p - o * f) for s, o, f, p in zip(roi.shape, roi.offset, factors, previous.shape)),  # type: ignore[arg-type]
+            )
+            if reduce == "stride":
+                array[roi.slices] = _strided(previous[source_roi.slices], factors)
+                continue
+            pooled = _mean_pool(previous[source_roi.slices], factors)
+            if np.issubdtype(array.dtype, np.integer):
+                pooled = np.rint(pooled)
+            array[roi.slices] = pooled.astype(array.dtype)
+        levels.append(list(shape))
+        previous = array
+    return levels
 
 
 class VolumeStore:
@@ -137,7 +186,7 @@ class VolumeStore:
                 shape=shape,
                 chunks=chunks,
                 dtype=source.dtype,
-                compressor=_compressor(),
+                compressor=chunk_compressor(),
                 write_empty_chunks=False,
                 dimension_separator="/",
             )
@@ -150,12 +199,12 @@ class VolumeStore:
                 finite = finite or bool(np.isfinite(tile).any())
             if not finite:
                 raise VolumeError(f"'{source.name}' contains no finite values (all NaN or infinite)")
-            levels = self._write_pyramid(group, level0, _downsample_factors(source.voxel_size))
+            levels = write_pyramid(group, level0, downsample_factors(source.voxel_size))
             stats = accumulator.stats()
-            scales = self._scales(source.voxel_size, levels)
+            scales = pyramid_scales(source.voxel_size, levels)
             group.attrs.put(
                 {
-                    "multiscales": _multiscales(image_id, scales, "micrometer" if source.voxel_size else None),
+                    "multiscales": ngff_multiscales(image_id, scales, "micrometer" if source.voxel_size else None),
                     "axonseg": {
                         "voxel_size_known": source.voxel_size is not None,
                         "intensity": stats.to_json(),
@@ -170,41 +219,6 @@ class VolumeStore:
         return StoredImage(
             final, "0", shape, str(np.dtype(source.dtype)), chunks, source.voxel_size, levels, stats, False
         )
-
-    @staticmethod
-    def _scales(voxel_size: tuple[float, float, float] | None, levels: list[list[int]]) -> list[list[float]]:
-        base = list(voxel_size) if voxel_size else [1.0, 1.0, 1.0]
-        full = levels[0]
-        return [[b * f / s for b, f, s in zip(base, full, level)] for level in levels]
-
-    def _write_pyramid(self, group: zarr.Group, level0: zarr.Array, factors: Shape) -> list[list[int]]:
-        levels = [list(level0.shape)]
-        previous = level0
-        while max(previous.shape[1:]) > _COARSEST_YX and len(levels) < 10:
-            shape = tuple(math.ceil(s / f) for s, f in zip(previous.shape, factors))
-            array = group.create_dataset(
-                str(len(levels)),
-                shape=shape,
-                chunks=chunks_for(shape, level0.chunks),  # type: ignore[arg-type]
-                dtype=level0.dtype,
-                compressor=_compressor(),
-                write_empty_chunks=False,
-                dimension_separator="/",
-            )
-            # Output tiles a factor smaller in-plane, so each one reads a tile of the level above of at most
-            # the ingest tile's size (memory stays bounded whatever the plane size).
-            for roi in tiles(shape, array.chunks, _TILE_YX // max(factors)):  # type: ignore[arg-type]
-                source_roi = Roi(
-                    tuple(o * f for o, f in zip(roi.offset, factors)),  # type: ignore[arg-type]
-                    tuple(min(s * f, p - o * f) for s, o, f, p in zip(roi.shape, roi.offset, factors, previous.shape)),  # type: ignore[arg-type]
-                )
-                pooled = _mean_pool(previous[source_roi.slices], factors)
-                if np.issubdtype(array.dtype, np.integer):
-                    pooled = np.rint(pooled)
-                array[roi.slices] = pooled.astype(array.dtype)
-            levels.append(list(shape))
-            previous = array
-        return levels
 
     def register(self, source: VolumeSource, image_id: str, stats: IntensityStats, chunks: Shape) -> StoredImage:
         """Use a Zarr/N5 array where it is (read-only); only an empty label group is created here, whose
@@ -267,7 +281,7 @@ class VolumeStore:
             shape=shape,
             chunks=chunks,
             dtype=LABEL_DTYPE,
-            compressor=_compressor(),
+            compressor=chunk_compressor(),
             write_empty_chunks=False,
             fill_value=0,
             dimension_separator="/",
@@ -275,7 +289,9 @@ class VolumeStore:
         )
         group.attrs.put(
             {
-                "multiscales": _multiscales(name, [list(scale or (1.0, 1.0, 1.0))], "micrometer" if scale else None),
+                "multiscales": ngff_multiscales(
+                    name, [list(scale or (1.0, 1.0, 1.0))], "micrometer" if scale else None
+                ),
                 "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}},
             }
         )

@@ -1,0 +1,245 @@
+"""Whole-volume segmentation in four steps, each a function of plain data that any worker can run.
+
+1. :func:`predict_block` (one per write block): read the block's windows from the store, predict them
+   (:mod:`.windows`), write uint8 probabilities and the block's labels (:mod:`.components`).
+2. :func:`stitch` (once): join labels across block boundaries; one mapping to final object ids.
+3. :func:`relabel_block` (one per write block): write the block's labels and instance ids.
+4. :func:`build_pyramids` (once): downsampled levels of every output, for viewers.
+
+:class:`BlockPlan` says which blocks there are; :class:`Postprocess` what step 1 computes for the
+structure's post-processing. :func:`segment_volume` runs all four in one process (tests, benchmarks);
+``lib.jobs.volume`` runs them on the queue.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..configs.spec import StructureSpec
+from ..infers.postprocessing import bilateral, resolve, watershed
+from .components import BlockTable, Mapping, boundary_pairs, label_block
+from .components import resolve as resolve_components
+from .outputs import VolumeOutput
+from .regions import Roi, Shape, align, grid
+from .windows import WindowLattice, block_logits, probabilities, read_padded
+
+# A write block is at least this many windows along each axis, then grown to about this many voxels.
+DEFAULT_BLOCK_MVOX = 16.0
+# Blocks are queued in jobs of about this many voxels, so one job's fixed cost (queue, model check,
+# SQL) stays under a few percent of its work.
+JOB_MVOX = 16.0
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """The write blocks of a job: a chunk-aligned ``domain`` of an image cut into ``block``-sized boxes."""
+
+    image_shape: Shape
+    domain: Roi
+    block: Shape
+    chunks: Shape
+    blocks_per_job: int
+
+    @classmethod
+    def make(
+        cls,
+        image_shape: Shape,
+        chunks: Shape,
+        patch: Shape,
+        roi: Roi | None = None,
+        block: Shape | None = None,
+        block_mvox: float = DEFAULT_BLOCK_MVOX,
+        job_mvox: float = JOB_MVOX,
+    ) -> BlockPlan:
+        """``roi``: part of the image (grown to whole chunks); ``block``: rounded up to whole chunks, else
+        chosen: two windows a side at least, then doubled along the axis with fewest windows until about
+        ``block_mvox``."""
+        roi = roi or Roi.whole(image_shape)
+        start = tuple(o // c * c for o, c in zip(roi.offset, chunks))
+        end = tuple(min(s, math.ceil(e / c) * c) for e, c, s in zip(roi.end, chunks, image_shape))
+        domain = Roi(start, tuple(e - s for s, e in zip(start, end)))  # type: ignore[arg-type]
+        if block is None:
+            size = list(align(tuple(2 * p for p in patch), chunks))  # type: ignore[arg-type]
+            while math.prod(size) < block_mvox * 1e6 and any(s < d for s, d in zip(size, domain.shape)):
+                growable = [a for a in range(3) if size[a] < domain.shape[a]]
+                axis = min(growable, key=lambda a: size[a] / patch[a])
+                size[axis] *= 2
+            block = tuple(size)  # type: ignore[assignment]
+        block = tuple(min(b, align((d,), (c,))[0]) for b, d, c in zip(align(block, chunks), domain.shape, chunks))  # type: ignore[assignment]
+        per_job = max(1, round(job_mvox * 1e6 / math.prod(block)))
+        return cls(tuple(image_shape), domain, block, tuple(chunks), per_job)  # type: ignore[arg-type]
+
+    def blocks(self) -> list[Roi]:
+        """Write blocks in image coordinates, z-major."""
+        return [
+            Roi(tuple(o + d for o, d in zip(b.offset, self.domain.offset)), b.shape)  # type: ignore[arg-type]
+            for b in grid(self.domain.shape, self.block)
+        ]
+
+    def in_domain(self, roi: Roi) -> Roi:
+        return Roi(tuple(o - d for o, d in zip(roi.offset, self.domain.offset)), roi.shape)  # type: ignore[arg-type]
+
+    def batches(self) -> list[list[int]]:
+        count = len(self.blocks())
+        return [list(range(i, min(count, i + self.blocks_per_job))) for i in range(0, count, self.blocks_per_job)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "domain": self.domain.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BlockPlan:
+        domain = Roi(tuple(data["domain"]["offset"]), tuple(data["domain"]["shape"]))  # type: ignore[arg-type]
+        return cls(
+            tuple(data["image_shape"]), domain, tuple(data["block"]), tuple(data["chunks"]), data["blocks_per_job"]
+        )  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Postprocess:
+    """The structure's post-processing, as the blocks compute it (``options`` complete, as resolved)."""
+
+    method: str
+    options: dict[str, Any]
+
+    @classmethod
+    def of(cls, spec: StructureSpec, method: str | None = None, **overrides: Any) -> Postprocess:
+        method, options = resolve(spec, method, **overrides)
+        if options.get("skeleton"):
+            raise ValueError("skeleton=true is not available for whole volumes (block-wise skeletons are not built)")
+        return cls(method, options)
+
+    @property
+    def kind(self) -> str:
+        return "instances" if self.method == "watershed" else "components"
+
+    @property
+    def min_size(self) -> int:
+        return int(self.options.get("min_size", 0))
+
+    @property
+    def margin(self) -> Shape:
+        """Probabilities needed beyond the write block: the bilateral filter's window and the opening's
+        reach in-plane; the watershed's distance transform sees ``3 x min_distance`` around."""
+        if self.method == "bilateral":
+            sigma = float(self.options["sigma_spatial"])
+            reach = max(5, 2 * math.ceil(3 * sigma) + 1) // 2 + 2 * int(self.options["radius"]) + 1
+            return (0, reach, reach)
+        if self.method == "watershed":
+            reach = 3 * int(self.options["min_distance"]) + 8
+            return (reach, reach, reach)
+        return (0, 0, 0)
+
+    def block_labels(self, index: int, p: np.ndarray, inner: tuple[slice, ...]) -> tuple[np.ndarray, BlockTable]:
+        """The block's labels and table from probabilities ``p`` of the block with its margin."""
+        o = self.options
+        if self.method == "threshold":
+            return label_block(index, mask=p[inner] > o["threshold"])
+        if self.method == "hysteresis":
+            if not o["low"] < o["high"]:
+                raise ValueError(f"hysteresis needs low < high, got low {o['low']}, high {o['high']}")
+            return label_block(index, mask=p[inner] > o["low"], high=p[inner] > o["high"])
+        if self.method == "bilateral":
+            mask = bilateral(p, o["threshold"], o["sigma_color"], o["sigma_spatial"], int(o["radius"]))
+            return label_block(index, mask=mask[inner].astype(bool))
+        # watershed without its size filter: sizes are counted over the whole volume after stitching
+        instances = watershed(p, o["threshold"], 0, int(o["min_distance"]), instances=True)
+        return label_block(index, instances=instances[inner])
+
+
+def lattice_of(plan: BlockPlan, spec: StructureSpec) -> WindowLattice:
+    return WindowLattice(plan.domain.shape, spec.patch_size, spec.overlap)
+
+
+def predict_block(
+    plan: BlockPlan,
+    index: int,
+    spec: StructureSpec,
+    post: Postprocess,
+    read_image: Callable[[Roi], np.ndarray],
+    network: torch.nn.Module,
+    output: VolumeOutput,
+    device: str | torch.device = "cpu",
+    batch_size: int = 2,
+    autocast: bool = False,
+) -> str:
+    """Step 1 for block ``index``; ``read_image(roi)``: normalised float32 voxels of an image box. Returns
+    the checksum of what it wrote."""
+    write = plan.blocks()[index]
+    lattice = lattice_of(plan, spec)
+    predicted = plan.in_domain(write).grow(post.margin, plan.domain.shape)
+    read_roi = lattice.read_roi(predicted)
+
+    def read_domain(roi: Roi) -> np.ndarray:
+        return read_image(Roi(tuple(o + d for o, d in zip(roi.offset, plan.domain.offset)), roi.shape))  # type: ignore[arg-type]
+
+    image = read_padded(read_domain, lattice, read_roi)
+    p = probabilities(block_logits(network, image, read_roi, lattice, predicted, device, batch_size, autocast))
+    inner = plan.in_domain(write).relative_to(predicted)
+    labels, table = post.block_labels(index, p, inner)
+    table.save(output.table_path(index))
+    return output.write(write, {"probabilities": np.rint(p[inner] * 255), "blocks": labels})
+
+
+def stitch(plan: BlockPlan, post: Postprocess, output: VolumeOutput) -> dict[str, Any]:
+    """Step 2: the mapping from block labels to object ids, saved for step 3."""
+    start = time.time()
+    tables = [BlockTable.load(output.table_path(i)) for i in range(len(plan.blocks()))]
+    blocks = output.array("blocks")
+    offset = plan.domain.offset
+
+    def read(slices: tuple[slice, ...]) -> np.ndarray:
+        return blocks[tuple(slice(s.start + o, s.stop + o) for s, o in zip(slices, offset))]
+
+    boundary = boundary_pairs(read, plan.domain.shape, plan.block)
+    mapping = resolve_components(tables, boundary, post.kind, post.min_size)
+    mapping.save(output.mapping)
+    return {
+        "objects": mapping.count,
+        "block_labels": int(len(mapping.keys)),
+        "joined_across_blocks": int(len(boundary.pairs6)),
+        "seconds": round(time.time() - start, 3),
+    }
+
+
+def relabel_block(plan: BlockPlan, index: int, output: VolumeOutput) -> str:
+    """Step 3 for block ``index``: object ids and the mask from the mapping."""
+    write = plan.blocks()[index]
+    instances = Mapping.load(output.mapping, index).apply(output.array("blocks")[write.slices])
+    return output.write(write, {"instances": instances, "labels": instances > 0})
+
+
+def build_pyramids(output: VolumeOutput, factors: Shape, voxel_size_um) -> dict[str, list]:
+    """Step 4; the work folder (block labels, tables, mapping) is removed after it."""
+    levels = output.build_pyramids(factors, voxel_size_um)
+    output.drop_work()
+    return levels
+
+
+def segment_volume(
+    plan: BlockPlan,
+    spec: StructureSpec,
+    post: Postprocess,
+    read_image: Callable[[Roi], np.ndarray],
+    network: torch.nn.Module,
+    output: VolumeOutput,
+    voxel_size_um: tuple[float, float, float] | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 2,
+    pyramid_factors: Shape = (2, 2, 2),
+) -> dict[str, Any]:
+    """All four steps in this process, one block after another."""
+    output.create(plan.image_shape, plan.chunks, voxel_size_um)
+    for index in range(len(plan.blocks())):
+        predict_block(plan, index, spec, post, read_image, network, output, device, batch_size)
+    summary = stitch(plan, post, output)
+    for index in range(len(plan.blocks())):
+        relabel_block(plan, index, output)
+    summary["levels"] = build_pyramids(output, pyramid_factors, voxel_size_um)
+    return summary
