@@ -29,8 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("image")
     parser.add_argument("model")
     parser.add_argument("--server", default="http://127.0.0.1:8000")
-    parser.add_argument("--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                        help="an infer option, e.g. --param threshold 0.5 --param roi '{\"offset\":[0,0,0],...}'")  # fmt: skip
+    example = '--param threshold 0.5 --param roi \'{"offset": [0, 0, 0], "shape": [64, 512, 512]}\''
+    parser.add_argument(
+        "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help=f"an option, e.g. {example}"
+    )
     parser.add_argument("--poll-s", type=float, default=1.0)
     parser.add_argument("--cancel-on-interrupt", action="store_true")
     args = parser.parse_args(argv)
