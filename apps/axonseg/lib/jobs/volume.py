@@ -17,6 +17,7 @@ What survives what:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -52,7 +53,7 @@ BLOCK_STEPS = ("predict", "relabel")  # one row per write block; the others are 
 MAX_ATTEMPTS = 2
 JOB_PREFIX = "vol-"
 # Infer options a volume job takes besides the post-processing's.
-_OPTIONS = ("tta", "device", "postprocessing", "block_shape", "sw_batch_size", "amp", "client_id")
+_OPTIONS = ("tta", "device", "postprocessing", "block_shape", "blocks_per_job", "sw_batch_size", "amp", "client_id")
 
 
 def is_volume_job(job_id: str) -> bool:
@@ -114,9 +115,13 @@ class VolumeJobs:
             block = tuple(int(b) for b in request["block_shape"]) if request.get("block_shape") else None
             if block is not None and (len(block) != 3 or min(block) < 1):
                 raise ValueError("block_shape must be three positive sizes (z, y, x)")
+            per_job = int(request.get("blocks_per_job") or 0)
+            sw_batch_size = int(request.get("sw_batch_size", 2))
         except (TypeError, ValueError) as e:
             raise InvalidRequest(str(e)) from e
         plan = BlockPlan.make(shape, chunks, spec.patch_size, _roi(request.get("roi"), shape), block)  # type: ignore[arg-type]
+        if per_job > 0:
+            plan = dataclasses.replace(plan, blocks_per_job=per_job)
         version = self.db.active_model_version(model)
         if version is None or not os.path.isfile(version.path):
             raise NotFound(f"'{model}' has no weights to serve")
@@ -125,7 +130,7 @@ class VolumeJobs:
             "options": post.options,
             "weights": version.path,
             "weights_checksum": version.checksum,
-            "sw_batch_size": int(request.get("sw_batch_size", 2)),
+            "sw_batch_size": max(1, sw_batch_size),
             "amp": bool(request.get("amp", True)),
             "device": request.get("device") or "auto",
         }

@@ -119,12 +119,11 @@ def block_logits(
     network.eval()
     for first in range(0, len(windows), batch_size):
         batch = windows[first : first + batch_size]
-        inputs = torch.stack(
-            [
-                tensor[tuple(slice(s - o, s - o + p) for s, o, p in zip(w, image_roi.offset, lattice.patch))]
-                for w in batch
-            ]
-        )[:, None]
+        crops = [
+            tensor[tuple(slice(s - o, s - o + p) for s, o, p in zip(w, image_roi.offset, lattice.patch))] for w in batch
+        ]
+        # one window: a view into the volume, as MONAI passes it (the same memory layout, the same kernels)
+        inputs = crops[0][None, None] if len(crops) == 1 else torch.stack(crops)[:, None]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast and str(device).startswith("cuda")):
             logits = network(inputs)
         logits = logits.float() * weight
