@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -544,8 +545,11 @@ class MicroscopyDatastore(Datastore):
             cached = _REGISTERED.pop((image.storage_uri, image.dataset), None)
         if cached is not None:
             cached.close()
+        outputs = [job.folder for job in self.db.volume_jobs(image_id=image.id)]  # whole-volume job outputs
         self.db.remove_image(image.id)
         self.store.remove(image.id)
+        for folder in outputs:
+            shutil.rmtree(folder, ignore_errors=True)
         if os.path.dirname(image.original_path) == self.studies:  # found there: it would be added again
             remove_path(image.original_path)
         for r in regions:

@@ -24,10 +24,12 @@ import logging
 import os
 import time
 import uuid
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 from rq import get_current_job
+from rq.job import Job
 from rq.registry import StartedJobRegistry
 
 from ..configs.spec import StructureSpec
@@ -36,8 +38,8 @@ from ..db.store import Database
 from ..errors import InvalidRequest, NotFound
 from ..infers.predict import resampling_zoom
 from ..transforms.intensity import IntensityStats, normalize
-from ..volumes.blockwise import BlockPlan, Postprocess, build_pyramids, predict_block, relabel_block, stitch
-from ..volumes.outputs import VolumeOutput
+from ..volumes.blockwise import BlockPlan, Postprocess, build_pyramid, predict_block, relabel_block, stitch
+from ..volumes.outputs import OUTPUTS, VolumeOutput
 from ..volumes.regions import Roi
 from ..volumes.store import chunks_for, downsample_factors
 from .client import ACTIVE, JobClient
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STEPS = ("predict", "stitch", "relabel", "pyramid")
-BLOCK_STEPS = ("predict", "relabel")  # one row per write block; the others are one row
+BLOCK_STEPS = ("predict", "relabel")  # one unit per write block; stitch is one, pyramid one per output
 MAX_ATTEMPTS = 2
 JOB_PREFIX = "vol-"
 # Infer options a volume job takes besides the post-processing's.
@@ -58,6 +60,13 @@ _OPTIONS = ("tta", "device", "postprocessing", "block_shape", "blocks_per_job", 
 
 def is_volume_job(job_id: str) -> bool:
     return job_id.startswith(JOB_PREFIX)
+
+
+def batches(plan: BlockPlan, step: str) -> list[list[int]]:
+    """The units of ``step``, as they are queued together."""
+    if step in BLOCK_STEPS:
+        return plan.batches()
+    return [[i] for i in range(len(OUTPUTS) if step == "pyramid" else 1)]
 
 
 def _next_step(step: str) -> str:
@@ -143,9 +152,12 @@ class VolumeJobs:
         folder = os.path.join(self.root, job_id)
         blocks = plan.blocks()
         rows = [
-            VolumeBlock(job_id=job_id, step=step, index=i, voxels=b.size if step in BLOCK_STEPS else plan.domain.size)
+            VolumeBlock(
+                job_id=job_id, step=step, index=i, voxels=blocks[i].size if step in BLOCK_STEPS else plan.domain.size
+            )
             for step in STEPS
-            for i, b in enumerate(blocks if step in BLOCK_STEPS else [plan.domain])
+            for batch in batches(plan, step)
+            for i in batch
         ]
         candidate = VolumeJob(
             id=job_id, key=key, image_id=image_id, model=model, model_version_id=version.id, params=params,
@@ -172,17 +184,13 @@ class VolumeJobs:
         StartedJobRegistry(queue, connection=self.jobs.connection).cleanup()  # abandoned jobs: retried or failed
         plan = BlockPlan.from_json(job.plan)
         rows = {row.index: row for row in self.db.volume_blocks(job.id, job.step)}
-        batches = plan.batches() if job.step in BLOCK_STEPS else [[0]]
-        for batch in batches:
-            pending = [i for i in batch if rows[i].status != "DONE"]
-            if not pending:
+        waiting = [b for b in batches(plan, job.step) if any(rows[i].status != "DONE" for i in b)]
+        ids = [f"{job.id}-{job.step}-{b[0]}" for b in waiting]
+        # one round trip for all of them (a large volume has hundreds of batches)
+        for batch, rq_id, existing in zip(waiting, ids, Job.fetch_many(ids, connection=self.jobs.connection)):
+            if existing is not None and existing.get_status(refresh=False) in ACTIVE:
                 continue
-            rq_id = f"{job.id}-{job.step}-{batch[0]}"
-            existing = self.jobs.job(rq_id)
-            status = self.jobs.refresh_status(existing, clean=False) if existing is not None else None
-            if status in ACTIVE:
-                continue
-            spent = [i for i in pending if rows[i].attempts >= MAX_ATTEMPTS]
+            spent = [i for i in batch if rows[i].status != "DONE" and rows[i].attempts >= MAX_ATTEMPTS]
             if spent:
                 row = rows[spent[0]]
                 reason = row.error or "its worker died each time (killed, or out of memory)"
@@ -206,7 +214,7 @@ class VolumeJobs:
         if job.status == "RUNNING":
             self.db.update_volume_job(job.id, status="CANCELLED", error="cancelled", finished_at=utcnow())
             plan = BlockPlan.from_json(job.plan)
-            for batch in plan.batches() if job.step in BLOCK_STEPS else [[0]]:
+            for batch in batches(plan, job.step):
                 rq = self.jobs.job(f"{job.id}-{job.step}-{batch[0]}")
                 if rq is not None and self.jobs.refresh_status(rq, clean=False) in ACTIVE:
                     self.jobs.cancel(rq.id)
@@ -273,9 +281,8 @@ class VolumeJobs:
         }
 
 
-def _aware(ts):
-    from datetime import timezone
-
+def _aware(ts: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they are UTC."""
     return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
@@ -334,13 +341,12 @@ def run_step(rt: Runtime, volume_job: str, step: str, indices: list[int]) -> dic
     if rt.db.advance_volume_step(job_id, step, next_step):
         job = rt.db.volume_job(job_id)
         if next_step == "done":
+            VolumeOutput(job.folder).drop_work()  # type: ignore[union-attr]
             rt.db.update_volume_job(job_id, status="DONE", finished_at=utcnow())
-        else:
-            plan = BlockPlan.from_json(job.plan)  # type: ignore[union-attr]
-            client = JobClient(connection=current.connection) if current else None
-            for batch in plan.batches() if next_step in BLOCK_STEPS else [[0]]:
-                if client is not None:
-                    enqueue(client, job, next_step, batch)  # type: ignore[arg-type]
+        elif current is not None:
+            client = JobClient(connection=current.connection)
+            for batch in batches(BlockPlan.from_json(job.plan), next_step):  # type: ignore[union-attr]
+                enqueue(client, job, next_step, batch)  # type: ignore[arg-type]
     return {"step": step, "done": done}
 
 
@@ -365,8 +371,7 @@ class _StepWork:
             return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()
         image = self.rt.db.image(self.job.image_id)
         voxel_size = tuple(image.voxel_size_um) if image and image.voxel_size_um else None
-        levels = build_pyramids(self.output, downsample_factors(voxel_size), voxel_size)  # type: ignore[arg-type]
-        self.rt.db.update_volume_job(self.job.id, summary={**(self.job.summary or {}), "levels": levels})
+        levels = build_pyramid(self.output, list(OUTPUTS)[index], downsample_factors(voxel_size), voxel_size)  # type: ignore[arg-type]
         return hashlib.sha256(json.dumps(levels).encode()).hexdigest()
 
     def _predict(self, index: int) -> str:

@@ -4,7 +4,7 @@
    (:mod:`.windows`), write uint8 probabilities and the block's labels (:mod:`.components`).
 2. :func:`stitch` (once): join labels across block boundaries; one mapping to final object ids.
 3. :func:`relabel_block` (one per write block): write the block's labels and instance ids.
-4. :func:`build_pyramids` (once): downsampled levels of every output, for viewers.
+4. :func:`build_pyramid` (one per output): its downsampled levels, for viewers.
 
 :class:`BlockPlan` says which blocks there are; :class:`Postprocess` what step 1 computes for the
 structure's post-processing. :func:`segment_volume` runs all four in one process (tests, benchmarks);
@@ -26,7 +26,7 @@ from ..configs.spec import StructureSpec
 from ..infers.postprocessing import bilateral, resolve, watershed
 from .components import BlockTable, Mapping, boundary_pairs, label_block
 from .components import resolve as resolve_components
-from .outputs import VolumeOutput
+from .outputs import OUTPUTS, VolumeOutput
 from .regions import Roi, Shape, align, grid
 from .windows import WindowLattice, block_logits, probabilities, read_padded
 
@@ -215,11 +215,9 @@ def relabel_block(plan: BlockPlan, index: int, output: VolumeOutput) -> str:
     return output.write(write, {"instances": instances, "labels": instances > 0})
 
 
-def build_pyramids(output: VolumeOutput, factors: Shape, voxel_size_um) -> dict[str, list]:
-    """Step 4; the work folder (block labels, tables, mapping) is removed after it."""
-    levels = output.build_pyramids(factors, voxel_size_um)
-    output.drop_work()
-    return levels
+def build_pyramid(output: VolumeOutput, name: str, factors: Shape, voxel_size_um) -> list:
+    """Step 4 for output ``name`` (each output is one unit of work)."""
+    return output.build_pyramid(name, factors, voxel_size_um)
 
 
 def segment_volume(
@@ -241,5 +239,6 @@ def segment_volume(
     summary = stitch(plan, post, output)
     for index in range(len(plan.blocks())):
         relabel_block(plan, index, output)
-    summary["levels"] = build_pyramids(output, pyramid_factors, voxel_size_um)
+    summary["levels"] = {name: build_pyramid(output, name, pyramid_factors, voxel_size_um) for name in OUTPUTS}
+    output.drop_work()
     return summary

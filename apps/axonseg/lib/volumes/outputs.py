@@ -88,14 +88,12 @@ class VolumeOutput:
     def table_path(self, index: int) -> str:
         return os.path.join(self.tables, f"{index}.npz")
 
-    def build_pyramids(self, factors: Shape, voxel_size_um: tuple[float, float, float] | None) -> dict[str, list]:
-        """Downsampled levels of every output, and their NGFF metadata; returns each output's level shapes."""
-        group = zarr.open_group(self._store(self.zarr_path), mode="a")
-        levels = {}
-        for name in OUTPUTS:
-            levels[name] = write_pyramid(group[name], group[name]["0"], factors, REDUCE[name])
-            scales = pyramid_scales(voxel_size_um, levels[name])
-            group[name].attrs["multiscales"] = ngff_multiscales(name, scales, "micrometer" if voxel_size_um else None)
+    def build_pyramid(self, name: str, factors: Shape, voxel_size_um: tuple[float, float, float] | None) -> list:
+        """Downsampled levels of output ``name`` and its NGFF metadata; returns the level shapes."""
+        group = zarr.open_group(self._store(os.path.join(self.zarr_path, name)), mode="a")
+        levels = write_pyramid(group, group["0"], factors, REDUCE[name])
+        scales = pyramid_scales(voxel_size_um, levels)
+        group.attrs["multiscales"] = ngff_multiscales(name, scales, "micrometer" if voxel_size_um else None)
         return levels
 
     def drop_work(self) -> None:
