@@ -184,7 +184,7 @@ def test_volume_job_survives_a_killed_worker_a_redis_and_api_restart_and_resumes
         running = wait_for(
             lambda: next((b for b in _blocks(db, job["id"]).values() if b.status == "RUNNING"), None), 60, "a block"
         )
-        victim = next(w for w in srv.workers if str(w.process.pid) in running.worker)
+        victim = next(w for w in srv.workers if f"-{w.process.pid}-" in running.worker)
         victim.kill9()
         survivors = [w for w in srv.workers if w is not victim]
         before_restart = {i: b.finished_at for i, b in _blocks(db, job["id"]).items() if b.status == "DONE"}

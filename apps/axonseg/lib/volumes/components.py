@@ -74,8 +74,12 @@ def adjacent_pairs(labels: np.ndarray, offsets: tuple[tuple[int, int, int], ...]
         if keep.any():
             found.append(np.stack([np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])], axis=1))
     if not found:
-        return np.zeros((0, 2), np.uint64)
-    return np.unique(np.concatenate(found).astype(np.uint64), axis=0)
+        return np.zeros((0, 2), labels.dtype)
+    pairs = np.concatenate(found)
+    if labels.dtype == np.uint32:  # one 64-bit key per pair: a 1-D unique is much faster than rows
+        keys = np.unique((pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64))
+        return np.stack([keys >> np.uint64(32), keys & np.uint64(0xFFFFFFFF)], 1).astype(np.uint32)
+    return np.unique(pairs, axis=0)
 
 
 def label_block(
@@ -92,15 +96,17 @@ def label_block(
     else:
         local, count = ndimage.label(mask)  # 6-connected, as skimage's hysteresis
         pairs = None
-    labels = np.where(local > 0, local.astype(np.uint64) + np.uint64(block_base(index)), np.uint64(0))
+    local = local.astype(np.uint32 if count < 2**32 else np.uint64, copy=False)  # half the memory of uint64
+    base = np.uint64(block_base(index))
     sizes = np.bincount(local.ravel(), minlength=count + 1)[1:].astype(np.int64)
     if high is not None:
         flags = np.bincount(local[high].ravel(), minlength=count + 1)[1:] > 0
     else:
         flags = np.ones(count, bool)
-    if pairs is None:
-        pairs = adjacent_pairs(labels, FORWARD_26)
-    ids = np.arange(1, count + 1, dtype=np.uint64) + np.uint64(block_base(index))
+    if pairs is None:  # on the block's own numbers, then moved into its range
+        pairs = adjacent_pairs(local, FORWARD_26).astype(np.uint64) + base
+    labels = np.where(local > 0, local.astype(np.uint64) + base, np.uint64(0))
+    ids = np.arange(1, count + 1, dtype=np.uint64) + base
     return labels, BlockTable(ids, sizes, flags, pairs)
 
 
