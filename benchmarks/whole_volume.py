@@ -385,7 +385,7 @@ def render(results: dict) -> str:
         lines += [f"## Overhead ({results['commands'].get('overhead', '')})", "",
                   f"One process, {r['threads']} torch threads, volume {'x'.join(map(str, r['shape']))} ({r['mvox']:.1f} Mvox), "
                   f"{r['blocks']} write blocks of {'x'.join(map(str, r['block']))}.", "",
-                  "| path | seconds | Mvox/s | ours / it |", "|---|---|---|---|",
+                  "| path | seconds | Mvox/s | ours' throughput / its |", "|---|---|---|---|",
                   f"| raw forward, the windows the blocks run ({r['windows_blocks']}) | {r['raw_block_windows_s']:.1f} | "
                   f"{r['mvox'] / r['raw_block_windows_s']:.2f} | {r['ratio_vs_raw_same_tiles']:.2f} |",
                   f"| raw forward, one pass's windows ({r['windows_one_pass']}) | {r['raw_one_pass_s']:.1f} | "
@@ -417,9 +417,10 @@ def render(results: dict) -> str:
         lines += [f"## Memory at growing sizes ({results['commands'].get('memory', '')})", "",
                   "Each row one fresh process running the four steps one block after another (what a worker runs), "
                   "peak RSS by the kernel's high-water mark (`VmHWM`). Rows marked *1x1x1 conv* replace only the network.", "",
-                  "| volume | Gvox | network | blocks | seconds | RSS before | peak RSS |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| volume | Gvox | network | blocks | objects (per Mvox) | seconds | RSS before | peak RSS |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in rows:
             lines.append(f"| {'x'.join(map(str, r['shape']))} | {r['gvox']:.3f} | {r['network']} | {r['blocks']} | "
+                         f"{r['objects']:,} ({r['objects'] / (r['gvox'] * 1e3):.0f}) | "
                          f"{r['seconds']:.0f} | {r['rss_before_gb']:.2f} GB | {r['peak_rss_gb']:.2f} GB |")  # fmt: skip
         peaks = [r["peak_rss_gb"] for r in rows]
         ratio = max(peaks) / min(peaks)
@@ -432,6 +433,10 @@ def render(results: dict) -> str:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_render":  # the report again from its JSON
+        path = Path(sys.argv[2])
+        path.with_suffix(".md").write_text(render(json.loads(path.read_text())))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "_memory_child":
         memory_child(*json.loads(sys.argv[2]))
         return
