@@ -94,12 +94,19 @@ def stored_stats(path: Path):
     return IntensityStats.from_json(json.loads((path / "stats.json").read_text()))
 
 
-def _axon(workdir: str):
+def _axon(workdir: str, device: str = "cpu"):
     from lib.configs.registry import init_task_configs
 
     config = init_task_configs(workdir)["axon"]
-    network, _, _ = config.weights.load("cpu")
+    network, _, _ = config.weights.load(device)
     return config.spec, network
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def _stats(array):
@@ -127,7 +134,8 @@ def part_overhead(args, results: dict) -> None:
     torch.set_num_threads(args.threads)
     shape = tuple(args.overhead_shape)
     path = build_store(shape, Path(args.scratch))
-    spec, network = _axon(tempfile.mkdtemp())
+    device, amp = args.device, args.device.startswith("cuda")
+    spec, network = _axon(tempfile.mkdtemp(), device)
     array = zarr.open_array(str(path), mode="r")
     stats = stored_stats(path)
     volume = normalize(array[:], stats, spec.percentiles, spec.intensity_ceiling)
@@ -136,16 +144,19 @@ def part_overhead(args, results: dict) -> None:
     block_windows = [w for b in plan.blocks() for w in lattice.windows_touching(b)]
     one_pass_windows = lattice.windows_touching(plan.domain)
     row: dict = {"shape": list(shape), "mvox": math.prod(shape) / 1e6, "block": list(plan.block),
-                 "blocks": len(plan.blocks()), "threads": args.threads, "windows_blocks": len(block_windows),
+                 "blocks": len(plan.blocks()), "threads": args.threads, "device": args.device, "batch": args.batch, "windows_blocks": len(block_windows),
                  "windows_one_pass": len(one_pass_windows)}  # fmt: skip
 
     def forward(windows) -> float:
-        tensor = torch.from_numpy(volume)
+        tensor = torch.from_numpy(volume).to(device)
+        _sync(device)
         start = time.perf_counter()
-        with torch.no_grad():
-            for i in range(0, len(windows), 2):
-                batch = [tensor[tuple(slice(s, s + p) for s, p in zip(w, spec.patch_size))] for w in windows[i : i + 2]]
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            for i in range(0, len(windows), args.batch):
+                crops = windows[i : i + args.batch]
+                batch = [tensor[tuple(slice(s, s + p) for s, p in zip(w, spec.patch_size))] for w in crops]
                 network(torch.stack(batch)[:, None])
+        _sync(device)
         return time.perf_counter() - start
 
     network.eval()
@@ -153,12 +164,12 @@ def part_overhead(args, results: dict) -> None:
     row["raw_block_windows_s"] = forward(block_windows)
     row["raw_one_pass_s"] = forward(one_pass_windows)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
         logits = sliding_window_inference(
-            torch.from_numpy(volume)[None, None], spec.patch_size, 2, network, spec.overlap, mode="gaussian",
-            padding_mode="replicate",
+            torch.from_numpy(volume)[None, None].to(device), spec.patch_size, args.batch, network, spec.overlap,
+            mode="gaussian", padding_mode="replicate",
         )  # fmt: skip
-        _ = (torch.sigmoid(logits) > spec.threshold).numpy()
+        _ = (torch.sigmoid(logits.float()) > spec.threshold).cpu().numpy()
     row["stock_monai_s"] = time.perf_counter() - start
     del logits
 
@@ -167,7 +178,11 @@ def part_overhead(args, results: dict) -> None:
 
     output = VolumeOutput(tempfile.mkdtemp(dir=args.scratch))
     start = time.perf_counter()
-    summary = segment_volume(plan, spec, Postprocess.of(spec), read_image, network, output, (1.0, 1.0, 1.0))
+    summary = segment_volume(
+        plan, spec, Postprocess.of(spec), read_image, network, output, (1.0, 1.0, 1.0), device, args.batch,
+        autocast=amp,
+    )  # fmt: skip
+    _sync(device)
     row["ours_s"] = time.perf_counter() - start
     row["objects"] = summary["objects"]
     row["stitch_s"] = summary["seconds"]
@@ -448,12 +463,14 @@ def main() -> None:
     parser.add_argument("--unet-max-gvox", type=float, default=0.1)
     parser.add_argument("--scaling-block", nargs=3, type=int, default=[64, 256, 256], help="write blocks (one per job)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (overhead part; bfloat16 autocast)")
+    parser.add_argument("--batch", type=int, default=2, help="windows per forward pass")
     parser.add_argument("--scratch", default=os.path.join(tempfile.gettempdir(), "axonseg-whole-volume"))
     args = parser.parse_args()
     os.makedirs(args.scratch, exist_ok=True)
     import torch
 
-    device = "gpu" if torch.cuda.is_available() else "cpu"
+    device = "gpu" if args.device.startswith("cuda") and torch.cuda.is_available() else "cpu"
     report = REPORTS / f"whole_volume_{device}.json"
     results = json.loads(report.read_text()) if report.exists() else {}
     results["machine"] = machine()

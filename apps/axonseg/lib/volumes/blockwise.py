@@ -231,11 +231,12 @@ def segment_volume(
     device: str | torch.device = "cpu",
     batch_size: int = 2,
     pyramid_factors: Shape = (2, 2, 2),
+    autocast: bool = False,
 ) -> dict[str, Any]:
     """All four steps in this process, one block after another."""
     output.create(plan.image_shape, plan.chunks, voxel_size_um)
     for index in range(len(plan.blocks())):
-        predict_block(plan, index, spec, post, read_image, network, output, device, batch_size)
+        predict_block(plan, index, spec, post, read_image, network, output, device, batch_size, autocast)
     summary = stitch(plan, post, output)
     for index in range(len(plan.blocks())):
         relabel_block(plan, index, output)
