@@ -18,15 +18,19 @@ What survives what:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
 from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
@@ -37,6 +41,7 @@ from ..db.models import Image, VolumeBlock, VolumeJob, utcnow
 from ..db.store import Database
 from ..errors import InvalidRequest, NotFound
 from ..infers.predict import resampling_zoom
+from ..machine import default_device
 from ..transforms.intensity import IntensityStats, normalize
 from ..volumes.blockwise import BlockPlan, Postprocess, build_pyramid, predict_block, relabel_block, stitch
 from ..volumes.outputs import OUTPUTS, VolumeOutput
@@ -374,9 +379,9 @@ class _StepWork:
         levels = build_pyramid(self.output, list(OUTPUTS)[index], downsample_factors(voxel_size), voxel_size)  # type: ignore[arg-type]
         return hashlib.sha256(json.dumps(levels).encode()).hexdigest()
 
-    def _predict(self, index: int) -> str:
-        from ..machine import default_device
-
+    @functools.cached_property
+    def _inputs(self) -> tuple[str, torch.nn.Module, Callable[[Roi], np.ndarray]]:
+        """Device, network and the image reader, once per batch (not per block)."""
         device = self.job.params.get("device", "auto")
         device = default_device() if device in ("auto", None, "") else device
         network = self.rt.network(self.job.params["weights"], self.job.params["weights_checksum"], device)
@@ -386,10 +391,13 @@ class _StepWork:
             raise NotFound(f"image '{self.job.image_id}' was removed")
         stats: IntensityStats = datastore.stats(image)
 
-        def read_image(roi: Roi):
-            raw = datastore.read(image, roi)
-            return normalize(raw, stats, self.spec.percentiles, self.spec.intensity_ceiling)
+        def read_image(roi: Roi) -> np.ndarray:
+            return normalize(datastore.read(image, roi), stats, self.spec.percentiles, self.spec.intensity_ceiling)
 
+        return device, network, read_image
+
+    def _predict(self, index: int) -> str:
+        device, network, read_image = self._inputs
         return predict_block(
             self.plan,
             index,

@@ -41,10 +41,6 @@ def block_base(index: int) -> int:
     return (index + 1) << _BLOCK_BITS
 
 
-def block_of(label_ids: np.ndarray) -> np.ndarray:
-    return (label_ids >> np.uint64(_BLOCK_BITS)).astype(np.int64) - 1
-
-
 @dataclass
 class BlockTable:
     """What a block tells the coordinator about its labels (arrays of equal length, ``ids`` sorted)."""
@@ -269,13 +265,12 @@ def _contact_pairs(boundary: Boundary) -> np.ndarray:
         (int(i), int(k[0]), int(k[1])): int(s)
         for i, k, s in zip(boundary.section_ids, boundary.section_keys, boundary.section_sizes)
     }
-    keys = {(int(i), int(k[0]), int(k[1])) for i, k in zip(boundary.section_ids, boundary.section_keys)}
-    by_id: dict[int, list[tuple[int, int]]] = {}
-    for i, a, p in keys:
-        by_id.setdefault(i, []).append((a, p))
+    by_id: dict[int, set[tuple[int, int]]] = {}
+    for i, axis, position in section:
+        by_id.setdefault(i, set()).add((axis, position))
     keep = []
     for (a, b), contact in zip(boundary.pairs6, boundary.contacts):
-        shared = set(by_id.get(int(a), [])) & set(by_id.get(int(b), []))
+        shared = by_id.get(int(a), set()) & by_id.get(int(b), set())
         smaller = min((min(section[(int(a), *k)], section[(int(b), *k)]) for k in shared), default=0)
         keep.append(smaller > 0 and contact >= MIN_CONTACT * smaller)
     return boundary.pairs6[np.asarray(keep, bool)]

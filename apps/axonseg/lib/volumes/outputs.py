@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 
 from .regions import Roi, Shape
-from .store import chunk_compressor, ngff_multiscales, pyramid_scales, write_pyramid
+from .store import create_array, ngff_multiscales, pyramid_scales, write_pyramid
 
 OUTPUTS = {"probabilities": np.uint8, "labels": np.uint8, "instances": np.uint64}
 # How each output is downsampled for the pyramid.
@@ -58,16 +58,7 @@ class VolumeOutput:
     @staticmethod
     def _require(group: zarr.Group, shape: Shape, chunks: Shape, dtype, name: str = "0") -> None:
         if name not in group:
-            group.create_dataset(
-                name,
-                shape=shape,
-                chunks=chunks,
-                dtype=dtype,
-                compressor=chunk_compressor(),
-                write_empty_chunks=False,
-                fill_value=0,
-                dimension_separator="/",
-            )
+            create_array(group, name, shape, chunks, dtype)
 
     def array(self, name: str, level: int = 0, mode: str = "r") -> zarr.Array:
         if name == _BLOCKS:

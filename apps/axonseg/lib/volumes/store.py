@@ -98,6 +98,21 @@ def _mean_pool(array: np.ndarray, factors: Shape) -> np.ndarray:
     return view.mean(axis=(1, 3, 5))
 
 
+def create_array(group: zarr.Group, name: str, shape: Shape, chunks: Shape, dtype) -> zarr.Array:
+    """An empty chunked array (0 where never written; empty chunks are not stored), as every array here is."""
+    return group.create_dataset(
+        name,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        compressor=chunk_compressor(),
+        write_empty_chunks=False,
+        fill_value=0,
+        dimension_separator="/",
+        overwrite=False,
+    )
+
+
 def pyramid_scales(voxel_size: tuple[float, float, float] | None, levels: list[list[int]]) -> list[list[float]]:
     """Each level's voxel size (µm; 1 per voxel when unknown), for the NGFF scale transforms."""
     base = list(voxel_size) if voxel_size else [1.0, 1.0, 1.0]
@@ -276,17 +291,7 @@ class VolumeStore:
             zarr.DirectoryStore(os.path.join(self.group_path(image_id), "labels"), dimension_separator="/"), mode="a"
         )
         group = labels.require_group(name)
-        group.create_dataset(
-            "0",
-            shape=shape,
-            chunks=chunks,
-            dtype=LABEL_DTYPE,
-            compressor=chunk_compressor(),
-            write_empty_chunks=False,
-            fill_value=0,
-            dimension_separator="/",
-            overwrite=False,
-        )
+        create_array(group, "0", shape, chunks, LABEL_DTYPE)
         group.attrs.put(
             {
                 "multiscales": ngff_multiscales(

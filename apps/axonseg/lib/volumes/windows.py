@@ -13,7 +13,6 @@ windows (BLAS kernels chosen by batch size); ``tests/test_blockwise.py`` measure
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,14 +66,6 @@ class WindowLattice:
         start = tuple(min(w[a] for w in windows) for a in range(3))
         end = tuple(max(w[a] for w in windows) + self.patch[a] for a in range(3))
         return Roi(start, tuple(e - s for s, e in zip(start, end)))  # type: ignore[arg-type]
-
-    def windows_per_block(self, block: Shape) -> float:
-        """How many times, on average, a window is run when the domain is cut into ``block``-sized write
-        blocks (1.0 for one block); the cost of cutting, beside what one pass runs."""
-        from .regions import grid
-
-        total = sum(len(self.windows_touching(b)) for b in grid(self.shape, block))
-        return total / math.prod(len(s) for s in self.starts())
 
 
 def importance_map(patch: Shape, device: str | torch.device) -> torch.Tensor:
