@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import h5py
 import numpy as np
@@ -212,8 +213,63 @@ def test_label_of_a_structure_the_image_cannot_carry(server, unchanged):
     _assert_error(reply, 400, "can carry")
 
 
+BAD_PARAMS = [  # (endpoint, body, words of the message): every one is refused by the API, before any work
+    ("infer", {"threshold": "high"}, "threshold must be a number"),
+    ("infer", {"threshold": 1.5}, "threshold must be a number in [0, 1] for 'threshold' post-processing, not 1.5"),
+    ("infer", {"min_size": 10**8}, "min_size must be an integer in [0, 10000000]"),
+    ("infer", {"min_size": 2.5}, "min_size must be an integer"),
+    ("infer", {"min_size": [1]}, "not [1]"),
+    ("infer", {"tta": 4}, "tta must be one of 1, 8, 16"),
+    ("infer", {"postprocessing": "bilateral", "radius": 50}, "radius must be an integer in [0, 16]"),
+    ("infer", {"postprocessing": "bilateral", "sigma_spatial": 0}, "sigma_spatial must be a number in (0, 4]"),
+    ("infer", {"postprocessing": "hysteresis", "low": 0.99}, "low < high"),
+    ("infer", {"postprocessing": "watershed", "min_distance": 0}, "min_distance must be an integer in [1, 32]"),
+    ("infer", {"postprocessing": ["threshold"]}, "unknown post-processing"),
+    ("infer", {"skeleton": "maybe"}, "skeleton must be true or false"),
+    ("infer", {"device": "banana"}, "device must be auto, cpu, cuda or cuda:N"),
+    ("batch", {"images": ["gala_fibsem"], "min_size": -1}, "min_size must be an integer in [0, 10000000]"),
+    ("batch", {"images": ["gala_fibsem"], "tta": "x"}, "tta must be one of 1, 8, 16"),
+    ("volume", {"sw_batch_size": 0}, "sw_batch_size must be an integer in [1, 32], not 0"),
+    ("volume", {"sw_batch_size": "2; drop"}, "sw_batch_size must be an integer"),
+    ("volume", {"blocks_per_job": -1}, "blocks_per_job must be an integer in [0, 1024]"),
+    ("volume", {"roi": {"offset": [-1, 0, 0], "shape": [1, 1, 1]}}, "roi offset[0] must be an integer in [0, 100]"),
+    ("volume", {"roi": {"offset": [0, 0, 0], "shape": [1.5, 1, 1]}}, "roi shape[0] must be an integer"),
+    ("volume", {"amp": "yes"}, "amp must be true or false"),
+    ("volume", {"postprocessing": "bilateral", "radius": 50}, "radius must be an integer in [0, 16]"),
+    ("score", {"model": "axon", "samples": 10**6}, "samples must be an integer in [1, 64]"),
+    ("score", {"model": "axon", "rate": 1}, "rate must be a number in [0, 1)"),
+    ("score", {"model": "axon", "samples": "many"}, "samples must be an integer"),
+]
+
+
+def _job_ids(server) -> set[str]:
+    overview = requests.get(f"{server.url}/jobs/", timeout=30).json()["queues"]
+    return {job for queue in overview.values() for ids in queue["jobs"].values() for job in ids}
+
+
 def test_bad_infer_params(server, unchanged):
+    """Out-of-bound infer, batch, whole-volume and scoring params: 400 naming the parameter, its range and
+    the value, and nothing queued (no job id appears in GET /jobs/)."""
+    before = _job_ids(server)
+    for endpoint, body, words in BAD_PARAMS:
+        if endpoint == "infer":
+            reply = requests.post(
+                f"{server.url}/infer/axon", params={"image": "gala_fibsem"}, data={"params": json.dumps(body)}
+            )
+        else:
+            path = {"batch": "batch/infer/axon", "volume": "volumes/trailmap_original/segment/axon"}
+            url = f"{server.url}/{path.get(endpoint, 'scoring/epistemic')}"
+            reply = requests.post(url, json=body, timeout=30)
+        assert reply.status_code == 400, (endpoint, body, reply.text)
+        assert words in reply.json()["detail"], (endpoint, body, reply.json()["detail"])
+    assert not _job_ids(server) - before  # (ids of earlier tests' finished jobs may expire meanwhile)
+    # values at the bounds, as text the way Slicer sends them back, pass the API and the worker alike
+    at_bounds = {"postprocessing": "hysteresis", "high": "1", "low": 0, "min_size": "10000000", "tta": "1",
+                 "device": "auto", "skeleton": "false", "client_id": "bounds", "save_label": False}  # fmt: skip
     reply = requests.post(
-        f"{server.url}/infer/axon", params={"image": "gala_fibsem"}, data={"params": '{"threshold": "high"}'}
-    )
-    _assert_error(reply, 400, "threshold must be a number")
+        f"{server.url}/infer/axon", params={"image": "gala_fibsem", "output": "json"},
+        data={"params": json.dumps(at_bounds)}, timeout=300,
+    )  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["postprocessing"] == {"method": "hysteresis", "high": 1.0, "low": 0.0, "min_size": 10**7,
+                                              "skeleton": False}  # fmt: skip

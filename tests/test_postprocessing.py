@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lib.configs.registry import SPECS
+from lib.errors import InvalidRequest
 from lib.infers.postprocessing import bilateral, default_options, hysteresis, postprocess, threshold, watershed
 
 
@@ -65,9 +66,10 @@ def test_spec_defaults_and_request_overrides():
     p = np.zeros((1, 4, 4), np.float32)
     p[0, 1:3, 1:3] = 0.9
     assert postprocess(p, spec, "threshold", threshold="0.5", min_size="1").sum() == 4
-    with pytest.raises(ValueError, match="threshold must be a number"):
+    # the client's mistakes: a 400 wherever they are parsed (bounds of each option: test_param_bounds.py)
+    with pytest.raises(InvalidRequest, match=r"threshold must be a number in \[0, 1\]"):
         postprocess(p, spec, "threshold", threshold="high")
-    with pytest.raises(ValueError, match="takes"):
+    with pytest.raises(InvalidRequest, match="takes"):
         postprocess(p, spec, "threshold", high=0.9)
-    with pytest.raises(ValueError, match="unknown post-processing"):
+    with pytest.raises(InvalidRequest, match="unknown post-processing"):
         postprocess(p, spec, "magic")

@@ -4,6 +4,24 @@ from __future__ import annotations
 
 import os
 import platform
+import re
+from typing import Any
+
+from .errors import InvalidRequest
+from .params import shown
+
+_DEVICE = re.compile(r"cpu|cuda(:\d{1,2})?")
+
+
+def check_device(value: Any) -> str:
+    """A request's ``device``: ``auto`` (also for None or empty), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Whether the worker has that GPU is only known there (it answers 400 when it has none)."""
+    if value in (None, "", "auto"):
+        return "auto"
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise InvalidRequest(f"device must be auto, cpu, cuda or cuda:N, not {shown(value)}")
+    return value
 
 
 def default_device() -> str:

@@ -14,7 +14,7 @@ from monailabel.interfaces.datastore import Datastore
 from ..db.store import Database
 from ..errors import NotFound
 from ..jobs.client import JobClient
-from .scoring import SCORING_METHODS
+from .scoring import SCORING_METHODS, scoring_params
 
 
 class Scores:
@@ -62,9 +62,9 @@ class Scores:
     ) -> str | None:
         """Queue a scoring job and return its id. With ``images`` None: the images needing a score, and
         only if no such job for (model, method) is under way (that job's id is returned instead);
-        None when every image has a fresh score."""
+        None when every image has a fresh score. ``params`` are checked before anything is read or queued."""
         self._check(model, method)
-        kwargs = {"model": model, "method": method, "params": dict(params or {})}
+        kwargs = {"model": model, "method": method, "params": scoring_params(method, params)}
         if images is not None:
             description = f"'{method}' scores of {len(images)} images under '{model}'"
             return self.jobs.submit("score", description=description, image_ids=list(images), **kwargs).id

@@ -15,9 +15,17 @@ can be scored (dropout has no parameters). Volumes are scored on the model's vox
 predicted, and averaged over voxels so volumes of different sizes compare; the scoring job stores
 them per image and model version (``lib.jobs.tasks.score``), ``epistemic`` with the region's pooled
 encoder features (:func:`encoder_features`) for diversity-aware sampling.
+
+Parameters of a scoring request (:func:`scoring_params`; out of bounds: 400 before anything is queued),
+for ``epistemic`` and ``entropy``: ``samples``, dropout passes, an integer in [1, 64] (default 8; each
+pass predicts the whole region again, and the mean's error shrinks only as 1/sqrt(samples)); ``rate``,
+the dropout probability, in [0, 1) (default 0.2; 0 makes every pass alike, 1 would drop everything).
+``tta`` and ``dice`` take none.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,10 +33,26 @@ import torch
 from ..configs.spec import StructureSpec
 from ..infers.predict import model_grid_image, resize, sliding_window_probabilities, tta_probabilities
 from ..networks import build_network
+from ..params import Range
 from ..transforms.intensity import IntensityStats
 
 SCORING_METHODS = ("epistemic", "entropy", "tta", "dice")
 _EPS = 1e-6
+# MC-dropout parameters: their defaults and bounds (why: the module docstring).
+MC_DROPOUT = {"samples": (8, Range(1, 64, integer=True)), "rate": (0.2, Range(0.0, 1.0, high_open=True))}
+
+
+def scoring_params(method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """The parameters ``method`` scores with, checked (InvalidRequest names one out of bounds): the API
+    calls it before queueing, the scoring job on what it was given. Keys ``method`` does not take are
+    dropped (they change nothing)."""
+    params = params or {}
+    if method not in ("epistemic", "entropy"):
+        return {}
+    where = f" for '{method}' scoring (MC dropout)"
+    return {
+        name: bounds.check(name, params.get(name, default), where) for name, (default, bounds) in MC_DROPOUT.items()
+    }
 
 
 def binary_entropy(probabilities: np.ndarray) -> np.ndarray:

@@ -11,6 +11,19 @@ request may override both (they are listed in the model's infer config).
   (``min_distance`` apart), small instances removed (mitochondria); ``instances=True`` returns ids.
 - ``bilateral``: an in-plane bilateral filter of the probabilities, threshold, then erosion and dilation
   by ``radius`` in-plane (membranes, as in seed 003).
+
+Bounds (:data:`OPTION_RANGES`; a request outside them gets a 400 before anything is queued or read):
+
+- ``threshold``, ``high``, ``low``: probabilities, in [0, 1]; hysteresis also needs ``low < high``.
+- ``min_size``: voxels, in [0, 10,000,000]. An interactive region is 4.2 Mvox by default, so a larger
+  ``min_size`` empties it; whole-volume objects are counted across blocks and may be larger, up to the cap.
+- ``min_distance``: voxels between watershed seeds, in [1, 32] (skimage needs 1; a 200 nm mitochondrion
+  is 40 voxels across at 5 nm, and whole-volume blocks read ``3 x min_distance + 8`` voxels around).
+- ``radius``: in-plane opening radius in pixels, in [0, 16]. The opening erases anything narrower than
+  ``2 x radius + 1`` (membranes are a few pixels wide); its cost grows as ``radius²`` (16: ~1 s/Mvox, 30: ~7).
+- ``sigma_color``: in (0, 1], the range of a probability; ``sigma_spatial``: pixels, in (0, 4] (the
+  filter's window is ``6 x sigma_spatial + 1`` pixels wide; 4 is ~3 s/Mvox on a CPU core, 1 is 0.3).
+- ``skeleton``, ``instances``: true or false.
 """
 
 from __future__ import annotations
@@ -22,6 +35,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..configs.spec import StructureSpec
+from ..errors import InvalidRequest
+from ..params import Range, boolean, shown
 
 _FULL = np.ones((3, 3, 3), dtype=bool)
 
@@ -113,13 +128,26 @@ def bilateral(
 
 METHODS = {"threshold": threshold, "hysteresis": hysteresis, "watershed": watershed, "bilateral": bilateral}
 
+MAX_MIN_SIZE = 10_000_000
+# The numeric options' bounds (why: the module docstring); the rest (skeleton, instances) are flags.
+OPTION_RANGES: dict[str, Range] = {
+    "threshold": Range(0.0, 1.0),
+    "high": Range(0.0, 1.0),
+    "low": Range(0.0, 1.0),
+    "min_size": Range(0, MAX_MIN_SIZE, integer=True),
+    "min_distance": Range(1, 32, integer=True),
+    "radius": Range(0, 16, integer=True),
+    "sigma_color": Range(0.0, 1.0, low_open=True),
+    "sigma_spatial": Range(0.0, 4.0, low_open=True),
+}
+
 
 def default_options(spec: StructureSpec, method: str | None = None) -> dict[str, Any]:
     """The options ``method`` (default: the spec's) runs with: its own defaults, then the spec's
     ``threshold``/``min_size`` and ``postprocessing_options`` where the method takes them."""
     method = method or spec.postprocessing
-    if method not in METHODS:
-        raise ValueError(f"unknown post-processing '{method}'; one of: {', '.join(METHODS)}")
+    if not isinstance(method, str) or method not in METHODS:
+        raise InvalidRequest(f"unknown post-processing {shown(method)}; one of: {', '.join(METHODS)}")
     parameters = inspect.signature(METHODS[method]).parameters
     options = {name: p.default for name, p in parameters.items() if name != "probabilities"}
     from_spec = {"threshold": spec.threshold, "min_size": spec.min_size, **spec.postprocessing_options}
@@ -130,20 +158,27 @@ def default_options(spec: StructureSpec, method: str | None = None) -> dict[str,
 def resolve(spec: StructureSpec, method: str | None = None, **overrides: Any) -> tuple[str, dict[str, Any]]:
     """The method (default: the spec's) and the complete options it runs with, ``overrides`` applied.
 
-    Raises ValueError naming the valid methods or options, and for option values of the wrong type.
+    The one parser of post-processing options (infer, batch infer and whole-volume requests, on the API
+    and in the worker): raises InvalidRequest naming the valid methods or options, and for a value out of
+    its :data:`OPTION_RANGES` or of the wrong type.
     """
     method = method or spec.postprocessing
     options = default_options(spec, method)
     unknown = set(overrides) - set(options)
     if unknown:
-        raise ValueError(f"'{method}' post-processing takes {', '.join(sorted(options))}, not {', '.join(unknown)}")
+        raise InvalidRequest(
+            f"'{method}' post-processing takes {', '.join(sorted(options))}, not {', '.join(sorted(unknown))}"
+        )
+    where = f" for '{method}' post-processing"
     for name, value in overrides.items():
-        kind = type(options[name])
-        try:
-            options[name] = _as(kind, value)
-        except (TypeError, ValueError) as e:
-            expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, kind.__name__)
-            raise ValueError(f"{name} must be {expected} for '{method}' post-processing, not {value!r}") from e
+        if name in OPTION_RANGES:
+            options[name] = OPTION_RANGES[name].check(name, value, where)
+        elif isinstance(options[name], bool):
+            options[name] = boolean(name, value, where)
+        else:  # an option added without bounds: the code's mistake, not the client's
+            raise KeyError(f"post-processing option '{name}' has no bounds in OPTION_RANGES")
+    if method == "hysteresis" and not options["low"] < options["high"]:
+        raise InvalidRequest(f"hysteresis needs low < high, got low {options['low']}, high {options['high']}")
     return method, options
 
 
@@ -153,13 +188,3 @@ def postprocess(
     """Label from probabilities with the spec's method (or ``method``); ``overrides`` as in :func:`resolve`."""
     method, options = resolve(spec, method, **overrides)
     return METHODS[method](probabilities, **options)
-
-
-def _as(kind: type, value: Any) -> Any:
-    if kind is bool:
-        if isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1")
-        return bool(value)
-    return kind(value)

@@ -8,6 +8,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,14 +17,38 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ..configs.spec import StructureSpec
 from ..errors import InvalidRequest
-from ..machine import default_device
+from ..machine import check_device, default_device
 from ..networks import load_weights
 from ..transforms.intensity import IntensityStats
 from ..transforms.io import Volume, copy_atomic, read_volume, write_volume
 from .postprocessing import default_options, resolve
-from .predict import TTA_VARIANTS, segment, voxel_size_nm
+from .predict import check_tta, segment, voxel_size_nm
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """An infer request's options, checked: ``tta``, ``device`` (``auto`` or a torch device), and the
+    post-processing ``method`` with its complete ``options``."""
+
+    tta: int
+    device: str
+    method: str
+    options: dict[str, Any]
+
+
+def parse_infer_request(spec: StructureSpec, request: dict[str, Any]) -> InferRequest:
+    """The options of an infer or batch-infer request against their bounds (``check_tta``, ``check_device``,
+    ``postprocessing.resolve``); InvalidRequest names the first one out. The API calls it before queueing
+    and :meth:`SegmentationInfer.run` again (whoever queued the job). Keys that are no option
+    (``client_id``, ``images``) are ignored."""
+    tta = check_tta(request.get("tta", 1))
+    device = check_device(request.get("device", "auto"))
+    requested = request.get("postprocessing") or spec.postprocessing
+    given = {name: request[name] for name in default_options(spec, requested) if name in request}
+    method, options = resolve(spec, requested, **given)
+    return InferRequest(tta, device, method, options)
 
 
 class ModelWeights:
@@ -89,7 +114,8 @@ class SegmentationInfer(InferTask):
             labels=spec.labels,
             dimension=3,
             description=spec.description,
-            # What a client may override per request (Slicer shows these under the model's options).
+            # What a client may override per request (Slicer shows these under the model's options);
+            # their bounds: parse_infer_request.
             config={
                 "tta": 1,
                 "device": "auto",
@@ -125,25 +151,11 @@ class SegmentationInfer(InferTask):
         ``stats``: the intensity statistics of the image ``volume`` was read from (None: ``volume`` is a
         whole image); ``inner``: the region to return when ``volume`` holds it with context.
         """
-        device = request.get("device", "auto")
-        if device in ("auto", None, ""):
-            device = default_device()
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
+        parsed = parse_infer_request(self.spec, request)
+        tta, method, options = parsed.tta, parsed.method, parsed.options
+        device = default_device() if parsed.device == "auto" else parsed.device
+        if device.startswith("cuda") and not torch.cuda.is_available():
             raise InvalidRequest(f"device '{device}' requested, but this server has no CUDA GPU")
-        try:
-            tta = int(request.get("tta", 1))
-        except (TypeError, ValueError) as e:
-            raise InvalidRequest(f"tta must be an integer: {e}") from e
-        if tta not in TTA_VARIANTS:
-            raise InvalidRequest(
-                f"tta must be one of {', '.join(map(str, TTA_VARIANTS))} (test-time variants), not {tta}"
-            )
-        requested = request.get("postprocessing") or self.spec.postprocessing
-        try:  # an unknown method, option or option value is the client's mistake: 400 before any work
-            given = {name: request[name] for name in default_options(self.spec, requested) if name in request}
-            method, options = resolve(self.spec, requested, **given)
-        except ValueError as e:
-            raise InvalidRequest(str(e)) from e
         network, meta, path = self.weights.load(device)
         start = time.time()
         voxel_size = voxel_size_nm(volume)

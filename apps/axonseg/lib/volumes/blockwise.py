@@ -9,6 +9,18 @@
 :class:`BlockPlan` says which blocks there are; :class:`Postprocess` what step 1 computes for the
 structure's post-processing. :func:`segment_volume` runs all four in one process (tests, benchmarks);
 ``lib.jobs.volume`` runs them on the queue.
+
+A whole-volume request (:class:`VolumeRequest`, checked before anything is planned or queued) takes the
+post-processing options (``lib.infers.postprocessing``, no ``skeleton``), ``tta`` 1 only, ``device``, and:
+
+- ``roi``: ``{"offset": [z, y, x], "shape": [z, y, x]}``, integers, a non-empty box inside the image.
+- ``block_shape``: three integers >= 1; at most :data:`MAX_BLOCK_MVOX` Mvox inside the image (a block's
+  buffers are about ``4 B x (2 x read + 6 x write voxels)``: ~5 GB at 128 Mvox, 8x the default block).
+- ``blocks_per_job``: an integer in [0, 1024], 0 choosing about :data:`JOB_MVOX` per queue job (a queue
+  job holds its worker until all its blocks are done).
+- ``sw_batch_size``: windows per forward pass, an integer in [1, 32] (16x the default 2; the network's
+  activations grow with it, the speed hardly).
+- ``amp``: true or false (bfloat16 autocast on CUDA).
 """
 
 from __future__ import annotations
@@ -23,7 +35,11 @@ import numpy as np
 import torch
 
 from ..configs.spec import StructureSpec
+from ..errors import InvalidRequest
 from ..infers.postprocessing import bilateral, resolve, watershed
+from ..infers.predict import check_tta
+from ..machine import check_device
+from ..params import Range, boolean, box, shown
 from .components import BlockTable, Mapping, boundary_pairs, label_block
 from .components import resolve as resolve_components
 from .outputs import OUTPUTS, VolumeOutput
@@ -35,6 +51,12 @@ DEFAULT_BLOCK_MVOX = 16.0
 # Blocks are queued in jobs of about this many voxels, so one job's fixed cost (queue, model check,
 # SQL) stays under a few percent of its work.
 JOB_MVOX = 16.0
+# The largest write block a request may ask for (block_shape), and its other bounds (module docstring).
+MAX_BLOCK_MVOX = 128.0
+BLOCKS_PER_JOB = Range(0, 1024, integer=True)
+SW_BATCH_SIZE = Range(1, 32, integer=True)
+# Options of a whole-volume request besides the post-processing's.
+REQUEST_OPTIONS = ("tta", "device", "postprocessing", "roi", "block_shape", "blocks_per_job", "sw_batch_size", "amp")
 
 
 @dataclass(frozen=True)
@@ -112,7 +134,9 @@ class Postprocess:
     def of(cls, spec: StructureSpec, method: str | None = None, **overrides: Any) -> Postprocess:
         method, options = resolve(spec, method, **overrides)
         if options.get("skeleton"):
-            raise ValueError("skeleton=true is not available for whole volumes (block-wise skeletons are not built)")
+            raise InvalidRequest(
+                "skeleton=true is not available for whole volumes (block-wise skeletons are not built)"
+            )
         return cls(method, options)
 
     @property
@@ -151,6 +175,67 @@ class Postprocess:
         # watershed without its size filter: sizes are counted over the whole volume after stitching
         instances = watershed(p, o["threshold"], 0, int(o["min_distance"]), instances=True)
         return label_block(index, instances=instances[inner])
+
+
+def parse_roi(value: Any, image_shape: Shape) -> Roi | None:
+    """A request's ``roi``: a non-empty box of whole voxels inside an image of ``image_shape``."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"offset", "shape"}:
+        raise InvalidRequest(f'roi must be {{"offset": [z, y, x], "shape": [z, y, x]}} in voxels, not {shown(value)}')
+    inside = f" (a box inside the image of {list(image_shape)} voxels"
+    starts = tuple(Range(0, s - 1, integer=True) for s in image_shape)
+    offset = box("roi offset", value["offset"], starts, inside + ")")  # type: ignore[arg-type]
+    sizes = tuple(Range(1, s - o, integer=True) for s, o in zip(image_shape, offset))
+    shape = box("roi shape", value["shape"], sizes, f"{inside}, from offset {list(offset)})")  # type: ignore[arg-type]
+    return Roi(offset, shape)
+
+
+@dataclass(frozen=True)
+class VolumeRequest:
+    """A whole-volume request's options, checked against their bounds (module docstring)."""
+
+    post: Postprocess
+    roi: Roi | None
+    block: Shape | None
+    blocks_per_job: int  # 0: chosen by BlockPlan.make
+    sw_batch_size: int
+    amp: bool
+    device: str  # "auto" or a torch device
+
+    @classmethod
+    def parse(cls, spec: StructureSpec, request: dict[str, Any], image_shape: Shape) -> VolumeRequest:
+        """InvalidRequest names the first option out of bounds; keys that are neither these options nor
+        the post-processing's are refused too (``client_id`` is let through)."""
+        if check_tta(request.get("tta", 1)) != 1:
+            raise InvalidRequest(f"whole-volume jobs run without test-time augmentation (tta 1), not {request['tta']}")
+        known = (*REQUEST_OPTIONS, "client_id")
+        post = Postprocess.of(
+            spec, request.get("postprocessing"), **{k: v for k, v in request.items() if k not in known}
+        )
+        block = None
+        if request.get("block_shape") is not None:
+            block = box("block_shape", request["block_shape"], Range(1, 65536, integer=True))
+            voxels = math.prod(min(b, s) for b, s in zip(block, image_shape))
+            if voxels > MAX_BLOCK_MVOX * 1e6:
+                raise InvalidRequest(
+                    f"block_shape {list(block)} is {voxels / 1e6:g} Mvox inside the image; at most "
+                    f"{MAX_BLOCK_MVOX:g} Mvox (a block's buffers are held in memory)"
+                )
+        return cls(
+            post=post,
+            roi=parse_roi(request.get("roi"), image_shape),
+            block=block,  # type: ignore[arg-type]
+            blocks_per_job=BLOCKS_PER_JOB.check("blocks_per_job", _or(request.get("blocks_per_job"), 0)),
+            sw_batch_size=SW_BATCH_SIZE.check("sw_batch_size", _or(request.get("sw_batch_size"), 2)),
+            amp=boolean("amp", _or(request.get("amp"), True)),
+            device=check_device(request.get("device")),
+        )
+
+
+def _or(value: Any, default: Any) -> Any:
+    """An option sent as null takes its default."""
+    return default if value is None else value
 
 
 def lattice_of(plan: BlockPlan, spec: StructureSpec) -> WindowLattice:

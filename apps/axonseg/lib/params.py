@@ -1,0 +1,109 @@
+"""Checking request parameters against their bounds: the one way numbers, flags and choices of a request
+are parsed. Each module that owns parameters declares their :class:`Range` next to where they are used
+and documented; a value out of bounds or of the wrong type raises :class:`~lib.errors.InvalidRequest`
+naming the parameter, what it may be and what was sent.
+
+Numbers may come as JSON numbers or numeric strings (Slicer sends a model's options back as text);
+booleans, lists, objects, NaN and infinities are refused where a number goes.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidRequest
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``value`` as a message quotes it, cut short (a request may send a megabyte where a number goes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Range:
+    """Numbers from ``low`` to ``high``, ends included unless ``low_open`` / ``high_open``; ``integer``:
+    whole numbers only (3.0 is 3; 2.5 is refused, not rounded)."""
+
+    low: float
+    high: float
+    integer: bool = False
+    low_open: bool = False
+    high_open: bool = False
+
+    def __str__(self) -> str:
+        low, high = (str(v) if isinstance(v, int) else f"{v:g}" for v in (self.low, self.high))
+        return f"{'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+    def contains(self, x: float) -> bool:
+        above = x > self.low if self.low_open else x >= self.low
+        below = x < self.high if self.high_open else x <= self.high
+        return above and below
+
+    def check(self, name: str, value: Any, where: str = "") -> Any:
+        """``value`` as an int (``integer``) or float inside the range; ``where`` ends the message (e.g.
+        " for 'bilateral' post-processing")."""
+        kind = "an integer" if self.integer else "a number"
+        error = InvalidRequest(f"{name} must be {kind} in {self}{where}, not {shown(value)}")
+        x = _number(value)
+        if x is None:
+            raise error
+        if self.integer:
+            if x != int(x):
+                raise error
+            x = int(x)
+        if not self.contains(x):
+            raise error
+        return x if self.integer else float(x)
+
+
+def _number(value: Any) -> int | float | None:
+    """A finite int or float from a number or numeric string; None for anything else (bools included)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)  # exact: 10**30 stays an int and fails the range check, never overflows
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+    if isinstance(value, numbers.Real):
+        x = float(value)
+        return x if math.isfinite(x) else None
+    return None
+
+
+def boolean(name: str, value: Any, where: str = "") -> bool:
+    """true/false, 1/0, or those as text."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise InvalidRequest(f"{name} must be true or false{where}, not {shown(value)}")
+
+
+def one_of(name: str, value: Any, allowed: tuple[int, ...], where: str = "") -> int:
+    """One of the integers ``allowed``."""
+    x = _number(value)
+    if x is None or x != int(x) or int(x) not in allowed:
+        raise InvalidRequest(f"{name} must be one of {', '.join(map(str, allowed))}{where}, not {shown(value)}")
+    return int(x)
+
+
+def box(name: str, value: Any, axes: Range | tuple[Range, Range, Range], where: str = "") -> tuple[int, int, int]:
+    """Three integers (z, y, x), each in ``axes`` (one range for all, or one per axis)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise InvalidRequest(f"{name} must be three integers [z, y, x]{where}, not {shown(value)}")
+    ranges = axes if isinstance(axes, tuple) else (axes,) * 3
+    return tuple(r.check(f"{name}[{i}]", v, where) for i, (r, v) in enumerate(zip(ranges, value)))  # type: ignore[return-value]
