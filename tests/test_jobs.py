@@ -5,6 +5,7 @@ Each scenario that kills or restarts something gets a server of its own.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -276,6 +277,97 @@ def test_infer_worker_killed_mid_job_is_retried_once_by_another(isolated):
     assert reply[0].status_code == 200, reply[0].text
     jobs = requests.get(f"{srv.url}/jobs/", timeout=10).json()["queues"]["infer"]["jobs"]
     assert jobs["finished"] and not jobs["started"]
+
+
+# A cancelled job ends within this long: its worker checks the stop flag before every forward pass.
+STOP_WITHIN_S = 10
+
+
+def job_detail(server: Server, job_id: str) -> dict:
+    return requests.get(f"{server.url}/jobs/{job_id}", timeout=10).json()
+
+
+def stop_while_running(server: Server, job_id: str) -> float:
+    """DELETE ``job_id`` two seconds into its run; returns the seconds from the DELETE until it is STOPPED."""
+    wait_for(lambda: job_detail(server, job_id)["status"] == "RUNNING", 60, f"job {job_id} to start", 0.1)
+    time.sleep(2)
+    assert job_detail(server, job_id)["status"] == "RUNNING"  # it has far more work than this
+    deleted = time.monotonic()
+    assert requests.delete(f"{server.url}/jobs/{job_id}", timeout=30).status_code == 200
+    job = wait_for(
+        lambda: (j := job_detail(server, job_id))["status"] != "RUNNING" and j, STOP_WITHIN_S, "the stop", 0.1
+    )
+    assert job["status"] == "STOPPED" and job["state"] == "stopped", job
+    return time.monotonic() - deleted
+
+
+def test_cancelling_a_running_job_stops_it_within_seconds_and_leaves_nothing_half_done(isolated):
+    """Every kind the API cancels (infer, score, batch_infer, train), stopped in the middle of an image's
+    forward passes: STOPPED within seconds, no label, score or model version of it, and the worker takes
+    the next job."""
+    srv = isolated(conf={"region_size": "64,64,100"})
+    Client, _ = slicer_client_class()
+    client = Client(srv.url, tmpdir=str(srv.workdir), client_id="pytest")
+    gala = sorted(i for i in client.datastore()["objects"] if i.startswith("gala_fibsem_block_"))
+    trailmap = "trailmap_chunk_block_z0_y0_x0"
+    label, _ = client.infer("axon", trailmap, {})  # an annotator's label to train on
+    client.save_label(trailmap, label, "final", {"client_id": "pytest"})
+    versions_before = requests.get(f"{srv.url}/models/axon/versions", timeout=10).json()
+    seconds = {}
+
+    def original_labels(image: str, structure: str) -> list:
+        query = {"tag": "original", "structure": structure}
+        return requests.get(f"{srv.url}/labels/{image}/versions", params=query, timeout=10).json()
+
+    # infer: the request waits on its job and answers once the job has stopped
+    replies: list[requests.Response] = []
+    request = {"params": json.dumps({"tta": 16})}  # 16 test-time variants: many forward passes
+    thread = threading.Thread(
+        target=lambda: replies.append(
+            requests.post(f"{srv.url}/infer/mitochondria", params={"image": gala[0]}, data=request, timeout=120)
+        )
+    )
+    thread.start()
+    started = wait_for(
+        lambda: requests.get(f"{srv.url}/jobs/", timeout=10).json()["queues"]["infer"]["jobs"]["started"],
+        30,
+        "the infer job to start",
+        0.05,
+    )
+    seconds["infer"] = stop_while_running(srv, started[0])
+    thread.join()
+    assert replies[0].status_code == 409 and "stopped" in replies[0].json()["detail"], replies[0].text
+    assert original_labels(gala[0], "mitochondria") == []
+
+    # score: many MC-dropout passes per image
+    reply = requests.post(
+        f"{srv.url}/scoring/epistemic", json={"model": "synapse", "images": gala, "samples": 64}, timeout=30
+    )
+    seconds["score"] = stop_while_running(srv, reply.json()["id"])
+    assert requests.get(f"{srv.url}/scoring/epistemic?model=synapse", timeout=10).json()["scores"] == {}
+
+    # batch_infer: several images, 16 test-time variants each
+    reply = requests.post(f"{srv.url}/batch/infer/mitochondria", json={"images": gala, "tta": 16}, timeout=30)
+    seconds["batch_infer"] = stop_while_running(srv, reply.json()["id"])
+    assert all(original_labels(image, "mitochondria") == [] for image in gala)
+
+    # train: many epochs
+    reply = requests.post(
+        f"{srv.url}/train/axon", json={"max_epochs": 200, "iterations": 20, "batch_size": 1}, timeout=30
+    )
+    seconds["train"] = stop_while_running(srv, reply.json()["id"])
+    assert train_status(srv)["status"] == "STOPPED" and train_status(srv)["model_version"] is None
+    assert requests.get(f"{srv.url}/models/axon/versions", timeout=10).json() == versions_before
+    assert not (srv.workdir / "models" / "axon.pt").exists()  # nothing published
+
+    # both workers take the next job and run it to the end
+    _, params = client.infer("mitochondria", gala[0], {})
+    assert len(original_labels(gala[0], "mitochondria")) == 1, params
+    reply = requests.post(f"{srv.url}/batch/infer/mitochondria", json={"images": gala[1:2]}, timeout=30)
+    assert wait_for_job(srv.url, reply.json()["id"], 120)["status"] == "DONE"
+    assert len(original_labels(gala[1], "mitochondria")) == 1
+    print(f"seconds from DELETE to STOPPED: {seconds}")
+    assert all(s < STOP_WITHIN_S for s in seconds.values()), seconds
 
 
 def test_api_restart_mid_job_keeps_job_state(isolated):

@@ -29,6 +29,26 @@ def test_tta_variants_are_inverted_exactly(tta):
     np.testing.assert_allclose(augmented, plain, atol=1e-5)
 
 
+def test_a_check_before_each_forward_pass_stops_a_prediction_midway():
+    """What a worker does when its job is cancelled: the check raises, and no further window is predicted."""
+    from lib.infers.predict import before_each_forward
+    from lib.trainers.supervised import TrainingStopped
+
+    calls = []
+
+    def check():
+        calls.append(len(calls))
+        if len(calls) == 3:
+            raise TrainingStopped("stopped on request")
+
+    volume = np.zeros((8, 200, 200), np.float32)  # 9 windows of mitochondria's, 2 per forward pass
+    with before_each_forward(check), pytest.raises(TrainingStopped):
+        predict_probabilities(PositionDependent(), volume, SPECS["mitochondria"], tta=8)
+    assert len(calls) == 3
+    predict_probabilities(PositionDependent(), volume, SPECS["mitochondria"])  # outside the block: no check
+    assert len(calls) == 3
+
+
 def test_tta_rejects_other_counts():
     with pytest.raises(ValueError, match="tta"):
         predict_probabilities(PositionDependent(), np.zeros((4, 8, 8), np.float32), SPECS["axon"], tta=4)

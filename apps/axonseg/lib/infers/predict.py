@@ -3,22 +3,46 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
 from ..configs.spec import StructureSpec
+from ..params import one_of
 from ..transforms.intensity import IntensityStats, intensity_stats, normalize
 from ..transforms.io import Volume
 from .postprocessing import postprocess
 
+# Test-time variants the code builds: none, the 8 combinations of z/y/x flips, those with and without rot90.
 TTA_VARIANTS = (1, 8, 16)
 # Images within this relative difference of the model's voxel size are predicted as they are.
 RESAMPLE_TOLERANCE = 0.25
 # The voxel size readers report when a file states none (1 µm); it is never resampled from.
 UNKNOWN_VOXEL_SIZE_NM = (1000.0, 1000.0, 1000.0)
+# Called before every forward pass of sliding-window inference (None: nothing). A worker sets a check that
+# raises once its job is cancelled, so the job stops within one pass, not after the tens of passes of a
+# region (MC dropout, test-time variants, validation).
+_BEFORE_FORWARD: ContextVar[Callable[[], None] | None] = ContextVar("before_forward", default=None)
+
+
+@contextmanager
+def before_each_forward(check: Callable[[], None]) -> Iterator[None]:
+    """Call ``check`` before every forward pass of :func:`sliding_window_probabilities` inside the block."""
+    token = _BEFORE_FORWARD.set(check)
+    try:
+        yield
+    finally:
+        _BEFORE_FORWARD.reset(token)
+
+
+def check_tta(value: Any) -> int:
+    """A request's ``tta``: one of :data:`TTA_VARIANTS` (InvalidRequest otherwise)."""
+    return one_of("tta", value, TTA_VARIANTS, " (test-time variants: none, 8 flips, 8 flips x 2 rotations)")
 
 
 def resampling_zoom(spec: StructureSpec, voxel_size_nm: tuple[float, ...] | None) -> tuple[float, ...] | None:
@@ -187,16 +211,25 @@ def sliding_window_probabilities(
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
     if eval_mode:
         network.eval()
+    check = _BEFORE_FORWARD.get()
     logits = sliding_window_inference(
         tensor,
         roi_size=spec.patch_size,
         sw_batch_size=sw_batch_size,
-        predictor=network,
+        predictor=network if check is None else _checked(network, check),
         overlap=spec.overlap,
         mode="gaussian",
         padding_mode="replicate",
     )
     return torch.sigmoid(logits)[0, 0].float().cpu().numpy()
+
+
+def _checked(network: torch.nn.Module, check: Callable[[], None]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def predictor(windows: torch.Tensor) -> torch.Tensor:
+        check()
+        return network(windows)
+
+    return predictor
 
 
 def segment(

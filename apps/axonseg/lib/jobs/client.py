@@ -15,17 +15,10 @@ from rq import Queue, Retry, Worker
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.registry import (
-    CanceledJobRegistry,
-    DeferredJobRegistry,
-    FailedJobRegistry,
-    FinishedJobRegistry,
-    ScheduledJobRegistry,
-    StartedJobRegistry,
-)
 
-from ..errors import JobFailed, JobTimeout, ServiceUnavailable
-from .queues import ALL_QUEUES, JOB_KINDS
+from ..auth.identity import CALLER, caller
+from ..errors import JobFailed, JobStopped, JobTimeout, ServiceUnavailable
+from .queues import ALL_QUEUES, JOB_KINDS, SERIALIZER
 
 MONAI_STATUS = {
     JobStatus.QUEUED: "SUBMITTED",
@@ -50,7 +43,7 @@ class JobClient:
         self.connection = connection or Redis.from_url(
             redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=10
         )
-        self.queues = {name: Queue(name, connection=self.connection) for name in ALL_QUEUES}
+        self.queues = {name: Queue(name, connection=self.connection, serializer=SERIALIZER) for name in ALL_QUEUES}
 
     def _unavailable(self, error: Exception) -> ServiceUnavailable:
         return ServiceUnavailable(
@@ -80,7 +73,8 @@ class JobClient:
                 failure_ttl=spec.result_ttl_s,
                 retry=Retry(max=spec.retries) if spec.retries else None,
                 description=description,
-                meta={"kind": kind, **(meta or {})},
+                # who submitted it: only they or an admin may cancel it (None: the server, e.g. a worker)
+                meta={"kind": kind, "owner": caller().name if CALLER.get() else None, **(meta or {})},
             )
         except RedisError as e:
             raise self._unavailable(e) from e
@@ -106,7 +100,7 @@ class JobClient:
 
     def workers(self, queue: str | None = None) -> list[Worker]:
         try:
-            workers = Worker.all(connection=self.connection)
+            workers = Worker.all(connection=self.connection, serializer=SERIALIZER)
         except RedisError as e:
             raise self._unavailable(e) from e
         return [w for w in workers if queue is None or queue in w.queue_names()]
@@ -133,7 +127,9 @@ class JobClient:
             status = await asyncio.to_thread(self.refresh_status, job, clean)
             if status == JobStatus.FINISHED:
                 return job.return_value()
-            if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+            if status in (JobStatus.STOPPED, JobStatus.CANCELED):
+                raise JobStopped(f"{job.description} was stopped (cancelled) before it finished")
+            if status == JobStatus.FAILED:
                 raise JobFailed(f"{job.description} {MONAI_STATUS[status].lower()}: {self.error_of(job)}")
             if time.monotonic() > deadline:
                 position = await asyncio.to_thread(self.position, job)
@@ -150,8 +146,8 @@ class JobClient:
         """The job's status; with ``clean``, after abandoned jobs (dead workers) have been failed or retried."""
         try:
             status = job.get_status(refresh=True)
-            if clean and status == JobStatus.STARTED:
-                StartedJobRegistry(job.origin, connection=self.connection).cleanup()
+            if clean and status == JobStatus.STARTED and job.origin in self.queues:
+                self.queues[job.origin].started_job_registry.cleanup()
                 status = job.get_status(refresh=True)
             return status
         except NoSuchJobError:
@@ -162,7 +158,7 @@ class JobClient:
     # reading -------------------------------------------------------------------------------
     def job(self, job_id: str) -> Job | None:
         try:
-            return Job.fetch(job_id, connection=self.connection)
+            return Job.fetch(job_id, connection=self.connection, serializer=SERIALIZER)
         except NoSuchJobError:
             return None
         except RedisError as e:
@@ -201,22 +197,23 @@ class JobClient:
             "retries_left": job.retries_left,
             "progress": job.meta.get("progress"),
             "error": self.error_of(job) if status == JobStatus.FAILED else None,
-            "meta": {k: v for k, v in job.meta.items() if k not in ("kind", "progress")},
+            # "unserialized": RQ's stand-in (raw bytes) for meta that is not JSON, e.g. a pickled job's
+            "meta": {k: v for k, v in job.meta.items() if k not in ("kind", "progress", "unserialized")},
         }
 
     def jobs_by_state(self, queue: str) -> dict[str, list[str]]:
         """Job ids per state in one queue (RQ's registries; finished/failed ones until their TTL)."""
         q = self.queues[queue]
         try:
-            StartedJobRegistry(queue, connection=self.connection).cleanup()
+            q.started_job_registry.cleanup()
             registries = {
                 "queued": q.get_job_ids(),
-                "started": StartedJobRegistry(queue, connection=self.connection).get_job_ids(),
-                "deferred": DeferredJobRegistry(queue, connection=self.connection).get_job_ids(),
-                "scheduled": ScheduledJobRegistry(queue, connection=self.connection).get_job_ids(),
-                "finished": FinishedJobRegistry(queue, connection=self.connection).get_job_ids(),
-                "failed": FailedJobRegistry(queue, connection=self.connection).get_job_ids(),
-                "canceled": CanceledJobRegistry(queue, connection=self.connection).get_job_ids(),
+                "started": q.started_job_registry.get_job_ids(),
+                "deferred": q.deferred_job_registry.get_job_ids(),
+                "scheduled": q.scheduled_job_registry.get_job_ids(),
+                "finished": q.finished_job_registry.get_job_ids(),
+                "failed": q.failed_job_registry.get_job_ids(),
+                "canceled": q.canceled_job_registry.get_job_ids(),
             }
         except RedisError as e:
             raise self._unavailable(e) from e
@@ -244,7 +241,7 @@ class JobClient:
             status = job.get_status(refresh=True)
             if status == JobStatus.STARTED:
                 try:
-                    send_stop_job_command(self.connection, job.id)
+                    send_stop_job_command(self.connection, job.id, serializer=SERIALIZER)
                 except InvalidJobOperation:
                     pass  # it finished in between
             elif status in ACTIVE:

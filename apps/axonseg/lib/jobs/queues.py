@@ -5,6 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rq.serializers import JSONSerializer
+
+# Job arguments, results and meta travel as JSON, never pickle (RQ's default): whoever can write to Redis
+# can then queue work, but cannot make a worker or the API run code of theirs by unpickling it.
+SERIALIZER = JSONSerializer
+
 INFER_QUEUE = "infer"
 TRAIN_QUEUE = "train"
 ALL_QUEUES = (INFER_QUEUE, TRAIN_QUEUE)

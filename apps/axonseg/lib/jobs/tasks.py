@@ -6,6 +6,7 @@ A worker calls :func:`configure` once at start-up; the :class:`Runtime` it build
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import threading
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from rq import get_current_job
 
-from ..activelearning.scoring import dice_score, encoder_features, mc_dropout_uncertainty, tta_score
+from ..activelearning.scoring import dice_score, encoder_features, mc_dropout_uncertainty, scoring_params, tta_score
 from ..configs.registry import init_task_configs, init_trainers
 from ..configs.spec import StructureSpec
 from ..configs.task_config import StructureTaskConfig
@@ -157,7 +158,7 @@ def infer(
             if model in (image.structures or []):
                 datastore.write_label(region, image, model, "original", label, info)
         with open(result_path, "rb") as f:
-            data = f.read()
+            data = base64.b64encode(f.read()).decode("ascii")  # results are JSON (queues.SERIALIZER)
     finally:
         os.remove(result_path)
     return {"label": data, "filename": os.path.basename(result_path), "params": result_params}
@@ -230,6 +231,10 @@ def score(model: str, method: str, image_ids: list[str], params: dict[str, Any])
     regions without both.
     """
     rt = runtime()
+    try:
+        checked = scoring_params(method, params)  # the API checked them; a job queued otherwise fails here
+    except AxonSegError as e:
+        return _user_error(e)
     config = rt.configs[model]
     datastore = rt.datastore()
     version = rt.db.active_model_version(model)  # read before the weights: a newer file only makes the score fresher
@@ -257,7 +262,7 @@ def score(model: str, method: str, image_ids: list[str], params: dict[str, Any])
                     "voxel_size_nm": voxel_size_nm(data.volume),
                 }
                 if method in ("epistemic", "entropy"):
-                    samples, rate = int(params.get("samples", 8)), float(params.get("rate", 0.2))
+                    samples, rate = checked["samples"], checked["rate"]
                     value = mc_dropout_uncertainty(network, data.array, config.spec, device, samples, rate, **geometry)[
                         method
                     ]

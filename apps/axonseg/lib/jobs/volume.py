@@ -34,7 +34,6 @@ import torch
 from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
-from rq.registry import StartedJobRegistry
 
 from ..configs.spec import StructureSpec
 from ..db.models import Image, VolumeBlock, VolumeJob, utcnow
@@ -43,12 +42,20 @@ from ..errors import InvalidRequest, NotFound
 from ..infers.predict import resampling_zoom
 from ..machine import default_device
 from ..transforms.intensity import IntensityStats, normalize
-from ..volumes.blockwise import BlockPlan, Postprocess, build_pyramid, predict_block, relabel_block, stitch
+from ..volumes.blockwise import (
+    BlockPlan,
+    Postprocess,
+    VolumeRequest,
+    build_pyramid,
+    predict_block,
+    relabel_block,
+    stitch,
+)
 from ..volumes.outputs import OUTPUTS, VolumeOutput
 from ..volumes.regions import Roi
 from ..volumes.store import chunks_for, downsample_factors
 from .client import ACTIVE, JobClient
-from .queues import JOB_KINDS
+from .queues import JOB_KINDS, SERIALIZER
 
 if TYPE_CHECKING:
     from .tasks import Runtime
@@ -59,8 +66,6 @@ STEPS = ("predict", "stitch", "relabel", "pyramid")
 BLOCK_STEPS = ("predict", "relabel")  # one unit per write block; stitch is one, pyramid one per output
 MAX_ATTEMPTS = 2
 JOB_PREFIX = "vol-"
-# Infer options a volume job takes besides the post-processing's.
-_OPTIONS = ("tta", "device", "postprocessing", "block_shape", "blocks_per_job", "sw_batch_size", "amp", "client_id")
 
 
 def is_volume_job(job_id: str) -> bool:
@@ -82,18 +87,6 @@ def _voxel_size_nm(image: Image) -> tuple[float, ...] | None:
     return tuple(1000.0 * v for v in image.voxel_size_um) if image.voxel_size_um else None
 
 
-def _roi(value: Any, shape: tuple[int, int, int]) -> Roi | None:
-    if value is None:
-        return None
-    try:
-        roi = Roi(tuple(int(v) for v in value["offset"]), tuple(int(v) for v in value["shape"]))  # type: ignore[arg-type]
-    except (KeyError, TypeError, ValueError) as e:
-        raise InvalidRequest('roi must be {"offset": [z, y, x], "shape": [z, y, x]} in voxels') from e
-    if len(roi.offset) != 3 or len(roi.shape) != 3 or min(roi.shape) < 1 or not Roi.whole(shape).contains(roi):
-        raise InvalidRequest(f"roi {roi.to_json()} is not a non-empty box inside the image ({list(shape)} voxels)")
-    return roi
-
-
 class VolumeJobs:
     """The API's side: submit, reconcile, cancel and describe volume jobs."""
 
@@ -102,16 +95,16 @@ class VolumeJobs:
         self.root = os.path.join(workdir, "volume_jobs")
 
     # submitting ----------------------------------------------------------------------------
-    def submit(self, image_id: str, model: str, request: dict[str, Any]) -> VolumeJob:
-        """Plan and queue ``model`` over ``image_id`` (or resume the job that computes the same)."""
+    def submit(self, image_id: str, model: str, request: dict[str, Any], owner: str | None = None) -> VolumeJob:
+        """Plan and queue ``model`` over ``image_id`` (or resume the job that computes the same; its first
+        submitter stays its ``owner``)."""
         spec = self.specs.get(model)
         if spec is None:
             raise NotFound(f"unknown model '{model}'; available models: {', '.join(self.specs)}")
         image = self.db.image(image_id)
         if image is None or not image.storage_uri:
             raise NotFound(f"image '{image_id}' is not in the volume store")
-        if str(request.get("tta", 1)) != "1":
-            raise InvalidRequest("whole-volume jobs run without test-time augmentation (tta 1)")
+        checked = VolumeRequest.parse(spec, request, tuple(image.shape))  # type: ignore[arg-type]
         if resampling_zoom(spec, _voxel_size_nm(image)) is not None:
             raise InvalidRequest(
                 f"'{image_id}' has voxels of {image.voxel_size_um} µm, far from the model's "
@@ -120,22 +113,10 @@ class VolumeJobs:
             )
         shape = tuple(image.shape)
         chunks = tuple(image.chunks or chunks_for(shape))  # type: ignore[arg-type]
-        try:
-            post = Postprocess.of(
-                spec,
-                request.get("postprocessing"),
-                **{k: v for k, v in request.items() if k not in (*_OPTIONS, "roi")},
-            )
-            block = tuple(int(b) for b in request["block_shape"]) if request.get("block_shape") else None
-            if block is not None and (len(block) != 3 or min(block) < 1):
-                raise ValueError("block_shape must be three positive sizes (z, y, x)")
-            per_job = int(request.get("blocks_per_job") or 0)
-            sw_batch_size = int(request.get("sw_batch_size", 2))
-        except (TypeError, ValueError) as e:
-            raise InvalidRequest(str(e)) from e
-        plan = BlockPlan.make(shape, chunks, spec.patch_size, _roi(request.get("roi"), shape), block)  # type: ignore[arg-type]
-        if per_job > 0:
-            plan = dataclasses.replace(plan, blocks_per_job=per_job)
+        post = checked.post
+        plan = BlockPlan.make(shape, chunks, spec.patch_size, checked.roi, checked.block)  # type: ignore[arg-type]
+        if checked.blocks_per_job > 0:
+            plan = dataclasses.replace(plan, blocks_per_job=checked.blocks_per_job)
         version = self.db.active_model_version(model)
         if version is None or not os.path.isfile(version.path):
             raise NotFound(f"'{model}' has no weights to serve")
@@ -144,9 +125,9 @@ class VolumeJobs:
             "options": post.options,
             "weights": version.path,
             "weights_checksum": version.checksum,
-            "sw_batch_size": max(1, sw_batch_size),
-            "amp": bool(request.get("amp", True)),
-            "device": request.get("device") or "auto",
+            "sw_batch_size": checked.sw_batch_size,
+            "amp": checked.amp,
+            "device": checked.device,
         }
         key = hashlib.sha256(
             json.dumps(
@@ -166,7 +147,7 @@ class VolumeJobs:
         ]
         candidate = VolumeJob(
             id=job_id, key=key, image_id=image_id, model=model, model_version_id=version.id, params=params,
-            plan=plan.to_json(), folder=folder, step=STEPS[0], status="RUNNING",
+            plan=plan.to_json(), folder=folder, step=STEPS[0], status="RUNNING", owner=owner,
         )  # fmt: skip
         VolumeOutput(folder).create(shape, plan.chunks, tuple(image.voxel_size_um) if image.voxel_size_um else None)  # type: ignore[arg-type]
         job, created = self.db.add_volume_job(candidate, rows)
@@ -186,13 +167,14 @@ class VolumeJobs:
         if job is None or job.status != "RUNNING" or job.step not in STEPS:
             return
         queue = JOB_KINDS["volume"].queue
-        StartedJobRegistry(queue, connection=self.jobs.connection).cleanup()  # abandoned jobs: retried or failed
+        self.jobs.queues[queue].started_job_registry.cleanup()  # abandoned jobs: retried or failed
         plan = BlockPlan.from_json(job.plan)
         rows = {row.index: row for row in self.db.volume_blocks(job.id, job.step)}
         waiting = [b for b in batches(plan, job.step) if any(rows[i].status != "DONE" for i in b)]
         ids = [f"{job.id}-{job.step}-{b[0]}" for b in waiting]
         # one round trip for all of them (a large volume has hundreds of batches)
-        for batch, rq_id, existing in zip(waiting, ids, Job.fetch_many(ids, connection=self.jobs.connection)):
+        fetched = Job.fetch_many(ids, connection=self.jobs.connection, serializer=SERIALIZER)
+        for batch, rq_id, existing in zip(waiting, ids, fetched):
             if existing is not None and existing.get_status(refresh=False) in ACTIVE:
                 continue
             spent = [i for i in batch if rows[i].status != "DONE" and rows[i].attempts >= MAX_ATTEMPTS]

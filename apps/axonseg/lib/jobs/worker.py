@@ -5,8 +5,9 @@ with RQ's stock ``SimpleWorker`` it adds what a long GPU job needs:
 
 - a heartbeat thread while a job runs, with a short TTL: if the process dies (``kill -9``, OOM, power),
   its job is found abandoned within ``3 * heartbeat_s`` and failed or retried, never RUNNING forever;
-- cooperative cancellation: RQ's stop-job command sets a flag the training loop polls, and the job ends
-  STOPPED without publishing anything;
+- cooperative cancellation: RQ's stop-job command sets a flag that training iterations and every forward
+  pass of sliding-window inference check, so any job ends STOPPED within a pass (seconds), without
+  publishing or writing anything of the image it was on;
 - re-registration after a Redis restart, so the worker stays visible in ``/jobs/workers``.
 """
 
@@ -24,9 +25,11 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.worker.base import WorkerStatus
 
+from ..infers.predict import before_each_forward
 from ..machine import default_device
+from ..trainers.supervised import TrainingStopped
 from . import tasks
-from .queues import ALL_QUEUES
+from .queues import ALL_QUEUES, SERIALIZER
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +60,22 @@ class WarmWorker(SimpleWorker):
         thread = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
         thread.start()
         try:
-            self.perform_job(job, queue, execution)
+            with before_each_forward(self._check_stop):
+                self.perform_job(job, queue, execution)
         finally:
             done.set()
             thread.join()
         self.set_state(WorkerStatus.IDLE)
 
     def kill_horse(self, sig=None) -> None:
-        """RQ's stop-job command lands here; there is no horse process, so ask the job to stop."""
+        """RQ's stop-job command lands here (from its pubsub thread; RQ's own is a no-op without a horse
+        process): ask the job to stop. RQ has noted the job as stopped on request, so the exception that
+        :meth:`_check_stop` raises in it ends it STOPPED (never retried), not FAILED."""
         self.runtime.stop_event.set()
+
+    def _check_stop(self) -> None:
+        if self.runtime.stop_event.is_set():
+            raise TrainingStopped("stopped on request")
 
     def heartbeat(self, timeout: int | None = None, pipeline=None) -> None:
         # After a Redis restart our registration is gone; register again so we stay listed.
@@ -90,9 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     device = default_device()
     runtime.warm_up(device)
     connection = Redis.from_url(args.redis_url, health_check_interval=10)
-    queues = [Queue(name, connection=connection) for name in args.queues]
+    queues = [Queue(name, connection=connection, serializer=SERIALIZER) for name in args.queues]
     name = args.name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    worker = WarmWorker(queues, connection=connection, name=name, runtime=runtime, maintenance_interval=30)
+    worker = WarmWorker(
+        queues, connection=connection, name=name, runtime=runtime, maintenance_interval=30, serializer=SERIALIZER
+    )
     logger.info(f"worker {name} on {device}, queues {args.queues}, models {list(runtime.configs)} loaded")
     worker.work(burst=args.burst, logging_level="INFO")
 

@@ -40,7 +40,8 @@ class EpochStats:
 
 
 class TrainingStopped(Exception):
-    """Raised inside the loop when ``should_stop`` returns True."""
+    """A job asked to stop: raised inside the training loops when ``should_stop`` returns True, and by a worker
+    before a forward pass of the job it was asked to stop (``lib.jobs.worker``)."""
 
 
 def train_segmentation(
