@@ -21,7 +21,8 @@ serve: $(VENV)/.installed
 		mkdir -p "$(WORKDIR)/datastore" && cp sample_data/*.tif sample_data/*.h5 sample_data/*.nrrd "$(WORKDIR)/datastore/" && \
 		echo "seeded $(WORKDIR)/datastore with the sample volumes"; fi
 	PYTHONPATH=apps/axonseg $(BIN)/python -m lib.jobs.embedded --studies "$(WORKDIR)/datastore" --workdir "$(WORKDIR)" \
-		--host 127.0.0.1 --port $(PORT) --conf max_upload_mb $(MAX_UPLOAD_MB) --conf infer_timeout_s $(INFER_TIMEOUT_S)
+		--host 127.0.0.1 --port $(PORT) --conf max_upload_mb $(MAX_UPLOAD_MB) --conf infer_timeout_s $(INFER_TIMEOUT_S) \
+		--conf auth $(AUTH)
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check apps tests benchmarks

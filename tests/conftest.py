@@ -65,12 +65,14 @@ class Worker:
         from redis import Redis
         from rq import Worker as RQWorker
 
+        from lib.jobs.queues import SERIALIZER
+
         connection = Redis.from_url(self.redis_url)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited:\n{self.log.read_text()[-3000:]}")
-            if any(w.pid == self.process.pid for w in RQWorker.all(connection=connection)):
+            if any(w.pid == self.process.pid for w in RQWorker.all(connection=connection, serializer=SERIALIZER)):
                 return
             time.sleep(0.5)
         raise RuntimeError(f"worker did not register:\n{self.log.read_text()[-3000:]}")
@@ -154,7 +156,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited:\n{self.log.read_text()[-3000:]}")
             try:
-                if requests.get(f"{self.url}/info/", timeout=2).status_code == 200:
+                if requests.get(f"{self.url}/info/", timeout=2).status_code in (200, 401):  # 401: auth on
                     return
             except requests.RequestException:
                 time.sleep(1)
@@ -174,7 +176,7 @@ class Server:
             w.stop()
 
     def alive(self) -> bool:
-        return requests.get(f"{self.url}/info/", timeout=30).status_code == 200
+        return requests.get(f"{self.url}/info/", timeout=30).status_code in (200, 401)
 
     def files(self) -> set[str]:
         """Every file of the studies folder, the volume store and the label versions, and any temporary

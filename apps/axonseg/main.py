@@ -29,8 +29,17 @@ Conf keys (``--conf key value``):
                      a NRRD/NIfTI file); above it the request is refused with 413 (default 536870912)
     max_image_voxels the largest image accepted (default 274877906944 = 256 Gvox)
     view_cache_mb    bound on the NRRD crops of regions kept for downloads (default 2048)
+    auth             on: built-in users and roles (README "Users and security"); default off, or
+                     AXONSEG_AUTH; MONAI Label's Keycloak settings (MONAI_LABEL_AUTH_ENABLE) select oidc
+    token_ttl_h      lifetime of an access token (default 12)
+    max_leases_per_user    regions one user (or client_id, auth off) may hold at once; asking for another
+                     sample releases the oldest (default 4)
+    upload_quota_gb  what one user's images still in the datastore may take to upload (default 500)
+    min_free_gb      uploads are refused when they would leave less free disk in the workdir (default 5)
 
-Environment (also): AXONSEG_VOLUME_ROOTS, folders (``os.pathsep``-separated) whose Zarr/N5 volumes may be
+Environment (also): AXONSEG_ADMIN_PASSWORD creates the user ``admin`` on first start with auth on;
+AXONSEG_AUTH_SECRET signs tokens (default: a random secret kept in ``<workdir>/auth_secret``);
+AXONSEG_VOLUME_ROOTS, folders (``os.pathsep``-separated) whose Zarr/N5 volumes may be
 registered in place (``POST /volumes/register``) or pretrained on.
 """
 
@@ -49,6 +58,11 @@ from lib.activelearning.retrain import RetrainTrigger
 from lib.activelearning.scores import Scores
 from lib.activelearning.scoring import SCORING_METHODS
 from lib.activelearning.strategies import DiverseBatch, QueuedScoring, RecentlyServedLast, ScoreRanked
+from lib.auth.accounts import Accounts
+from lib.auth.guard import Authenticator
+from lib.auth.identity import caller
+from lib.auth.throttle import LoginThrottle
+from lib.auth.tokens import TokenIssuer, load_secret
 from lib.configs.registry import init_task_configs, init_trainers
 from lib.configs.task_config import StructureTaskConfig
 from lib.datastore import DEFAULT_MAX_IMAGE_VOXELS, DEFAULT_MAX_VOXELS_IN_MEMORY, MicroscopyDatastore
@@ -92,6 +106,11 @@ class AxonSegApp(MONAILabelApp):
         upgrade(url)
         self.db = Database(url)
         self.jobs = JobClient(redis_url)
+        self.auth = _authenticator(conf, self.db)
+        self.login_throttle = LoginThrottle(self.jobs.connection)
+        self.max_leases_per_user = int(conf.get("max_leases_per_user", 4))
+        self.upload_quota_bytes = int(float(conf.get("upload_quota_gb", 500)) * 1e9)
+        self.min_free_bytes = int(float(conf.get("min_free_gb", 5)) * 1e9)
         self.task_configs = init_task_configs(conf["workdir"], self.model_dir)
         self.active_learning_model = conf.get("active_learning_model", next(iter(self.task_configs)))
         if self.active_learning_model not in self.task_configs:
@@ -195,13 +214,13 @@ class AxonSegApp(MONAILabelApp):
         strategy = self._strategies.get(request.get("strategy") or "random")
         if strategy is None:
             return super().next_sample(request)  # MONAI Label's own error for unknown strategies
-        client_id = str(request.get("client_id") or "anonymous")
+        client_id = caller().client_id(request.get("client_id"))
         hidden = self.db.leased_by_others(client_id)
         for _ in range(_LEASE_ATTEMPTS):
             result = strategy(request, WithoutLeased(self.datastore(), hidden))
             if not result or not result.get("id"):
                 return {}
-            if self.db.acquire_lease(result["id"], client_id, self.lease_s):
+            if self.db.acquire_lease(result["id"], client_id, self.lease_s, self.max_leases_per_user):
                 result["path"] = self.datastore().get_image_uri(result["id"])  # the region's NRRD crop
                 result["lease_s"] = self.lease_s
                 # where the region lies in its image (parent only for images split into regions)
@@ -216,10 +235,35 @@ class AxonSegApp(MONAILabelApp):
         if mode:
             from monailabel.app import app as fastapi_app
 
-            install_http_guards(fastapi_app, self.max_upload_bytes)
-            replace_routes(fastapi_app)
+            install_http_guards(fastapi_app, self.max_upload_bytes, self.auth)
+            replace_routes(fastapi_app, with_login=self.auth.mode != "oidc")
             # Whole-volume jobs that were running: queue again what a restarted Redis lost.
             threading.Thread(target=self.volume_jobs.reconcile_running, name="volume-jobs", daemon=True).start()
+
+
+def _authenticator(conf: dict[str, str], db: Database) -> Authenticator:
+    """Built-in auth if asked for (creating ``admin`` from AXONSEG_ADMIN_PASSWORD on first start), MONAI
+    Label's OIDC if its settings say so, else off."""
+    from monailabel.config import settings
+
+    if settings.MONAI_LABEL_AUTH_ENABLE:
+        return Authenticator("oidc")
+    wanted = str(conf.get("auth", os.environ.get("AXONSEG_AUTH", "off"))).lower()
+    if wanted not in ("on", "true", "1", "yes", "off", "false", "0", "no", ""):
+        raise MONAILabelException(MONAILabelError.APP_INIT_ERROR, f"--conf auth must be on or off, not {wanted!r}")
+    if wanted in ("off", "false", "0", "no", ""):
+        return Authenticator("off")
+    accounts = Accounts(db)
+    if accounts.ensure_admin(os.environ.get("AXONSEG_ADMIN_PASSWORD")):
+        logger.info("auth: created user 'admin' from AXONSEG_ADMIN_PASSWORD")
+    if not db.users():
+        raise MONAILabelException(
+            MONAILabelError.APP_INIT_ERROR,
+            "auth is on but there are no users: set AXONSEG_ADMIN_PASSWORD for the first start, or add one with "
+            "`PYTHONPATH=apps/axonseg python -m lib.users add NAME --role admin`",
+        )
+    issuer = TokenIssuer(load_secret(conf["workdir"]), float(conf.get("token_ttl_h", 12)) * 3600)
+    return Authenticator("builtin", accounts, issuer)
 
 
 def _region_size(text: str) -> tuple[int, int, int] | None:

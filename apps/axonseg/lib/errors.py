@@ -13,6 +13,18 @@ class InvalidRequest(AxonSegError):
     status_code = 400
 
 
+class Unauthorized(AxonSegError):
+    """No valid login (wrong password, expired or foreign token)."""
+
+    status_code = 401
+
+
+class Forbidden(AxonSegError):
+    """The caller's role or identity does not allow this (e.g. cancelling another user's job)."""
+
+    status_code = 403
+
+
 class NotFound(AxonSegError):
     status_code = 404
 
@@ -33,8 +45,20 @@ class Busy(AxonSegError):
     status_code = 429
 
 
+class InsufficientStorage(AxonSegError):
+    """An upload over the user's quota, or one that would leave the server's disk too full."""
+
+    status_code = 507
+
+
 class JobFailed(AxonSegError):
     status_code = 500
+
+
+class JobStopped(AxonSegError):
+    """The job was cancelled (``DELETE /jobs/{id}``) before it finished: a request, not a crash."""
+
+    status_code = 409
 
 
 class ServiceUnavailable(AxonSegError):

@@ -31,11 +31,10 @@ the work runs in a worker, and handlers only await it, so the event loop stays f
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
-import shutil
-import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -47,15 +46,18 @@ from monailabel.endpoints import datastore as ds_endpoints
 from monailabel.interfaces.utils.app import app_instance
 from requests_toolbelt import MultipartEncoder
 
+from .auth.identity import caller
 from .datastore import check_image_id
 from .db.models import ModelVersion, TrainingRun
 from .db.store import file_checksum
-from .errors import InvalidRequest, NotFound, error_from_status
+from .errors import Forbidden, InvalidRequest, NotFound, error_from_status
+from .infers.segmentation import parse_infer_request
 from .jobs.client import describe_worker
 from .jobs.queues import INFER_QUEUE, TRAIN_QUEUE
 from .jobs.training import FINAL
 from .jobs.volume import is_volume_job
 from .trainers.report import plot_learning_curve
+from .uploads import check_quota, remove_upload, save_upload
 
 if TYPE_CHECKING:
     from main import AxonSegApp
@@ -90,7 +92,7 @@ async def infer(
 ):
     app = _app()
     request = _parse_params(params)
-    app.task_config(model)
+    parse_infer_request(app.task_config(model).spec, request)  # bounds: 400 before anything is read or queued
     if session_id:
         raise InvalidRequest("sessions are not supported by axonseg; send an image id or a file")
     if output not in (None, "image", "json", "all"):
@@ -112,16 +114,20 @@ async def infer(
             jobs.submit,
             "infer",
             description=f"inference '{model}' on '{name}'",
-            meta={"client_id": request.get("client_id"), "image": image or None},
+            meta={"image": image or None},
             model=model,
-            params={**request, "max_voxels_in_memory": app.datastore().max_voxels_in_memory},
+            params={
+                **request,
+                "client_id": caller().client_id(request.get("client_id")),
+                "max_voxels_in_memory": app.datastore().max_voxels_in_memory,
+            },
             image_id=None if upload else image,
             image_path=image_path,
         )
         result = await jobs.wait(job, app.infer_timeout_s)
     finally:
         if upload:
-            await run_in_threadpool(_remove_quietly, upload)
+            await run_in_threadpool(remove_upload, upload)
     if "error" in result:
         raise error_from_status(result.get("status_code", 400), result["error"])
     result["params"]["job_id"] = job.id
@@ -129,31 +135,19 @@ async def infer(
 
 
 def _save_upload(app: AxonSegApp, file: UploadFile) -> str:
-    """Uploads go to a folder of their own in the shared work directory (a worker on another machine can
-    read them), under the client's file name (messages about the file name what the client sent)."""
-    folder = os.path.join(app.conf["workdir"], "uploads", uuid.uuid4().hex)
-    os.makedirs(folder)
-    name = os.path.basename((file.filename or "").replace("\\", "/")).lstrip(".") or "upload.nii.gz"
-    path = os.path.join(folder, name)
-    with open(path, "wb") as f:
-        while chunk := file.file.read(1 << 20):
-            f.write(chunk)
-    return path
-
-
-def _remove_quietly(path: str) -> None:
-    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+    return save_upload(file, app.conf["workdir"], app.min_free_bytes)
 
 
 def _infer_response(result: dict[str, Any], output: str | None) -> Any:
     if output == "json":
         return result["params"]
+    label = base64.b64decode(result["label"])  # the label file, base64 in the job's JSON result
     if output == "image":
-        return Response(result["label"], media_type="application/octet-stream")
+        return Response(label, media_type="application/octet-stream")
     encoder = MultipartEncoder(
         fields={
             "params": (None, json.dumps(result["params"]), "application/json"),
-            "image": (result["filename"], result["label"], "application/octet-stream"),
+            "image": (result["filename"], label, "application/octet-stream"),
         }
     )
     return Response(content=encoder.to_string(), media_type=encoder.content_type)
@@ -351,7 +345,7 @@ async def scores(method: str, model: str | None = None):
 async def batch_infer(model: str, params: dict | None = None):
     app = _app()
     params = dict(params or {})
-    app.task_config(model)
+    parse_infer_request(app.task_config(model).spec, params)  # bounds: 400 before anything is read or queued
     datastore = app.datastore()
     images = params.pop("images", None) or await run_in_threadpool(datastore.get_unlabeled_images, structure=model)
     known = set(await run_in_threadpool(datastore.list_images))
@@ -394,16 +388,26 @@ async def job_detail(job_id: str):
     return await run_in_threadpool(app.jobs.describe, job)
 
 
-@router.delete("/jobs/{job_id}", summary="Cancel a queued job or stop a running one")
+@router.delete("/jobs/{job_id}", summary="Cancel a queued job or stop a running one (its owner or an admin)")
 async def job_cancel(job_id: str):
     app = _app()
     if is_volume_job(job_id):
+        row = await run_in_threadpool(app.db.volume_job, job_id)
+        _check_owner(job_id, row.owner if row else None)
         job = await run_in_threadpool(app.volume_jobs.cancel, job_id)
         return await run_in_threadpool(app.volume_jobs.describe, job.id)
-    job = await run_in_threadpool(app.jobs.cancel, job_id)
+    job = await run_in_threadpool(app.jobs.job, job_id)
     if job is None:
         raise NotFound(f"no job '{job_id}'")
+    _check_owner(job_id, job.meta.get("owner"))
+    await run_in_threadpool(app.jobs.cancel, job_id)
     return await run_in_threadpool(app.jobs.describe, job)
+
+
+def _check_owner(job_id: str, owner: str | None) -> None:
+    if not caller().owns(owner):
+        who = owner or "the server"
+        raise Forbidden(f"job '{job_id}' was submitted by '{who}'; only they or an admin may cancel it")
 
 
 # --- label history and leases --------------------------------------------------------------------
@@ -454,11 +458,17 @@ def datastore_summary(output: ds_endpoints.ResultType | None = None):
 def datastore_add_image(image: str | None = None, params: str = Form("{}"), file: UploadFile = File(...)):
     app = _app()
     info = _parse_params(params)
+    owner = caller().client_id(info.get("client_id"))
+    check_quota(app.db.uploaded_bytes(owner), file.size or 0, app.upload_quota_bytes, owner)
     path = _save_upload(app, file)
     try:
-        return {"image": app.datastore().add_image(image or "", path, info, upload=True)}
+        size = os.path.getsize(path)
+        check_quota(app.db.uploaded_bytes(owner), size, app.upload_quota_bytes, owner)
+        image_id = app.datastore().add_image(image or "", path, info, upload=True)
+        app.db.record_upload(image_id, owner, size)
+        return {"image": image_id}
     finally:
-        _remove_quietly(path)
+        remove_upload(path)
 
 
 @router.delete("/datastore/", include_in_schema=False)
@@ -493,12 +503,13 @@ def datastore_update_image_info(image: str, info: str = Form("{}")):
 def datastore_save_label(image: str, params: str = Form("{}"), tag: str = "final", label: UploadFile = File(...)):
     app = _app()
     info = _parse_params(params)
+    info["client_id"] = caller().client_id(info.get("client_id"))  # with auth on, the user; never a claim
     check_image_id(image)
     path = _save_upload(app, label)
     try:
         label_id = app.datastore().save_label(image, path, tag or "final", info)
     finally:
-        _remove_quietly(path)
+        remove_upload(path)
     return {**(app.on_save_label(image, label_id) or {}), "image": image, "label": label_id}
 
 
@@ -553,7 +564,7 @@ async def segment_volume(image: str, model: str, params: dict | None = None):
     app = _app()
     check_image_id(image)
     await run_in_threadpool(app.jobs.require_workers, TRAIN_QUEUE)
-    job = await run_in_threadpool(app.volume_jobs.submit, image, model, dict(params or {}))
+    job = await run_in_threadpool(app.volume_jobs.submit, image, model, dict(params or {}), caller().name)
     return await run_in_threadpool(app.volume_jobs.describe, job.id)
 
 
@@ -564,12 +575,14 @@ async def leases():
     return [{"image": r.image_id, "client_id": r.client_id, "expires_at": r.expires_at.isoformat()} for r in rows]
 
 
-def replace_routes(app: FastAPI) -> None:
+def replace_routes(app: FastAPI, with_login: bool = True) -> None:
     """Serve our routes ahead of MONAI Label's: the first route that matches a request handles it, so ours
-    shadow the stock ones with the same path and method, and the rest are added."""
+    shadow the stock ones with the same path and method, and the rest are added. ``with_login``: our
+    ``/auth/`` and ``/users/`` (not in OIDC mode, where MONAI Label's ``/auth/`` talks to Keycloak)."""
+    from .auth.routes import router as auth_router
     from .viewer import router as viewer_router
 
-    for extra in (router, viewer_router):
+    for extra in (router, viewer_router) + ((auth_router,) if with_login else ()):
         count = len(app.router.routes)
         app.include_router(extra)
         added = app.router.routes[count:]

@@ -1,4 +1,5 @@
-"""HTTP hardening for the MONAI Label FastAPI server: clear 4xx errors and an upload size limit.
+"""HTTP hardening for the MONAI Label FastAPI server: the auth guard, clear 4xx errors, 500s that show a
+request id rather than the exception, and an upload size limit.
 
 monailabel builds its FastAPI app before it loads ours, so these are attached to the running app
 once, when the server switches the app into server mode.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -17,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .auth.guard import Authenticator, AuthGuard, monai_label_user
 from .errors import AxonSegError
 
 logger = logging.getLogger(__name__)
@@ -85,6 +88,8 @@ async def _no_receive() -> Message:
 
 async def _axonseg_error(request: Request, exc: Exception) -> JSONResponse:
     status = getattr(exc, "status_code", 400)
+    if status >= 500 and status not in (503, 504, 507):  # a job that crashed: its text is for the log
+        return _internal_error(request, exc)
     logger.info(f"{request.method} {request.url.path}: {status} {exc}")
     return JSONResponse(status_code=status, content={"detail": str(exc)})
 
@@ -103,12 +108,23 @@ async def _service_down(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.error(f"{request.method} {request.url.path} failed:\n{traceback.format_exc()}")
-    return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}: {exc}"})
+    return _internal_error(request, exc)
 
 
-def install_http_guards(app: FastAPI, max_upload_bytes: int) -> None:
-    """Map axonseg/MONAI Label errors to 4xx JSON replies and cap upload size (idempotent)."""
+def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """500 with an id to quote; the exception and traceback go to the server log under that id only."""
+    request_id = uuid.uuid4().hex[:12]
+    logger.error(f"request {request_id}: {request.method} {request.url.path} failed: {exc}\n{traceback.format_exc()}")
+    return JSONResponse(
+        status_code=500,
+        content={"detail": f"internal error (request id {request_id}); the server log has the details"},
+        headers={"X-Request-ID": request_id},
+    )
+
+
+def install_http_guards(app: FastAPI, max_upload_bytes: int, authenticator: Authenticator) -> None:
+    """Authenticate and authorise every request, map axonseg/MONAI Label errors to 4xx JSON replies and cap
+    upload size (idempotent). The guard is outermost: nothing is read from a caller it refuses."""
     if getattr(app.state, "axonseg_guards", False):
         return
     app.add_exception_handler(AxonSegError, _axonseg_error)
@@ -117,6 +133,11 @@ def install_http_guards(app: FastAPI, max_upload_bytes: int) -> None:
     app.add_exception_handler(OperationalError, _service_down)
     app.add_exception_handler(Exception, _unexpected_error)
     app.user_middleware.insert(0, Middleware(UploadLimit, max_bytes=max_upload_bytes))
+    app.user_middleware.insert(0, Middleware(AuthGuard, authenticator=authenticator))
+    if authenticator.mode == "oidc":  # MONAI Label's RBAC on its own routes: the identity the guard checked
+        from monailabel.endpoints.user.auth import get_current_user
+
+        app.dependency_overrides[get_current_user] = monai_label_user
     # Starlette builds its middleware stack on the first event (lifespan); rebuild it on the next
     # request so the handlers and the limit above take effect.
     app.middleware_stack = None

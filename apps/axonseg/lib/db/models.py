@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -40,6 +40,8 @@ class Image(Base):
     origin_um: Mapped[list[Any] | None]  # (z, y, x) physical position of voxel 0
     direction: Mapped[list[Any] | None]  # ITK direction cosines (x, y, z rows); None = identity
     info: Mapped[dict[str, Any] | None]  # client metadata (PUT /datastore/image/info), never geometry
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)  # who uploaded it (upload quotas)
+    upload_bytes: Mapped[int | None] = mapped_column(BigInteger)  # the size of the uploaded file
 
 
 class Region(Base):
@@ -172,6 +174,7 @@ class VolumeJob(Base):
     status: Mapped[str] = mapped_column(String(16))  # RUNNING, DONE, FAILED, CANCELLED
     error: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # objects found, pyramid levels
+    owner: Mapped[str | None] = mapped_column(String(64))  # who submitted it (may cancel it)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     resumed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)  # progress rate from here
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -192,3 +195,15 @@ class VolumeBlock(Base):
     error: Mapped[str | None] = mapped_column(Text)
     seconds: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class User(Base):
+    """A built-in account (``lib.auth``): its role and an argon2 hash of its password, never the password."""
+
+    __tablename__ = "users"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # annotator, trainer or admin (lib.auth.identity.ROLES)
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Tokens issued before this are refused (a new password or role ends old sessions).
+    tokens_after: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
