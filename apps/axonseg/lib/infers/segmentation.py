@@ -19,6 +19,7 @@ from ..configs.spec import StructureSpec
 from ..errors import InvalidRequest
 from ..machine import check_device, default_device
 from ..networks import load_weights
+from ..params import boolean
 from ..transforms.intensity import IntensityStats
 from ..transforms.io import Volume, copy_atomic, read_volume, write_volume
 from .postprocessing import default_options, resolve
@@ -29,13 +30,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class InferRequest:
-    """An infer request's options, checked: ``tta``, ``device`` (``auto`` or a torch device), and the
-    post-processing ``method`` with its complete ``options``."""
+    """An infer request's options, checked: ``tta``, ``device`` (``auto`` or a torch device), the
+    post-processing ``method`` with its complete ``options``, and ``save_label`` (keep the prediction of a
+    datastore region as its ``original`` label)."""
 
     tta: int
     device: str
     method: str
     options: dict[str, Any]
+    save_label: bool = True
 
 
 def parse_infer_request(spec: StructureSpec, request: dict[str, Any]) -> InferRequest:
@@ -48,7 +51,7 @@ def parse_infer_request(spec: StructureSpec, request: dict[str, Any]) -> InferRe
     requested = request.get("postprocessing") or spec.postprocessing
     given = {name: request[name] for name in default_options(spec, requested) if name in request}
     method, options = resolve(spec, requested, **given)
-    return InferRequest(tta, device, method, options)
+    return InferRequest(tta, device, method, options, boolean("save_label", request.get("save_label", True)))
 
 
 class ModelWeights:

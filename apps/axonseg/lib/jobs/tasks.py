@@ -27,7 +27,7 @@ from ..db.models import utcnow
 from ..db.store import Database, file_checksum
 from ..errors import AxonSegError, NotFound
 from ..infers.predict import voxel_size_nm
-from ..infers.segmentation import SegmentationInfer, write_label_file
+from ..infers.segmentation import SegmentationInfer, parse_infer_request, write_label_file
 from ..machine import default_device
 from ..networks import load_weights
 from ..trainers.supervised import EpochStats, TrainingStopped
@@ -148,7 +148,8 @@ def infer(
     result_params["model_version"] = version.id if version else None
     try:
         # an image split into regions, predicted whole, is no region to keep a label of
-        if label is not None and params.get("save_label", True) and datastore.is_region(image_id):
+        save = parse_infer_request(task.spec, params).save_label  # "false" as text is false
+        if label is not None and save and datastore.is_region(image_id):
             region, image = datastore.region_and_image(image_id)
             info = {
                 "model": model,
