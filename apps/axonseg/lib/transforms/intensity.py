@@ -82,7 +82,7 @@ def stats_from_sample(sample: np.ndarray, step: int) -> IntensityStats:
     values = np.percentile(finite, STORED_PERCENTILES)
     return IntensityStats(
         {_key(p): float(v) for p, v in zip(STORED_PERCENTILES, values)},
-        float(finite.mean()),
+        float(finite.mean(dtype=np.float64)),  # a float32 sum overflows to inf near float32's maximum
         float(finite.min()),
         float(finite.max()),
         step,

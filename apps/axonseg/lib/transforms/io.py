@@ -189,10 +189,24 @@ def warm_up() -> None:
         write_volume(os.path.join(folder, "warm.nrrd"), Volume(np.zeros((1, 1, 1), np.uint8)))
 
 
+# ITK's Python wrapping writes no int8, float16 or 64-bit integer images: those are written as the next wider
+# type it writes (64-bit integers as float64, exact up to 2**53).
+_ITK_WIDER = {"i1": np.int16, "f2": np.float32, "i8": np.float64, "u8": np.float64}
+
+
 def _write_itk(path: str, volume: Volume, dataset: str) -> None:
     import itk
 
-    image = itk.image_from_array(np.ascontiguousarray(volume.array))
+    array = np.ascontiguousarray(volume.array)
+    array = array.astype(_ITK_WIDER.get(array.dtype.str[1:], array.dtype), copy=False)
+    image = itk.image_from_array(array)
+    if tuple(image.GetLargestPossibleRegion().GetSize()) != array.shape[::-1]:
+        # ITK takes an array whose only axis longer than 1 is z (C- and Fortran-contiguous at once) as x first:
+        # fill an image of the right size instead.
+        image = type(image).New()
+        image.SetRegions([int(s) for s in array.shape[::-1]])
+        image.Allocate()
+        itk.array_view_from_image(image)[...] = array
     image.SetSpacing([float(s) for s in reversed(volume.spacing)])
     image.SetOrigin([float(o) for o in reversed(volume.origin)])
     if volume.direction is not None:

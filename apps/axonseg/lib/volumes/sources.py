@@ -14,6 +14,8 @@ nothing in it that would make the server read bytes from outside the upload:
   (OME, Micro-Manager MMStack, NDTiff) are switched off so that it never opens a sibling file.
 - NRRD: detached data (``data file:``) is refused; NIfTI: only single-file ``n+1``/``n+2`` images.
 - PNG stacks: the same symbolic link rule as Zarr.
+- Compressed chunks (HDF5 gzip; Zarr/N5 gzip, zlib, bz2, lzma, blosc, lz4, zstd) may not decode to more
+  than a chunk's bytes: a decompression bomb is refused before it is inflated (HDF5's LZF is not checked).
 
 :meth:`VolumeSource.read` returns one (z, y, x) region and reads only what that region needs: TIFF by
 memory-mapping contiguous uncompressed data or decoding just the strips/tiles of the pages in the
@@ -31,8 +33,11 @@ table); ``lib.transforms.io`` re-exports them and builds ``read_volume`` on :fun
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import itertools
 import json
+import lzma
 import math
 import mmap
 import operator
@@ -42,6 +47,7 @@ import struct
 import threading
 import warnings
 import xml.etree.ElementTree as ElementTree
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,6 +106,10 @@ UNIT_TO_UM: dict[str, float] = {
 # A chunk (HDF5/Zarr/N5) is decoded whole to read any voxel of it: bigger ones are refused, so that a
 # small region read cannot be made to allocate gigabytes.
 MAX_CHUNK_BYTES = 512 * 1024**2
+# Every chunk read costs HDF5 about a kilobyte and zarr a file lookup: an array of more than MANY_CHUNKS chunks
+# must have chunks of at least MIN_CHUNK_VOXELS (1-voxel chunks would take gigabytes and minutes per region).
+MANY_CHUNKS = 65_536
+MIN_CHUNK_VOXELS = 4096
 # An HDF5 file with more objects than this is refused rather than walked.
 MAX_HDF5_OBJECTS = 100_000
 # Zarr/N5 groups nested deeper than this, or holding more arrays, are refused rather than listed.
@@ -185,9 +195,15 @@ def _display_name(path: str | os.PathLike) -> str:
 
 def _scrub(message: str, path: str) -> str:
     """A library's error message without the server's folder names (nor ITK's source locations)."""
-    if "itk::ERROR" in message:
-        lines = [line for line in message.splitlines() if line.strip() and not re.search(r"\.(cxx|h|hxx):\d+:$", line)]
-        message = " ".join(re.sub(r"^itk::ERROR: \w+\(0x[0-9a-f]+\): ", "", line.strip()) for line in lines)
+    if "itk::ERROR" in message or "ITK ERROR" in message:  # the spelling differs between ITK versions
+        lines = [
+            re.sub(r"^(itk::ERROR|ITK ERROR): \w+\(0x[0-9a-f]+\): ", "", line.strip())
+            for line in message.splitlines()
+            if line.strip() and not re.search(r"\.(cxx|h|hxx):\d+:$", line.strip())
+        ]
+        # Teem (NRRD) chains "[nrrd] function: trouble" lines down to the cause: keep only that one.
+        chain = [re.sub(r"^\[\w+\] \w+: ?", "", line) for line in lines if line.startswith("[")]
+        message = " ".join([line for line in lines if not line.startswith("[")] + chain[-1:])
     for p in sorted({path, os.path.abspath(path), os.path.realpath(path)}, key=len, reverse=True):
         message = message.replace(p, _display_name(p))
     for d in {os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))}:
@@ -210,6 +226,8 @@ def _kept_axes(shape: Sequence[int], name: str, axes: str | None = None) -> tupl
     shape = tuple(int(s) for s in shape)
     if len(shape) == 0 or 0 in shape:
         raise VolumeError(f"{name} is empty (shape {shape})")
+    if min(shape) < 0:  # a damaged header (Zarr/N5 metadata are not checked by zarr)
+        raise VolumeError(f"{name} declares a negative size (shape {shape})")
     keep = list(range(len(shape)))
     if len(shape) > 3:
         order = [i for i, a in enumerate(axes) if a not in "ZYX"] if axes else []
@@ -236,15 +254,20 @@ def _check_dtype(dtype: Any, name: str) -> np.dtype:
     raise VolumeError(f"{name} has data type {dtype}; expected integer or float intensities")
 
 
+# Voxel sizes (µm) outside this range are damage, not microscopy (and ITK squares them: 1e-200 becomes 0).
+_VOXEL_SIZE_RANGE = (1e-6, 1e9)
+
+
 def _valid_size(values: Sequence[float] | None) -> tuple[float, float, float] | None:
-    """A (z, y, x) voxel size if all three are finite and positive, else None."""
+    """A (z, y, x) voxel size if all three are within :data:`_VOXEL_SIZE_RANGE` (so finite and positive)."""
     if values is None:
         return None
     try:
         out = tuple(float(v) for v in values)
     except (TypeError, ValueError):
         return None
-    if len(out) != 3 or not all(math.isfinite(v) and v > 0 for v in out):
+    low, high = _VOXEL_SIZE_RANGE
+    if len(out) != 3 or not all(low <= v <= high for v in out):
         return None
     return out  # type: ignore[return-value]
 
@@ -395,6 +418,107 @@ def _ngff_spacing(
     return None
 
 
+# --- decompression bombs ----------------------------------------------------------------------
+# A chunk must not decode to more than a chunk's bytes: a few kB of gzip (deflate reaches 1000:1), or a
+# forged size in a blosc/lz4/zstd header, would otherwise make the server allocate gigabytes.
+
+_STREAM_CODECS = ("gzip", "zlib", "bz2", "lzma")
+_SIZED_CODECS = ("blosc", "lz4", "zstd")
+_LZMA_MEMLIMIT = 256 * 1024**2  # an xz header can ask for a dictionary of gigabytes
+
+
+def _bomb(name: str, limit: int) -> VolumeError:
+    return VolumeError(
+        f"'{name}' has a chunk that decompresses to more than the {limit:,} bytes a chunk holds; the file is damaged"
+    )
+
+
+def _decompress_bounded(data: bytes, kind: str, limit: int, name: str, lzma_options: dict | None = None) -> bytes:
+    """``data`` (``gzip``, ``zlib``, ``bz2`` or ``lzma`` streams, concatenated where the codec allows it)
+    decompressed, stopping with :func:`_bomb` as soon as more than ``limit`` bytes come out."""
+    out = bytearray()
+    while True:
+        if kind == "bz2":
+            stream: Any = bz2.BZ2Decompressor()
+        elif kind == "lzma":
+            stream = lzma.LZMADecompressor(**(lzma_options or {}))
+        else:
+            stream = zlib.decompressobj(31 if kind == "gzip" else 15)
+        out += stream.decompress(data, limit + 1 - len(out))
+        if len(out) > limit:
+            raise _bomb(name, limit)
+        if not stream.eof:
+            raise VolumeError(f"'{name}' has a truncated {kind} chunk")
+        data = stream.unused_data
+        if not data or kind == "zlib":  # numcodecs' Zlib, and HDF5's deflate, read a single stream
+            return bytes(out)
+
+
+def _declared_size(kind: str, data: bytes) -> int | None:
+    """The decoded size a blosc, lz4 or zstd chunk announces in its header (None: unreadable or not stated)."""
+    if kind == "blosc":
+        return struct.unpack_from("<I", data, 4)[0] if len(data) >= 16 else None
+    if kind == "lz4":  # numcodecs prefixes the size
+        return struct.unpack_from("<i", data, 0)[0] if len(data) >= 4 else None
+    if len(data) < 6 or data[:4] != b"\x28\xb5\x2f\xfd":  # zstd frame: magic, descriptor, ..., content size
+        return None
+    descriptor = data[4]
+    single = (descriptor >> 5) & 1
+    size_bytes = (single, 2, 4, 8)[descriptor >> 6]
+    at = 5 + (1 - single) + (0, 1, 2, 4)[descriptor & 3]
+    if size_bytes == 0 or len(data) < at + size_bytes:
+        return None
+    size = int.from_bytes(data[at : at + size_bytes], "little")
+    return size + 256 if size_bytes == 2 else size
+
+
+class _BoundedCodec:
+    """A numcodecs compressor (as zarr calls it, read-only) that refuses chunks decoding to over ``limit`` bytes."""
+
+    def __init__(self, codec: Any, limit: int, name: str):
+        self.codec, self.codec_id, self._limit, self._name = codec, codec.codec_id, limit, name
+
+    def get_config(self) -> dict:
+        return self.codec.get_config()
+
+    def decode(self, buf: Any, out: Any = None) -> Any:
+        from numcodecs.compat import ensure_bytes, ndarray_copy
+
+        data = ensure_bytes(buf)
+        if self.codec_id in _STREAM_CODECS:
+            options = None
+            if self.codec_id == "lzma":
+                raw = self.codec.format == lzma.FORMAT_RAW  # only raw streams carry their filters outside
+                options = {"format": self.codec.format, **({"filters": self.codec.filters} if raw else {})}
+                options.update({} if raw else {"memlimit": _LZMA_MEMLIMIT})
+            decoded = _decompress_bounded(data, self.codec_id, self._limit, self._name, options)
+            return decoded if out is None else ndarray_copy(decoded, out)
+        size = _declared_size(self.codec_id, data)
+        if self.codec_id == "zstd" and size is None:
+            raise VolumeError(f"'{self._name}' has a zstd chunk that does not state its size; re-save it")
+        if size is not None and size > self._limit:
+            raise _bomb(self._name, self._limit)
+        return self.codec.decode(buf, out)
+
+
+def _bound_codecs(array: Any, name: str) -> None:
+    """Wrap the decompressors of an opened zarr array (N5: inside zarr's N5 adapter) in :class:`_BoundedCodec`."""
+    widths = [array.dtype.itemsize]  # filters may widen the data before it is compressed
+    for codec in array.filters or []:
+        widths += [np.dtype(v).itemsize for k, v in codec.get_config().items() if k in ("astype", "encode_dtype")]
+    limit = math.prod(array.chunks) * max(widths)
+
+    def bounded(codec: Any) -> Any:
+        known = codec is not None and getattr(codec, "codec_id", None) in _STREAM_CODECS + _SIZED_CODECS
+        return _BoundedCodec(codec, limit, name) if known else codec
+
+    if getattr(array._compressor, "codec_id", None) == "n5_wrapper":
+        array._compressor._compressor = bounded(array._compressor._compressor)
+    else:
+        array._compressor = bounded(array._compressor)
+    array._filters = [bounded(codec) for codec in array._filters] if array._filters else array._filters
+
+
 # --- the base class ---------------------------------------------------------------------------
 
 
@@ -505,11 +629,23 @@ class VolumeSource:
         if not native_chunks:
             return
         native_chunks = tuple(int(c) for c in native_chunks)
+        if len(native_chunks) != len(self._native_shape) or min(native_chunks) <= 0:
+            raise VolumeError(
+                f"'{self.name}' declares chunks of {native_chunks} for an array of {self._native_shape}; "
+                "a chunk needs a positive size along every axis"
+            )
         nbytes = math.prod(native_chunks) * itemsize
         if nbytes > MAX_CHUNK_BYTES:
             raise VolumeError(
                 f"'{self.name}' is stored in chunks of {native_chunks} ({nbytes / 1024**2:,.0f} MiB each), too large "
                 f"to read regions from (at most {MAX_CHUNK_BYTES // 1024**2} MiB); re-save it with smaller chunks"
+            )
+        count = math.prod(-(-s // c) for s, c in zip(self._native_shape, native_chunks))
+        voxels = math.prod(min(s, c) for s, c in zip(self._native_shape, native_chunks))
+        if count > MANY_CHUNKS and voxels < MIN_CHUNK_VOXELS:
+            raise VolumeError(
+                f"'{self.name}' is stored in {count:,} chunks of {native_chunks} ({voxels:,} voxels each), too small "
+                f"to read regions from (at least {MIN_CHUNK_VOXELS:,} voxels); re-save it with larger chunks"
             )
         self.chunks = tuple(native_chunks[i] for i in self._keep)  # type: ignore[assignment]
 
@@ -831,6 +967,37 @@ def _hdf5_walk(handle, name: str) -> tuple[list[str], set[str]]:
     return sorted(datasets), set(soft)
 
 
+def _check_hdf5_filters(ds, chosen: str, name: str) -> int | None:
+    """Refuse a dataset compressed with a filter this HDF5 library lacks (a plugin such as Blosc, LZ4, JPEG):
+    HDF5 would fail on every chunk, with a message about its plugin folder.
+
+    Returns the position of the deflate filter when there is one (its stream is the stored chunk, perhaps
+    followed by a Fletcher-32 checksum), for :meth:`Hdf5Source._check_inflated`; None without deflate."""
+    import h5py
+
+    plist = ds.id.get_create_plist()
+    codes = []
+    for i in range(plist.get_nfilters()):
+        code, _flags, _values, label = plist.get_filter(i)
+        if not h5py.h5z.filter_avail(code):
+            label = label.decode("latin-1").strip() if isinstance(label, bytes) else str(label or "")
+            raise VolumeError(
+                f"dataset '{chosen}' in '{name}' is compressed with HDF5 filter {code}"
+                + (f" ('{label}')" if label else "")
+                + ", which this server cannot decode; re-save it with gzip or without compression"
+            )
+        codes.append(code)
+    if h5py.h5z.FILTER_DEFLATE not in codes:
+        return None
+    position = codes.index(h5py.h5z.FILTER_DEFLATE)
+    if any(code != h5py.h5z.FILTER_FLETCHER32 for code in codes[position + 1 :]):
+        raise VolumeError(
+            f"dataset '{chosen}' in '{name}' applies HDF5 filters after gzip ({codes}), which axonseg does not "
+            "read; re-save it with gzip as the last filter"
+        )
+    return position
+
+
 class Hdf5Source(VolumeSource):
     source_format = "hdf5"
 
@@ -855,6 +1022,10 @@ class Hdf5Source(VolumeSource):
         self._set_axes(ds.shape or ())
         self.dtype = _check_dtype(ds.dtype, self.name)
         self._set_chunks(ds.chunks, ds.dtype.itemsize)
+        deflate = _check_hdf5_filters(ds, chosen, self.name)
+        # Nothing to check without stored chunks (where h5py's raw chunk read fails with MemoryError).
+        self._deflate = deflate if ds.id.get_storage_size() else None
+        self._inflated: set[tuple[int, ...]] = set()  # chunks checked by _check_inflated
         attrs = {}
         for key in ("voxel_size_zyx_nm", "element_size_um", "pixelResolution", "resolution"):
             for owner in (ds.attrs, f.attrs):
@@ -864,7 +1035,32 @@ class Hdf5Source(VolumeSource):
         self.voxel_size = _spacing_from_attrs(attrs, self._keep, len(self._native_shape))
 
     def _read(self, roi: Roi) -> np.ndarray:
-        return self._ds[self._native_index(roi)]
+        index = self._native_index(roi)
+        if self._deflate is not None:
+            self._check_inflated(index)
+        return self._ds[index]
+
+    def _check_inflated(self, index: tuple) -> None:
+        """Inflate, bounded, the stored chunks ``index`` touches before HDF5 decodes them: HDF5's deflate filter
+        grows its buffer until the stream ends, so a kilobyte of compressed zeros could take a megabyte."""
+        ds = self._ds
+        limit = math.prod(ds.chunks) * ds.dtype.itemsize
+        starts = [
+            range(i.start // c * c, i.stop, c) if isinstance(i, slice) else (i // c * c,)
+            for i, c in zip(index, ds.chunks)
+        ]
+        for offset in itertools.product(*starts):
+            if offset in self._inflated:
+                continue
+            try:  # (get_chunk_info_by_coord would say whether it is stored, but walks the chunk index each time)
+                mask, data = ds.id.read_direct_chunk(offset)
+            except RuntimeError:  # not stored: the fill value
+                continue
+            if not mask & (1 << self._deflate):  # the bit is set where the chunk was stored without deflate
+                _decompress_bounded(data, "zlib", limit, self.name)
+            if len(self._inflated) >= 1_000_000:  # bounded memory; a chunk read again is checked again
+                self._inflated.clear()
+            self._inflated.add(offset)
 
     def close(self) -> None:
         handle = getattr(self, "_file", None)
@@ -960,6 +1156,7 @@ class ZarrSource(VolumeSource):
         self._set_axes(array.shape)
         self.dtype = _check_dtype(array.dtype, self.name)
         self._set_chunks(array.chunks, array.dtype.itemsize)
+        _bound_codecs(array, self.name)
         ndim = len(self._native_shape)
         # OME-NGFF: multiscales in the nearest group above the array that describes it.
         parts = chosen.split("/") if chosen else []
@@ -1073,18 +1270,27 @@ class ItkSource(_WholeImageSource):
         self._check_memory(streamable=False)
         component = io.GetComponentTypeAsString(io.GetComponentType())
         self.dtype = _check_dtype(_ITK_COMPONENTS.get(component, "V"), self.name)
+        self._pixel = _ITK_READ_AS.get(self.dtype.str[1:])
+        if self._pixel is None:
+            raise VolumeError(
+                f"'{self.name}' has {self.dtype} voxels, which axonseg cannot read from {self.source_format}; "
+                "convert it to 32-bit integers or to floats"
+            )
         if ndim >= 3:
             spacing = [float(io.GetSpacing(i)) for i in range(3)][::-1]
             self.voxel_size = _valid_size(spacing) if known else None
-            self.origin = tuple(float(io.GetOrigin(i)) for i in range(3))[::-1]  # type: ignore[assignment]
+            # A damaged header's NaN or infinite geometry says nothing (and JSON cannot store it): the defaults.
+            origin = tuple(float(io.GetOrigin(i)) for i in range(3))[::-1]
+            self.origin = origin if all(map(math.isfinite, origin)) else (0.0, 0.0, 0.0)  # type: ignore[assignment]
             direction = np.array([list(io.GetDirection(i))[:3] for i in range(3)], dtype=float).T
-            self.direction = None if np.allclose(direction, np.eye(3)) else direction
+            usable = np.isfinite(direction).all() and not np.allclose(direction, np.eye(3))
+            self.direction = direction if usable else None
 
     def _load(self) -> np.ndarray:
         import itk
 
-        image = itk.imread(self.path, imageio=self._io)
-        return np.asarray(itk.array_from_image(image))
+        image = itk.imread(self.path, pixel_type=getattr(itk, self._pixel), imageio=self._io)
+        return np.asarray(itk.array_from_image(image)).astype(self.dtype, copy=False)
 
     def close(self) -> None:
         self._io = None
@@ -1112,6 +1318,20 @@ _ITK_COMPONENTS = {
     "long_long": "i8",
     "float": "f4",
     "double": "f8",
+}
+# The ITK pixel type each dtype is read as. ITK's Python wrapping lacks signed char and 64-bit signed
+# integers: asking for one makes itk.imread load every ITK module looking for it (15 s) and then fail.
+# int8 is read as int16 (and cast back, losslessly); int64 is refused.
+_ITK_READ_AS = {
+    "u1": "UC",
+    "i1": "SS",
+    "u2": "US",
+    "i2": "SS",
+    "u4": "UI",
+    "i4": "SI",
+    "u8": "ULL",
+    "f4": "F",
+    "f8": "D",
 }
 
 
