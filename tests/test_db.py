@@ -83,6 +83,19 @@ def test_lease_is_exclusive_until_it_expires(db):
     assert not db.acquire_lease("a", "alice", 60)
 
 
+def test_lease_cap_releases_the_holders_oldest_leases(db):
+    for image in "abcd":
+        record_test_image(db, image)
+    for image in "abc":
+        assert db.acquire_lease(image, "alice", 60, max_leases=2)
+        time.sleep(0.01)  # distinct acquisition times
+    assert db.acquire_lease("d", "bob", 60, max_leases=2)
+    held = {lease.image_id: lease.client_id for lease in db.leases()}
+    assert held == {"b": "alice", "c": "alice", "d": "bob"}  # alice's oldest went; bob's own cap is apart
+    assert db.acquire_lease("b", "alice", 60, max_leases=2)  # renewing keeps the other one
+    assert {i for i, c in ((lease.image_id, lease.client_id) for lease in db.leases()) if c == "alice"} == {"b", "c"}
+
+
 def test_concurrent_claims_on_one_image_have_one_winner(db):
     record_test_image(db, "a")
     with ThreadPoolExecutor(8) as pool:
