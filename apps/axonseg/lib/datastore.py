@@ -606,16 +606,26 @@ class MicroscopyDatastore(Datastore):
         return parts
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
-        """Check a label against its region and store it as the newest version of each structure it holds."""
-        region, image = self.region_and_image(image_id)
-        tag = label_tag or DefaultLabelTag.FINAL.value
-        info = dict(label_info or {})
+        """Check a label file against its region and store it as the newest version of each structure it holds."""
+        region = self._region(image_id)
         with open_source(label_filename, max_voxels_in_memory=self.max_voxels_in_memory) as source:
             if tuple(source.shape) != tuple(region.shape):
                 raise VolumeError(
                     f"label shape {tuple(source.shape)} does not match image '{image_id}' shape {tuple(region.shape)}"
                 )
             array = source.read(Roi.whole(source.shape).slices)
+        return self.save_label_array(image_id, array, label_tag, label_info)
+
+    def save_label_array(self, image_id: str, array: np.ndarray, label_tag: str, label_info: dict[str, Any]) -> str:
+        """A label map of a region (its shape) as the newest version of each structure it holds; Slicer's files
+        and DICOM SEGs from a viewer both come here."""
+        region, image = self.region_and_image(image_id)
+        tag = label_tag or DefaultLabelTag.FINAL.value
+        info = dict(label_info or {})
+        if tuple(array.shape) != tuple(region.shape):
+            raise VolumeError(
+                f"label shape {tuple(array.shape)} does not match image '{image_id}' shape {tuple(region.shape)}"
+            )
         if not np.issubdtype(array.dtype, np.integer):
             if not np.all(np.isfinite(array)) or np.any(array != np.round(array)) or array.min() < 0:
                 raise VolumeError("a label must hold whole, non-negative numbers (label values or object ids)")

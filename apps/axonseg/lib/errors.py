@@ -33,6 +33,12 @@ class UploadTooLarge(AxonSegError):
     status_code = 413
 
 
+class UnsupportedMediaType(AxonSegError):
+    """A body in a format the route does not take."""
+
+    status_code = 415
+
+
 class VolumeError(AxonSegError, ValueError):
     """A file that cannot be used as a 3D volume (unreadable, wrong dimensions, empty, all-NaN)."""
 

@@ -101,6 +101,13 @@ def one_of(name: str, value: Any, allowed: tuple[int, ...], where: str = "") -> 
     return int(x)
 
 
+def choice(name: str, value: Any, allowed: tuple[str, ...], where: str = "") -> str:
+    """One of the words ``allowed``."""
+    if not isinstance(value, str) or value not in allowed:
+        raise InvalidRequest(f"{name} must be one of {', '.join(allowed)}{where}, not {shown(value)}")
+    return value
+
+
 def box(name: str, value: Any, axes: Range | tuple[Range, Range, Range], where: str = "") -> tuple[int, int, int]:
     """Three integers (z, y, x), each in ``axes`` (one range for all, or one per axis)."""
     if not isinstance(value, (list, tuple)) or len(value) != 3:

@@ -21,6 +21,7 @@ the work runs in a worker, and handlers only await it, so the event loop stays f
     GET    /labels/{image}/versions/{n}   one version's file (latest is also /datastore/label)
     *      /datastore/..., /activelearning/{strategy}   MONAI Label's, run in the thread pool
     POST   /volumes/register          use a Zarr/N5 volume in place
+    *      /proxy/dicom/...           the DICOMweb bridge OHIF reads through (lib.dicomweb.routes)
     GET    /leases/                   live annotator leases
     GET    /models/{model}/versions   every set of weights the model has served
     POST   /models/{model}/versions/{id}/activate   serve an earlier version (roll back)
@@ -50,6 +51,7 @@ from .auth.identity import caller
 from .datastore import check_image_id
 from .db.models import ModelVersion, TrainingRun
 from .db.store import file_checksum
+from .dicomweb.routes import uids_of, viewer_image
 from .errors import Forbidden, InvalidRequest, NotFound, error_from_status
 from .infers.segmentation import parse_infer_request
 from .jobs.client import describe_worker
@@ -92,6 +94,10 @@ async def infer(
 ):
     app = _app()
     request = _parse_params(params)
+    region = await run_in_threadpool(viewer_image, image) if image else None
+    if region is not None:  # OHIF's panel sends the series UID; its segments are classes, not object ids
+        image = region
+        request.setdefault("label_values", "classes")
     parse_infer_request(app.task_config(model).spec, request)  # bounds: 400 before anything is read or queued
     if session_id:
         raise InvalidRequest("sessions are not supported by axonseg; send an image id or a file")
@@ -538,7 +544,9 @@ def datastore_label_info(label: str, tag: str):
 
 @router.post("/activelearning/{strategy}", summary="Next sample: a region chosen by the strategy, leased to you")
 def next_sample(strategy: str, params: dict | None = None):
-    return al_endpoints.sample(strategy, params, None)
+    """MONAI Label's reply, plus the region's DICOM UIDs (OHIF's panel opens the study it names)."""
+    result = al_endpoints.sample(strategy, params, None)
+    return {**result, **uids_of(result["id"])} if isinstance(result, dict) and result.get("id") else result
 
 
 @router.post("/volumes/register", summary="Register a Zarr/N5 volume in place (read-only)")
@@ -580,9 +588,10 @@ def replace_routes(app: FastAPI, with_login: bool = True) -> None:
     shadow the stock ones with the same path and method, and the rest are added. ``with_login``: our
     ``/auth/`` and ``/users/`` (not in OIDC mode, where MONAI Label's ``/auth/`` talks to Keycloak)."""
     from .auth.routes import router as auth_router
+    from .dicomweb.routes import router as dicomweb_router
     from .viewer import router as viewer_router
 
-    for extra in (router, viewer_router) + ((auth_router,) if with_login else ()):
+    for extra in (router, viewer_router, dicomweb_router) + ((auth_router,) if with_login else ()):
         count = len(app.router.routes)
         app.include_router(extra)
         added = app.router.routes[count:]

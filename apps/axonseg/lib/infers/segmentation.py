@@ -19,7 +19,7 @@ from ..configs.spec import StructureSpec
 from ..errors import InvalidRequest
 from ..machine import check_device, default_device
 from ..networks import load_weights
-from ..params import boolean
+from ..params import boolean, choice
 from ..transforms.intensity import IntensityStats
 from ..transforms.io import Volume, copy_atomic, read_volume, write_volume
 from .postprocessing import default_options, resolve
@@ -31,14 +31,19 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class InferRequest:
     """An infer request's options, checked: ``tta``, ``device`` (``auto`` or a torch device), the
-    post-processing ``method`` with its complete ``options``, and ``save_label`` (keep the prediction of a
-    datastore region as its ``original`` label)."""
+    post-processing ``method`` with its complete ``options``, ``save_label`` (keep the prediction of a
+    datastore region as its ``original`` label), and the form of the reply's label: ``label_values``
+    (``ids``: what the method produced, object ids for instance methods; ``classes``: every object as
+    the structure's label value, what a viewer's segment list shows) and ``result_dtype`` (MONAI Label's
+    name; default uint32 for ids, uint8 for classes)."""
 
     tta: int
     device: str
     method: str
     options: dict[str, Any]
     save_label: bool = True
+    label_values: str = "ids"
+    result_dtype: str | None = None
 
 
 def parse_infer_request(spec: StructureSpec, request: dict[str, Any]) -> InferRequest:
@@ -51,7 +56,29 @@ def parse_infer_request(spec: StructureSpec, request: dict[str, Any]) -> InferRe
     requested = request.get("postprocessing") or spec.postprocessing
     given = {name: request[name] for name in default_options(spec, requested) if name in request}
     method, options = resolve(spec, requested, **given)
-    return InferRequest(tta, device, method, options, boolean("save_label", request.get("save_label", True)))
+    save = boolean("save_label", request.get("save_label", True))
+    values = choice("label_values", request.get("label_values", "ids"), LABEL_VALUES)
+    dtype = request.get("result_dtype")
+    dtype = None if dtype in (None, "") else choice("result_dtype", dtype, RESULT_DTYPES)
+    return InferRequest(tta, device, method, options, save, values, dtype)
+
+
+LABEL_VALUES = ("ids", "classes")
+RESULT_DTYPES = ("uint8", "uint16", "uint32")
+
+
+def reply_label(label: np.ndarray, request: InferRequest, spec: StructureSpec) -> np.ndarray:
+    """The label as the request asked to receive it (``label_values``, ``result_dtype``); what the server
+    keeps (the ``original`` label) is the label itself."""
+    if request.label_values == "classes":
+        label = np.where(label > 0, spec.labels[spec.label_name], 0)
+    dtype = np.dtype(request.result_dtype or ("uint8" if request.label_values == "classes" else label.dtype))
+    if label.size and np.issubdtype(dtype, np.integer) and int(label.max()) > np.iinfo(dtype).max:
+        raise InvalidRequest(
+            f"the label holds ids up to {int(label.max())}, more than {dtype} holds; "
+            "ask for result_dtype uint32, or label_values classes"
+        )
+    return label.astype(dtype, copy=False)
 
 
 class ModelWeights:
@@ -185,7 +212,8 @@ class SegmentationInfer(InferTask):
         """MONAI Label's form: ``request["image"]`` is a file holding a whole image (an upload)."""
         volume = read_volume(request["image"], max_voxels_in_memory=request.get("max_voxels_in_memory"))
         label, params = self.run(volume, request)
-        return write_label_file(label, volume, self.spec.name), params
+        reply = reply_label(label, parse_infer_request(self.spec, request), self.spec)
+        return write_label_file(reply, volume, self.spec.name), params
 
 
 def write_label_file(label: np.ndarray, volume: Volume, prefix: str) -> str:

@@ -27,7 +27,7 @@ from ..db.models import utcnow
 from ..db.store import Database, file_checksum
 from ..errors import AxonSegError, NotFound
 from ..infers.predict import voxel_size_nm
-from ..infers.segmentation import SegmentationInfer, parse_infer_request, write_label_file
+from ..infers.segmentation import SegmentationInfer, parse_infer_request, reply_label, write_label_file
 from ..machine import default_device
 from ..networks import load_weights
 from ..trainers.supervised import EpochStats, TrainingStopped
@@ -138,7 +138,8 @@ def infer(
         if image_id:
             datastore = rt.datastore()
             label, result_params, geometry = segment_region(task, datastore, image_id, params)
-            result_path = write_label_file(label, geometry, model)
+            reply = reply_label(label, parse_infer_request(task.spec, params), task.spec)
+            result_path = write_label_file(reply, geometry, model)
         else:
             result_path, result_params = task({**params, "model": model, "image": image_path})
             label = None
