@@ -258,12 +258,13 @@ def _stow(body: bytes, content_type: str, study_uid: str | None) -> Response:
         if study_uid and series.study_uid != study_uid:
             raise InvalidRequest(f"the segmentation's series is not in study '{study_uid}'")
         by_structure: dict[str, Any] = {}
+        allowed = series.image.structures or list(datastore.specs)
         for segment in read_segmentation(ds, series):
-            structure = datastore.structure_of(segment.label)
+            # a segment named after no structure (OHIF's "Segment 1") is the image's only one, if it has one
+            structure = datastore.structure_of(segment.label) or (allowed[0] if len(allowed) == 1 else None)
             if structure is None:
                 raise InvalidRequest(
-                    f"segment '{segment.label}' names no structure; name segments after one of "
-                    f"{', '.join(datastore.specs)}"
+                    f"segment '{segment.label}' names no structure; name segments after one of {', '.join(allowed)}"
                 )
             if segment.mask.any():
                 by_structure[structure] = by_structure.get(structure, False) | segment.mask

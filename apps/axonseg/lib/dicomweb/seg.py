@@ -80,25 +80,29 @@ def read_segmentation(ds: Dataset, series: SeriesView) -> list[Segment]:
     per_frame = ds.PerFrameFunctionalGroupsSequence
     if len(per_frame) != len(frames):
         raise InvalidRequest(f"the segmentation has {len(frames)} frames but describes {len(per_frame)}")
-    positions = {tuple(np.round(series.position_mm(z), 3)): z for z in range(shape[0])}
     for groups, frame in zip(per_frame, frames):
         number = int(groups.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         if number not in masks:
             raise InvalidRequest(f"a frame refers to segment {number}, which the segmentation does not describe")
-        masks[number][_section(groups, series, positions)] |= frame > threshold
+        masks[number][_section(groups, series)] |= frame > threshold
     return [Segment(n, labels[n], masks[n]) for n in sorted(labels)]
 
 
-def _section(groups: Dataset, series: SeriesView, positions: dict[tuple, int]) -> int:
+def _section(groups: Dataset, series: SeriesView) -> int:
     try:
         source = groups.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         return series.section_of(str(source))
     except (AttributeError, IndexError):
         pass
     try:
-        position = tuple(np.round([float(v) for v in groups.PlanePositionSequence[0].ImagePositionPatient], 3))
+        position = np.array([float(v) for v in groups.PlanePositionSequence[0].ImagePositionPatient])
     except (AttributeError, IndexError):
         raise InvalidRequest("a segmentation frame names neither its source section nor its position") from None
-    if position not in positions:
-        raise InvalidRequest(f"a segmentation frame at {list(position)} mm lies on no section of its series")
-    return positions[position]
+    # distance from the first section along the slice normal, in sections (a quarter section of slack)
+    first, normal, dz = np.array(series.position_mm(0)), series.direction[:, 2], series.spacing_um[0] or 1.0
+    k = float(np.dot(position - first, normal)) / dz
+    in_plane = np.linalg.norm(position - first - k * dz * normal)
+    section = round(k)
+    if abs(k - section) > 0.25 or not 0 <= section < series.shape[0] or in_plane > 0.25 * min(series.spacing_um):
+        raise InvalidRequest(f"a segmentation frame at {position.tolist()} mm lies on no section of its series")
+    return section

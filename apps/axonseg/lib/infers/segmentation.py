@@ -35,7 +35,7 @@ class InferRequest:
     datastore region as its ``original`` label), and the form of the reply's label: ``label_values``
     (``ids``: what the method produced, object ids for instance methods; ``classes``: every object as
     the structure's label value, what a viewer's segment list shows) and ``result_dtype`` (MONAI Label's
-    name; default uint32 for ids, uint8 for classes)."""
+    name; default uint32 for ids, uint8 for classes) and ``result_compress`` (gzip the NRRD)."""
 
     tta: int
     device: str
@@ -44,6 +44,7 @@ class InferRequest:
     save_label: bool = True
     label_values: str = "ids"
     result_dtype: str | None = None
+    result_compress: bool = True
 
 
 def parse_infer_request(spec: StructureSpec, request: dict[str, Any]) -> InferRequest:
@@ -60,7 +61,8 @@ def parse_infer_request(spec: StructureSpec, request: dict[str, Any]) -> InferRe
     values = choice("label_values", request.get("label_values", "ids"), LABEL_VALUES)
     dtype = request.get("result_dtype")
     dtype = None if dtype in (None, "") else choice("result_dtype", dtype, RESULT_DTYPES)
-    return InferRequest(tta, device, method, options, save, values, dtype)
+    compress = boolean("result_compress", request.get("result_compress", True))
+    return InferRequest(tta, device, method, options, save, values, dtype, compress)
 
 
 LABEL_VALUES = ("ids", "classes")
@@ -212,13 +214,14 @@ class SegmentationInfer(InferTask):
         """MONAI Label's form: ``request["image"]`` is a file holding a whole image (an upload)."""
         volume = read_volume(request["image"], max_voxels_in_memory=request.get("max_voxels_in_memory"))
         label, params = self.run(volume, request)
-        reply = reply_label(label, parse_infer_request(self.spec, request), self.spec)
-        return write_label_file(reply, volume, self.spec.name), params
+        parsed = parse_infer_request(self.spec, request)
+        reply = reply_label(label, parsed, self.spec)
+        return write_label_file(reply, volume, self.spec.name, parsed.result_compress), params
 
 
-def write_label_file(label: np.ndarray, volume: Volume, prefix: str) -> str:
+def write_label_file(label: np.ndarray, volume: Volume, prefix: str, compress: bool = True) -> str:
     """A temporary NRRD of ``label`` with ``volume``'s spacing, origin and direction (what the client was served)."""
     fd, result = tempfile.mkstemp(suffix=".nrrd", prefix=f"{prefix}_")
     os.close(fd)
-    write_volume(result, Volume(label, volume.spacing, volume.origin, volume.direction))
+    write_volume(result, Volume(label, volume.spacing, volume.origin, volume.direction), compress=compress)
     return result

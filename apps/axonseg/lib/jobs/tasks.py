@@ -138,8 +138,9 @@ def infer(
         if image_id:
             datastore = rt.datastore()
             label, result_params, geometry = segment_region(task, datastore, image_id, params)
-            reply = reply_label(label, parse_infer_request(task.spec, params), task.spec)
-            result_path = write_label_file(reply, geometry, model)
+            parsed = parse_infer_request(task.spec, params)
+            reply = reply_label(label, parsed, task.spec)
+            result_path = write_label_file(reply, geometry, model, parsed.result_compress)
         else:
             result_path, result_params = task({**params, "model": model, "image": image_path})
             label = None

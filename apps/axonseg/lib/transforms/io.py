@@ -132,8 +132,9 @@ def read_volume(path: str | os.PathLike, dataset: str | None = None, max_voxels_
 # --- writing ------------------------------------------------------------------------------------
 
 
-def write_volume(path: str | os.PathLike, volume: Volume, dataset: str = "raw") -> str:
-    """Write ``volume`` in the format given by the extension of ``path``; returns ``path``.
+def write_volume(path: str | os.PathLike, volume: Volume, dataset: str = "raw", compress: bool = True) -> str:
+    """Write ``volume`` in the format given by the extension of ``path``; returns ``path``. ``compress``:
+    off writes raw NRRD/NIfTI, for readers without gzip (OHIF's nrrd.js).
 
     The file is written under a temporary name and renamed, so a reader never sees half a file.
     """
@@ -142,7 +143,7 @@ def write_volume(path: str | os.PathLike, volume: Volume, dataset: str = "raw") 
     ext = volume_extension(path)
     tmp = re.sub(re.escape(ext) + "$", f".part{_writer_tag()}{ext}", path, flags=re.IGNORECASE)
     try:
-        _WRITERS[fmt](tmp, volume, dataset)
+        _WRITERS[fmt](tmp, volume, dataset, compress)
         if os.path.isdir(path):  # Zarr/N5 are folders: os.replace cannot overwrite a non-empty one
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -194,7 +195,7 @@ def warm_up() -> None:
 _ITK_WIDER = {"i1": np.int16, "f2": np.float32, "i8": np.float64, "u8": np.float64}
 
 
-def _write_itk(path: str, volume: Volume, dataset: str) -> None:
+def _write_itk(path: str, volume: Volume, dataset: str, compress: bool = True) -> None:
     import itk
 
     array = np.ascontiguousarray(volume.array)
@@ -211,10 +212,10 @@ def _write_itk(path: str, volume: Volume, dataset: str) -> None:
     image.SetOrigin([float(o) for o in reversed(volume.origin)])
     if volume.direction is not None:
         image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(volume.direction, dtype=float)))
-    itk.imwrite(image, path, compression=True)
+    itk.imwrite(image, path, compression=compress)
 
 
-def _write_tiff(path: str, volume: Volume, dataset: str) -> None:
+def _write_tiff(path: str, volume: Volume, dataset: str, compress: bool = True) -> None:
     import tifffile
 
     z, y, x = volume.spacing
@@ -227,15 +228,15 @@ def _write_tiff(path: str, volume: Volume, dataset: str) -> None:
     )
 
 
-def _write_hdf5(path: str, volume: Volume, dataset: str) -> None:
+def _write_hdf5(path: str, volume: Volume, dataset: str, compress: bool = True) -> None:
     import h5py
 
     with h5py.File(path, "w") as f:
-        ds = f.create_dataset(dataset, data=volume.array, compression="gzip")
+        ds = f.create_dataset(dataset, data=volume.array, compression="gzip" if compress else None)
         ds.attrs["element_size_um"] = list(volume.spacing)
 
 
-def _write_zarr(path: str, volume: Volume, dataset: str, n5: bool = False) -> None:
+def _write_zarr(path: str, volume: Volume, dataset: str, compress: bool = True, n5: bool = False) -> None:
     import zarr
 
     store = zarr.N5Store(path) if n5 else zarr.DirectoryStore(path)
@@ -250,7 +251,7 @@ def _write_zarr(path: str, volume: Volume, dataset: str, n5: bool = False) -> No
         array.attrs["element_size_um"] = list(volume.spacing)
 
 
-def _write_n5(path: str, volume: Volume, dataset: str) -> None:
+def _write_n5(path: str, volume: Volume, dataset: str, compress: bool = True) -> None:
     _write_zarr(path, volume, dataset, n5=True)
 
 
