@@ -99,7 +99,10 @@ def compose() -> dict:
 
 def test_services_health_checks_and_named_volumes(compose):
     services = compose["services"]
-    assert set(services) == {"redis", "postgres", "api", "worker-infer", "worker-train"}
+    assert set(services) == {"redis", "postgres", "api", "worker-infer", "worker-train", "orthanc"}
+    optional = {name for name, service in services.items() if service.get("profiles")}
+    assert optional == {"orthanc"}  # started only with --profile orthanc; the DICOMweb bridge is the default
+    assert "ports" not in services["orthanc"]
     for name in ("redis", "postgres", "api"):
         assert services[name]["healthcheck"]["test"], name
     for worker in ("worker-infer", "worker-train"):

@@ -55,6 +55,38 @@ def _stored(server, image: str) -> np.ndarray:
     return zarr.open_array(str(server.workdir / "volumes" / f"{image}.ome.zarr" / "0"), mode="r")[:]
 
 
+def test_wide_and_float_voxels_map_onto_uint16_with_a_rescale_that_gives_them_back():
+    from types import SimpleNamespace
+
+    from lib.dicomweb.series import PixelEncoding
+    from lib.transforms.intensity import IntensityStats
+
+    values = np.linspace(-3.5, 1200.25, 1000, dtype=np.float32)
+    stats = IntensityStats({}, minimum=float(values.min()), maximum=float(values.max()))
+    encoding = PixelEncoding.of(SimpleNamespace(dtype="float32"), stats)
+    stored = encoding.encode(values)
+    assert stored.dtype == np.dtype("<u2") and stored.min() == 0 and stored.max() == 65535
+    assert np.abs(stored * encoding.slope + encoding.intercept - values).max() <= encoding.slope  # RescaleSlope
+    native = PixelEncoding.of(SimpleNamespace(dtype="int16"), stats)
+    assert native.signed and native.encode(np.array([-7], np.int16)).tobytes() == np.array([-7], "<i2").tobytes()
+
+
+def test_reply_labels_as_classes_or_ids_that_fit_the_asked_dtype(tmp_path):
+    from lib.configs.registry import init_task_configs
+    from lib.errors import InvalidRequest
+    from lib.infers.segmentation import parse_infer_request, reply_label
+
+    spec = init_task_configs(str(tmp_path))["mitochondria"].spec
+    ids = np.array([[[0, 1, 300]]], np.uint32)
+    classes = reply_label(ids, parse_infer_request(spec, {"label_values": "classes"}), spec)
+    assert classes.dtype == np.uint8 and classes.tolist() == [[[0, 1, 1]]]
+    assert reply_label(ids, parse_infer_request(spec, {}), spec).tolist() == ids.tolist()
+    with pytest.raises(InvalidRequest, match="more than uint8"):
+        reply_label(ids, parse_infer_request(spec, {"result_dtype": "uint8"}), spec)
+    with pytest.raises(InvalidRequest, match="label_values"):
+        parse_infer_request(spec, {"label_values": "probabilities"})
+
+
 def test_study_search_lists_the_sample_images_with_matching_and_paging(server):
     names = {_value(s, "00100020") for s in _studies(server.url)}
     assert {"gala_fibsem", "trailmap_chunk", "trailmap_original"} <= names

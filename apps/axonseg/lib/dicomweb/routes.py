@@ -13,14 +13,16 @@ Searches take the query keys OHIF sends: attribute keywords or tags (``PatientNa
 ``*``/``?`` wildcards, ``fuzzymatching`` (case-insensitive, any part), UID lists, date ranges,
 ``limit``, ``offset`` and ``includefield`` (every attribute is always included).
 
-With ``--conf dicomweb_url`` (a lab's Orthanc or other DICOMweb server), the same routes are MONAI Label's
-proxy to that server instead.
+With ``--conf dicomweb_url`` or ``AXONSEG_DICOMWEB_URL`` (a lab's Orthanc or other DICOMweb server), the
+same routes are MONAI Label's proxy to that server instead (its credentials: MONAI Label's
+``MONAI_LABEL_DICOMWEB_USERNAME`` / ``_PASSWORD``).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -287,7 +289,7 @@ def _stow(body: bytes, content_type: str, study_uid: str | None) -> Response:
 # --- the routes -----------------------------------------------------------------------------------
 async def _forwarded(request: Request, op: str, path: str) -> Response | None:
     """MONAI Label's proxy, when a lab's DICOMweb server holds the studies (``--conf dicomweb_url``)."""
-    url = _app().conf.get("dicomweb_url")
+    url = _app().conf.get("dicomweb_url") or os.environ.get("AXONSEG_DICOMWEB_URL")
     if not url:
         return None
     from monailabel.config import settings
