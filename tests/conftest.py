@@ -121,6 +121,7 @@ class Server:
             "MONAILABEL_PYEXE": sys.executable,
             "REDIS_URL": redis_url,
             "PYTHONPATH": str(APP_DIR),
+            "AXONSEG_VOLUME_ROOTS": str(workdir / "volume_roots"),  # volumes a test registers in place
             **(env or {}),
         }
         if database_url:

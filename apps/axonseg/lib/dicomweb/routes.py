@@ -36,6 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.multival import MultiValue
 
+from ..auth.identity import caller
 from ..errors import InvalidRequest, NotFound
 from .seg import read_instance, read_segmentation, referenced_series, stow_parts
 from .series import TRANSFER_SYNTAX, Catalog, FrameCache, SeriesView
@@ -62,7 +63,7 @@ def catalog() -> Catalog:
 
 def viewer_image(image: str) -> str | None:
     """The region id a DICOM series UID stands for (what OHIF's panel sends as the image), else None."""
-    if not UID_LIST.match(image):
+    if not UID_LIST.match(image) or _app().db.region(image) is not None:  # an image may be named "1.2"
         return None
     series = catalog().by_series_uid(image)
     if series is None:
@@ -274,7 +275,12 @@ def _stow(body: bytes, content_type: str, study_uid: str | None) -> Response:
             raise InvalidRequest("the segmentation holds no labelled voxel; nothing was saved")
         saved.extend((series, structure, mask, str(ds.SOPInstanceUID)) for structure, mask in by_structure.items())
     for series, structure, mask, sop_uid in saved:
-        info = {"structure": structure, "client": "dicomweb", "segmentation_uid": sop_uid}
+        info = {
+            "structure": structure,
+            "client": "dicomweb",
+            "segmentation_uid": sop_uid,
+            "client_id": caller().client_id("ohif"),  # with auth on, the logged-in user
+        }
         datastore.save_label_array(series.region_id, mask.astype("uint32"), "", info)
     stored = Dataset()
     stored.ReferencedSOPSequence = []
