@@ -25,11 +25,12 @@ import json
 import os
 import re
 import uuid
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from monailabel.interfaces.utils.app import app_instance
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
@@ -39,7 +40,7 @@ from pydicom.multival import MultiValue
 from ..auth.identity import caller
 from ..errors import InvalidRequest, NotFound
 from .seg import read_instance, read_segmentation, referenced_series, stow_parts
-from .series import TRANSFER_SYNTAX, Catalog, FrameCache, SeriesView
+from .series import MR_IMAGE_STORAGE, TRANSFER_SYNTAX, Catalog, FrameCache, SeriesView, uid_for
 
 if TYPE_CHECKING:
     from main import AxonSegApp
@@ -73,11 +74,10 @@ def viewer_image(image: str) -> str | None:
 
 def uids_of(region_id: str) -> dict[str, str]:
     """The study and series UIDs of a region (added to next-sample replies, which OHIF opens by study)."""
-    for study in catalog().studies:
-        for series in study.series:
-            if series.region_id == region_id:
-                return {"StudyInstanceUID": study.uid, "SeriesInstanceUID": series.series_uid}
-    return {}
+    region = _app().db.region(region_id)
+    if region is None:
+        return {}
+    return {"StudyInstanceUID": uid_for("image", region.image_id), "SeriesInstanceUID": uid_for("region", region.id)}
 
 
 # --- searching (QIDO-RS) --------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def _instance_datasets(series_list: list[SeriesView]) -> list[Dataset]:
             ds = series.series_dataset()
             ds.StudyInstanceUID = series.study_uid
             ds.SOPInstanceUID = series.sop_uid(z)
-            ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+            ds.SOPClassUID = MR_IMAGE_STORAGE
             ds.InstanceNumber = z + 1
             ds.Rows, ds.Columns = series.shape[1], series.shape[2]
             out.append(ds)
@@ -187,15 +187,17 @@ def _pixels(series: SeriesView, section: int) -> bytes:
     return FRAMES.frame(series, section, datastore.stats(series.image), lambda roi: datastore.read(series.image, roi))
 
 
-def _multipart(parts: list[bytes], media_type: str, headers: str = "") -> Response:
+def _multipart(parts: Iterable[bytes], media_type: str, headers: str = "") -> StreamingResponse:
+    """A multipart/related reply, written part by part as ``parts`` yields them (a whole series is never
+    held at once); Starlette iterates a plain generator in its thread pool."""
     boundary = uuid.uuid4().hex
-    body = b"".join(
-        f"--{boundary}\r\nContent-Type: {media_type}{headers}\r\n\r\n".encode() + part + b"\r\n" for part in parts
-    )
-    return Response(
-        body + f"--{boundary}--\r\n".encode(),
-        media_type=f'multipart/related; type="{media_type}"; boundary={boundary}',
-    )
+
+    def body() -> Iterator[bytes]:
+        for part in parts:
+            yield f"--{boundary}\r\nContent-Type: {media_type}{headers}\r\n\r\n".encode() + part + b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    return StreamingResponse(body(), media_type=f'multipart/related; type="{media_type}"; boundary={boundary}')
 
 
 def _frames(series: SeriesView, section: int, numbers: str) -> Response:
@@ -231,7 +233,7 @@ def _wado(path: str, request: Request) -> Response:
     if rest == ["metadata"]:
         return _metadata([series], _wado_root(request))
     if not rest:
-        return _multipart([_part10(series, z) for z in range(series.shape[0])], "application/dicom")
+        return _multipart((_part10(series, z) for z in range(series.shape[0])), "application/dicom")
     if rest[0] != "instances" or len(rest) < 2:
         raise NotFound(f"no WADO-RS resource '{path}'")
     section = series.section_of(rest[1])

@@ -15,6 +15,7 @@ from ..errors import InvalidRequest, UnsupportedMediaType
 from .series import SeriesView
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+MAX_SEGMENTS = 255  # OHIF's label maps hold 255 segments
 
 
 def stow_parts(body: bytes, content_type: str) -> list[bytes]:
@@ -31,7 +32,7 @@ def stow_parts(body: bytes, content_type: str) -> list[bytes]:
     for chunk in body.split(delimiter)[1:]:
         if chunk.startswith(b"--"):
             break
-        head, sep, payload = chunk.partition(b"\r\n\r\n")
+        _, sep, payload = chunk.partition(b"\r\n\r\n")
         if not sep:
             raise InvalidRequest("a part of the multipart body has no header end")
         parts.append(payload[:-2] if payload.endswith(b"\r\n") else payload)
@@ -69,6 +70,13 @@ def read_segmentation(ds: Dataset, series: SeriesView) -> list[Segment]:
     shape = series.shape
     if (int(ds.Rows), int(ds.Columns)) != shape[1:]:
         raise InvalidRequest(f"the segmentation's frames are {ds.Rows}x{ds.Columns}, its series' {shape[1]}x{shape[2]}")
+    # at most one frame per segment and section: a bound on what unpacking the bit-packed frames may allocate
+    segments, frames_declared = len(getattr(ds, "SegmentSequence", [])), int(getattr(ds, "NumberOfFrames", 1))
+    if not 1 <= segments <= MAX_SEGMENTS or frames_declared > segments * shape[0]:
+        raise InvalidRequest(
+            f"the segmentation has {frames_declared} frames of {segments} segments; a series of {shape[0]} sections "
+            f"takes at most one frame per segment and section, and 1 to {MAX_SEGMENTS} segments"
+        )
     try:
         pixels = ds.pixel_array
     except Exception as e:

@@ -40,9 +40,10 @@ class TrainingRuns:
                 error = f"the worker running this job died ({job.worker_name}); nothing was published"
         # The worker writes its own final status before its job ends: once the queue says the job ended, the
         # row read again holds that status (an ERROR of a run that found nothing to train is a finished job).
-        current = self.db.training_run(run.job_id)
-        if current is not None and current.status in FINAL:
-            return current
+        if status in FINAL:
+            current = self.db.training_run(run.job_id)
+            if current is not None and current.status in FINAL:
+                return current
         if status != run.status:
             values: dict[str, Any] = {"status": status}
             if status in FINAL:
