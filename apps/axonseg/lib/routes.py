@@ -53,6 +53,7 @@ from .db.models import ModelVersion, TrainingRun
 from .db.store import file_checksum
 from .dicomweb.routes import uids_of, viewer_image
 from .errors import Forbidden, InvalidRequest, NotFound, error_from_status
+from .infers.postprocessing import ON_IMAGE_GRID
 from .infers.segmentation import parse_infer_request
 from .jobs.client import describe_worker
 from .jobs.queues import INFER_QUEUE, TRAIN_QUEUE
@@ -98,12 +99,17 @@ async def infer(
     if region is not None:  # OHIF's panel sends the series UID; its segments are classes, not object ids
         image = region
         request.setdefault("label_values", "classes")
-    parse_infer_request(app.task_config(model).spec, request)  # bounds: 400 before anything is read or queued
+    parsed = parse_infer_request(app.task_config(model).spec, request)  # bounds: 400 before anything is queued
+    if label is not None and parsed.method not in ON_IMAGE_GRID:
+        raise InvalidRequest(
+            f"a label sent with an infer request is read as anchors by postprocessing 'trace', "
+            f"not by '{parsed.method}'; send it to /datastore/label to save it"
+        )
     if session_id:
         raise InvalidRequest("sessions are not supported by axonseg; send an image id or a file")
     if output not in (None, "image", "json", "all"):
         raise InvalidRequest(f"output must be image, json or all, not '{output}'")
-    upload = None
+    upload = anchors = None
     if file is not None:
         upload = await run_in_threadpool(_save_upload, app, file)
         image_path, name = upload, file.filename or "upload"
@@ -114,6 +120,8 @@ async def infer(
     else:
         raise InvalidRequest("send an image id (?image=...) or a file to segment")
     try:
+        if label is not None:  # the worker reads and checks them against the image (read_anchors)
+            anchors = await run_in_threadpool(_save_upload, app, label)
         jobs = app.jobs
         await run_in_threadpool(jobs.require_workers, INFER_QUEUE)
         job = await run_in_threadpool(
@@ -129,11 +137,13 @@ async def infer(
             },
             image_id=None if upload else image,
             image_path=image_path,
+            anchors_path=anchors,
         )
         result = await jobs.wait(job, app.infer_timeout_s)
     finally:
-        if upload:
-            await run_in_threadpool(remove_upload, upload)
+        for path in (upload, anchors):
+            if path:
+                await run_in_threadpool(remove_upload, path)
     if "error" in result:
         raise error_from_status(result.get("status_code", 400), result["error"])
     result["params"]["job_id"] = job.id

@@ -11,6 +11,11 @@ request may override both (they are listed in the model's infer config).
   (``min_distance`` apart), small instances removed (mitochondria); ``instances=True`` returns ids.
 - ``bilateral``: an in-plane bilateral filter of the probabilities, threshold, then erosion and dilation
   by ``radius`` in-plane (membranes, as in seed 003).
+- ``trace``: neurite ids through the stack from membrane probabilities (:mod:`.tracing`: distance-transform
+  seeds, per-section seeded watershed, Hungarian linking across sections, optional ``anchors``). Its label
+  is 0 on membrane and a neurite id elsewhere, the reverse of the others' (:func:`structure_mask`), and it
+  runs on the image's own grid (:data:`ON_IMAGE_GRID`): its anchors and sections are the image's, and it
+  measures in nm.
 
 Bounds (:data:`OPTION_RANGES`; a request outside them gets a 400 before anything is queued or read):
 
@@ -23,6 +28,10 @@ Bounds (:data:`OPTION_RANGES`; a request outside them gets a 400 before anything
   ``2 x radius + 1`` (membranes are a few pixels wide); its cost grows as ``radius²`` (16: ~1 s/Mvox, 30: ~7).
 - ``sigma_color``: in (0, 1], the range of a probability; ``sigma_spatial``: pixels, in (0, 4] (the
   filter's window is ``6 x sigma_spatial + 1`` pixels wide; 4 is ~3 s/Mvox on a CPU core, 1 is 0.3).
+- ``sigma``: pixels of Gaussian smoothing of the distance transform, in [0, 8]; ``min_area``: pixels, in
+  [0, 100,000]; ``max_cost``: in [0, 1] (a link's cost is in [0, 1]); ``max_slope``: in-plane nm per nm of z,
+  in (0, 20]; ``join_cover``: a share of a fragment's area, in (0.5, 1] (over half: one partner at most);
+  ``h``: pixels of distance, in (0, 16] (a 3D seed's rise above its saddle); ``mode``: ``auto``, ``sections`` or ``3d``.
 - ``skeleton``, ``instances``: true or false.
 """
 
@@ -36,7 +45,8 @@ from scipy import ndimage
 
 from ..configs.spec import StructureSpec
 from ..errors import InvalidRequest
-from ..params import Range, boolean, shown
+from ..params import Range, boolean, choice, shown
+from .tracing import MODES, trace
 
 _FULL = np.ones((3, 3, 3), dtype=bool)
 
@@ -126,7 +136,19 @@ def bilateral(
     return binary.astype(np.uint8)
 
 
-METHODS = {"threshold": threshold, "hysteresis": hysteresis, "watershed": watershed, "bilateral": bilateral}
+METHODS = {
+    "threshold": threshold,
+    "hysteresis": hysteresis,
+    "watershed": watershed,
+    "bilateral": bilateral,
+    "trace": trace,
+}
+# Methods that run on the image's grid, not the model's (``lib.infers.predict``), and are given the
+# grid's ``voxel_size_nm`` and the request's ``anchors``: the arguments no request option sets.
+ON_IMAGE_GRID = frozenset({"trace"})
+CONTEXT_ARGUMENTS = ("voxel_size_nm", "anchors")
+# Methods whose label marks the regions the structure separates (0 on the structure), not the structure.
+SEPARATED_BY_STRUCTURE = frozenset({"trace"})
 
 MAX_MIN_SIZE = 10_000_000
 # The numeric options' bounds (why: the module docstring); the rest (skeleton, instances) are flags.
@@ -139,7 +161,25 @@ OPTION_RANGES: dict[str, Range] = {
     "radius": Range(0, 16, integer=True),
     "sigma_color": Range(0.0, 1.0, low_open=True),
     "sigma_spatial": Range(0.0, 4.0, low_open=True),
+    "sigma": Range(0.0, 8.0),
+    "min_area": Range(0, 100_000, integer=True),
+    "max_cost": Range(0.0, 1.0),
+    "max_slope": Range(0.0, 20.0, low_open=True),
+    "join_cover": Range(0.5, 1.0, low_open=True),
+    "h": Range(0.0, 16.0, low_open=True),
 }
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {"mode": MODES}
+
+
+def structure_mask(label: np.ndarray, method: str) -> np.ndarray:
+    """Where a method's label marks the structure: ``label > 0``, or ``label == 0`` for ``trace``."""
+    return label == 0 if method in SEPARATED_BY_STRUCTURE else label > 0
+
+
+def structure_label(label: np.ndarray, method: str) -> np.ndarray:
+    """A method's label as a label of the structure (what is kept as a region's ``original``): itself, or
+    for ``trace`` the membrane between the neurites as 1."""
+    return structure_mask(label, method).astype(np.uint8) if method in SEPARATED_BY_STRUCTURE else label
 
 
 def default_options(spec: StructureSpec, method: str | None = None) -> dict[str, Any]:
@@ -149,7 +189,7 @@ def default_options(spec: StructureSpec, method: str | None = None) -> dict[str,
     if not isinstance(method, str) or method not in METHODS:
         raise InvalidRequest(f"unknown post-processing {shown(method)}; one of: {', '.join(METHODS)}")
     parameters = inspect.signature(METHODS[method]).parameters
-    options = {name: p.default for name, p in parameters.items() if name != "probabilities"}
+    options = {name: p.default for name, p in parameters.items() if name not in ("probabilities", *CONTEXT_ARGUMENTS)}
     from_spec = {"threshold": spec.threshold, "min_size": spec.min_size, **spec.postprocessing_options}
     options.update({k: v for k, v in from_spec.items() if k in options})
     return options
@@ -173,6 +213,8 @@ def resolve(spec: StructureSpec, method: str | None = None, **overrides: Any) ->
     for name, value in overrides.items():
         if name in OPTION_RANGES:
             options[name] = OPTION_RANGES[name].check(name, value, where)
+        elif name in OPTION_CHOICES:
+            options[name] = choice(name, value, OPTION_CHOICES[name])
         elif isinstance(options[name], bool):
             options[name] = boolean(name, value, where)
         else:  # an option added without bounds: the code's mistake, not the client's
@@ -183,8 +225,23 @@ def resolve(spec: StructureSpec, method: str | None = None, **overrides: Any) ->
 
 
 def postprocess(
-    probabilities: np.ndarray, spec: StructureSpec, method: str | None = None, **overrides: Any
+    probabilities: np.ndarray,
+    spec: StructureSpec,
+    method: str | None = None,
+    *,
+    voxel_size_nm: tuple[float, ...] | None = None,
+    anchors: np.ndarray | None = None,
+    **overrides: Any,
 ) -> np.ndarray:
-    """Label from probabilities with the spec's method (or ``method``); ``overrides`` as in :func:`resolve`."""
+    """Label from probabilities with the spec's method (or ``method``); ``overrides`` as in :func:`resolve`.
+
+    ``voxel_size_nm`` (of the grid ``probabilities`` are on; the spec's when None) and ``anchors`` reach
+    the methods of :data:`ON_IMAGE_GRID`; anchors for any other method are refused.
+    """
     method, options = resolve(spec, method, **overrides)
+    if method in ON_IMAGE_GRID:
+        options["voxel_size_nm"] = voxel_size_nm or spec.voxel_size_nm
+        options["anchors"] = anchors
+    elif anchors is not None:
+        raise InvalidRequest(f"anchors (a label sent with the request) are read only by trace, not by '{method}'")
     return METHODS[method](probabilities, **options)

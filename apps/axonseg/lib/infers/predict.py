@@ -16,7 +16,7 @@ from ..configs.spec import StructureSpec
 from ..params import one_of
 from ..transforms.intensity import IntensityStats, intensity_stats, normalize
 from ..transforms.io import Volume
-from .postprocessing import postprocess
+from .postprocessing import ON_IMAGE_GRID, postprocess
 
 # Test-time variants the code builds: none, the 8 combinations of z/y/x flips, those with and without rot90.
 TTA_VARIANTS = (1, 8, 16)
@@ -152,17 +152,26 @@ def predict(
     stats: IntensityStats | None = None,
     voxel_size_nm: tuple[float, float, float] | None = None,
     postprocessing: str | None = None,
+    anchors: np.ndarray | None = None,
     **options,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and label of a raw volume, both on its grid (arguments as in :func:`predict_probabilities`;
-    ``postprocessing`` and ``options`` as in ``lib.infers.postprocessing.postprocess``).
+    ``postprocessing``, ``anchors`` (on ``array``'s grid) and ``options`` as in
+    ``lib.infers.postprocessing.postprocess``).
 
     Post-processing runs on the model's voxel grid, so sizes and distances (``min_size``,
     ``min_distance``) mean the same whatever the image's voxel size; the label comes back by nearest
-    neighbour.
+    neighbour. Methods of ``ON_IMAGE_GRID`` (``trace``) run on the image's grid at its voxel size.
     """
     probabilities = model_grid_probabilities(network, array, spec, device, tta, stats, voxel_size_nm)
-    label = postprocess(probabilities, spec, postprocessing, **options)
+    if (postprocessing or spec.postprocessing) in ON_IMAGE_GRID:
+        if probabilities.shape != array.shape:
+            probabilities = resize(probabilities, array.shape)
+        label = postprocess(
+            probabilities, spec, postprocessing, voxel_size_nm=voxel_size_nm, anchors=anchors, **options
+        )
+        return probabilities, label
+    label = postprocess(probabilities, spec, postprocessing, anchors=anchors, **options)
     if probabilities.shape != array.shape:
         probabilities = resize(probabilities, array.shape)
         label = model_grid_label(label, array.shape)
@@ -242,11 +251,16 @@ def segment(
     stats: IntensityStats | None = None,
     inner: tuple[slice, slice, slice] | None = None,
     voxel_size_nm: tuple[float, float, float] | None = None,
+    anchors: np.ndarray | None = None,
     **options,
 ) -> np.ndarray:
     """Label volume for a raw (z, y, x) volume (:func:`predict`): the spec's post-processing, or
     ``postprocessing`` with ``options`` overriding its defaults. ``inner``: the part of ``array`` to return
     (a region inside its context); post-processing sees the whole context, so objects crossing the
-    region's border keep their size."""
-    _, label = predict(network, array, spec, device, tta, stats, voxel_size_nm, postprocessing, **options)
+    region's border keep their size. ``anchors``: on the returned part's grid (the region's)."""
+    if anchors is not None and inner is not None:
+        placed = np.zeros(array.shape, anchors.dtype)
+        placed[inner] = anchors
+        anchors = placed
+    _, label = predict(network, array, spec, device, tta, stats, voxel_size_nm, postprocessing, anchors, **options)
     return np.ascontiguousarray(label[inner]) if inner is not None else label

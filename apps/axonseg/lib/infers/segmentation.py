@@ -22,7 +22,7 @@ from ..networks import load_weights
 from ..params import boolean, choice
 from ..transforms.intensity import IntensityStats
 from ..transforms.io import Volume, copy_atomic, read_volume, write_volume
-from .postprocessing import default_options, resolve
+from .postprocessing import default_options, resolve, structure_mask
 from .predict import check_tta, segment, voxel_size_nm
 
 logger = logging.getLogger(__name__)
@@ -69,11 +69,31 @@ LABEL_VALUES = ("ids", "classes")
 RESULT_DTYPES = ("uint8", "uint16", "uint32")
 
 
+def read_anchors(path: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The anchors of a ``trace`` request (the label file sent with it) on the grid of the label the reply
+    holds (``shape``): neurite ids, 0 where no anchor is placed. InvalidRequest when they do not fit."""
+    try:
+        array = read_volume(path).array
+    except Exception as e:  # any reader's failure on a client's file is the client's to fix
+        raise InvalidRequest(f"the anchors (the label sent with the request) cannot be read: {e}") from e
+    if tuple(array.shape) != tuple(shape):
+        raise InvalidRequest(
+            f"the anchors (the label sent with the request) are {list(array.shape)} voxels, "
+            f"the image {list(shape)}; send them on the image's grid"
+        )
+    if array.size and (
+        not np.all(np.isfinite(array)) or np.any(array != np.round(array)) or array.min() < 0
+        or array.max() > np.iinfo(np.uint32).max
+    ):  # fmt: skip
+        raise InvalidRequest("anchors must be whole neurite ids from 0 (no anchor) to 4294967295")
+    return array.astype(np.uint32)
+
+
 def reply_label(label: np.ndarray, request: InferRequest, spec: StructureSpec) -> np.ndarray:
     """The label as the request asked to receive it (``label_values``, ``result_dtype``); what the server
     keeps (the ``original`` label) is the label itself."""
     if request.label_values == "classes":
-        label = np.where(label > 0, spec.labels[spec.label_name], 0)
+        label = np.where(structure_mask(label, request.method), spec.labels[spec.label_name], 0)
     dtype = np.dtype(request.result_dtype or ("uint8" if request.label_values == "classes" else label.dtype))
     if label.size and np.issubdtype(dtype, np.integer) and int(label.max()) > np.iinfo(dtype).max:
         raise InvalidRequest(
@@ -177,11 +197,13 @@ class SegmentationInfer(InferTask):
         request: dict[str, Any],
         stats: IntensityStats | None = None,
         inner: tuple[slice, slice, slice] | None = None,
+        anchors: np.ndarray | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Plain function form: segment ``volume``; returns the label array and result params.
 
         ``stats``: the intensity statistics of the image ``volume`` was read from (None: ``volume`` is a
-        whole image); ``inner``: the region to return when ``volume`` holds it with context.
+        whole image); ``inner``: the region to return when ``volume`` holds it with context; ``anchors``:
+        a ``trace`` request's, on the returned label's grid (:func:`read_anchors`).
         """
         parsed = parse_infer_request(self.spec, request)
         tta, method, options = parsed.tta, parsed.method, parsed.options
@@ -191,7 +213,9 @@ class SegmentationInfer(InferTask):
         network, meta, path = self.weights.load(device)
         start = time.time()
         voxel_size = voxel_size_nm(volume)
-        label = segment(network, volume.array, self.spec, device, tta, method, stats, inner, voxel_size, **options)
+        label = segment(
+            network, volume.array, self.spec, device, tta, method, stats, inner, voxel_size, anchors, **options
+        )
         elapsed = time.time() - start
         params = {
             "model": self.spec.name,
@@ -200,7 +224,7 @@ class SegmentationInfer(InferTask):
             "weights_epoch": meta.get("epoch"),
             "shape": list(label.shape),
             "spacing_um": list(volume.spacing),
-            "foreground_voxels": int(label.sum()),
+            "foreground_voxels": int(np.count_nonzero(structure_mask(label, method))),
             "tta": tta,
             "postprocessing": {"method": method, **options},
             "latencies": {
@@ -211,9 +235,11 @@ class SegmentationInfer(InferTask):
         return label, params
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """MONAI Label's form: ``request["image"]`` is a file holding a whole image (an upload)."""
+        """MONAI Label's form: ``request["image"]`` is a file holding a whole image (an upload); a
+        ``request["label"]`` file (MONAI Label's name for a label sent with an infer request) holds anchors."""
         volume = read_volume(request["image"], max_voxels_in_memory=request.get("max_voxels_in_memory"))
-        label, params = self.run(volume, request)
+        anchors = read_anchors(request["label"], volume.array.shape) if request.get("label") else None
+        label, params = self.run(volume, request, anchors=anchors)
         parsed = parse_infer_request(self.spec, request)
         reply = reply_label(label, parsed, self.spec)
         return write_label_file(reply, volume, self.spec.name, parsed.result_compress), params

@@ -26,8 +26,15 @@ from ..db.engine import database_url
 from ..db.models import utcnow
 from ..db.store import Database, file_checksum
 from ..errors import AxonSegError, NotFound
+from ..infers.postprocessing import structure_label
 from ..infers.predict import voxel_size_nm
-from ..infers.segmentation import SegmentationInfer, parse_infer_request, reply_label, write_label_file
+from ..infers.segmentation import (
+    SegmentationInfer,
+    parse_infer_request,
+    read_anchors,
+    reply_label,
+    write_label_file,
+)
 from ..machine import default_device
 from ..networks import load_weights
 from ..trainers.supervised import EpochStats, TrainingStopped
@@ -114,19 +121,29 @@ def _context(spec: StructureSpec) -> tuple[int, int, int]:
 
 
 def segment_region(
-    task: SegmentationInfer, datastore: MicroscopyDatastore, image_id: str, params: dict[str, Any]
+    task: SegmentationInfer,
+    datastore: MicroscopyDatastore,
+    image_id: str,
+    params: dict[str, Any],
+    anchors_path: str | None = None,
 ) -> tuple[np.ndarray, dict[str, Any], Any]:
     """Predict a datastore region (or small image) with context, normalised by its image's statistics."""
     data = datastore.read_region(image_id, _context(task.spec))
-    label, result_params = task.run(data.volume, params, data.stats, data.inner)
+    anchors = read_anchors(anchors_path, data.region_volume.array.shape) if anchors_path else None
+    label, result_params = task.run(data.volume, params, data.stats, data.inner, anchors)
     return label, result_params, data.region_volume
 
 
 def infer(
-    model: str, params: dict[str, Any], image_id: str | None = None, image_path: str | None = None
+    model: str,
+    params: dict[str, Any],
+    image_id: str | None = None,
+    image_path: str | None = None,
+    anchors_path: str | None = None,
 ) -> dict[str, Any]:
     """Segment a datastore region (``image_id``) or an uploaded file (``image_path``); returns the label
-    file's bytes (NRRD on the region's or file's geometry) and result params.
+    file's bytes (NRRD on the region's or file's geometry) and result params. ``anchors_path``: the label
+    file sent with the request, a ``trace`` request's anchors on the region's or file's grid.
 
     For a datastore region, the prediction is also kept as its ``original`` label of the model's
     structure (what the ``dice`` score compares the annotator's final label with) unless ``save_label``
@@ -137,12 +154,12 @@ def infer(
         task = rt.infer_task(model)
         if image_id:
             datastore = rt.datastore()
-            label, result_params, geometry = segment_region(task, datastore, image_id, params)
+            label, result_params, geometry = segment_region(task, datastore, image_id, params, anchors_path)
             parsed = parse_infer_request(task.spec, params)
             reply = reply_label(label, parsed, task.spec)
             result_path = write_label_file(reply, geometry, model, parsed.result_compress)
         else:
-            result_path, result_params = task({**params, "model": model, "image": image_path})
+            result_path, result_params = task({**params, "model": model, "image": image_path, "label": anchors_path})
             label = None
     except AxonSegError as e:
         return _user_error(e)
@@ -159,7 +176,8 @@ def infer(
                 "client_id": params.get("client_id"),
             }
             if model in (image.structures or []):
-                datastore.write_label(region, image, model, "original", label, info)
+                original = structure_label(label, parsed.method)  # trace: its membranes, not its ids
+                datastore.write_label(region, image, model, "original", original, info)
         with open(result_path, "rb") as f:
             data = base64.b64encode(f.read()).decode("ascii")  # results are JSON (queues.SERIALIZER)
     finally:

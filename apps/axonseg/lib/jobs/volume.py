@@ -343,15 +343,15 @@ class _StepWork:
     def __init__(self, rt: Runtime, job: VolumeJob):
         self.rt, self.job = rt, job
         self.plan = BlockPlan.from_json(job.plan)
-        self.post = Postprocess(job.params["method"], job.params["options"])
-        self.output = VolumeOutput(job.folder)
         self.spec = rt.configs[job.model].spec
+        self.post = Postprocess(job.params["method"], job.params["options"], self.spec.voxel_size_nm)
+        self.output = VolumeOutput(job.folder)
 
     def run(self, step: str, index: int) -> str:
         if step == "predict":
             return self._predict(index)
         if step == "relabel":
-            return relabel_block(self.plan, index, self.output)
+            return relabel_block(self.plan, index, self.post, self.output)
         if step == "stitch":
             summary = stitch(self.plan, self.post, self.output)
             self.rt.db.update_volume_job(self.job.id, summary=summary)

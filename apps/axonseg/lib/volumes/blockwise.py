@@ -36,8 +36,9 @@ import torch
 
 from ..configs.spec import StructureSpec
 from ..errors import InvalidRequest
-from ..infers.postprocessing import bilateral, resolve, watershed
+from ..infers.postprocessing import bilateral, resolve, structure_mask, watershed
 from ..infers.predict import check_tta
+from ..infers.tracing import resolve_mode, trace
 from ..machine import check_device
 from ..params import Range, boolean, box, shown
 from .components import BlockTable, Mapping, boundary_pairs, label_block
@@ -125,10 +126,14 @@ class BlockPlan:
 
 @dataclass(frozen=True)
 class Postprocess:
-    """The structure's post-processing, as the blocks compute it (``options`` complete, as resolved)."""
+    """The structure's post-processing, as the blocks compute it (``options`` complete, as resolved).
+
+    ``voxel_size_nm``: the image's (``trace`` measures in nm; whole-volume images are on the model's grid).
+    """
 
     method: str
     options: dict[str, Any]
+    voxel_size_nm: tuple[float, ...] | None = None
 
     @classmethod
     def of(cls, spec: StructureSpec, method: str | None = None, **overrides: Any) -> Postprocess:
@@ -137,11 +142,11 @@ class Postprocess:
             raise InvalidRequest(
                 "skeleton=true is not available for whole volumes (block-wise skeletons are not built)"
             )
-        return cls(method, options)
+        return cls(method, options, spec.voxel_size_nm)
 
     @property
     def kind(self) -> str:
-        return "instances" if self.method == "watershed" else "components"
+        return "instances" if self.method in ("watershed", "trace") else "components"
 
     @property
     def min_size(self) -> int:
@@ -155,10 +160,16 @@ class Postprocess:
             sigma = float(self.options["sigma_spatial"])
             reach = max(5, 2 * math.ceil(3 * sigma) + 1) // 2 + 2 * int(self.options["radius"]) + 1
             return (0, reach, reach)
-        if self.method == "watershed":
+        if self.method in ("watershed", "trace"):
             reach = 3 * int(self.options["min_distance"]) + 8
+            if self.method == "trace" and self._trace_mode == "sections":  # tracks cross z faces by contact
+                return (0, reach, reach)
             return (reach, reach, reach)
         return (0, 0, 0)
+
+    @property
+    def _trace_mode(self) -> str:
+        return resolve_mode(self.options["mode"], self.voxel_size_nm or (1.0, 1.0, 1.0))
 
     def block_labels(self, index: int, p: np.ndarray, inner: tuple[slice, ...]) -> tuple[np.ndarray, BlockTable]:
         """The block's labels and table from probabilities ``p`` of the block with its margin."""
@@ -172,6 +183,8 @@ class Postprocess:
         if self.method == "bilateral":
             mask = bilateral(p, o["threshold"], o["sigma_color"], o["sigma_spatial"], int(o["radius"]))
             return label_block(index, mask=mask[inner].astype(bool))
+        if self.method == "trace":  # tracks are joined across block faces by contact (lib.volumes.components)
+            return label_block(index, instances=trace(p, **o, voxel_size_nm=self.voxel_size_nm)[inner])
         # watershed without its size filter: sizes are counted over the whole volume after stitching
         instances = watershed(p, o["threshold"], 0, int(o["min_distance"]), instances=True)
         return label_block(index, instances=instances[inner])
@@ -293,11 +306,11 @@ def stitch(plan: BlockPlan, post: Postprocess, output: VolumeOutput) -> dict[str
     }
 
 
-def relabel_block(plan: BlockPlan, index: int, output: VolumeOutput) -> str:
-    """Step 3 for block ``index``: object ids and the mask from the mapping."""
+def relabel_block(plan: BlockPlan, index: int, post: Postprocess, output: VolumeOutput) -> str:
+    """Step 3 for block ``index``: object ids and the structure's mask from the mapping."""
     write = plan.blocks()[index]
     instances = Mapping.load(output.mapping, index).apply(output.array("blocks")[write.slices])
-    return output.write(write, {"instances": instances, "labels": instances > 0})
+    return output.write(write, {"instances": instances, "labels": structure_mask(instances, post.method)})
 
 
 def build_pyramid(output: VolumeOutput, name: str, factors: Shape, voxel_size_um) -> list:
@@ -324,7 +337,7 @@ def segment_volume(
         predict_block(plan, index, spec, post, read_image, network, output, device, batch_size, autocast)
     summary = stitch(plan, post, output)
     for index in range(len(plan.blocks())):
-        relabel_block(plan, index, output)
+        relabel_block(plan, index, post, output)
     summary["levels"] = {name: build_pyramid(output, name, pyramid_factors, voxel_size_um) for name in OUTPUTS}
     output.drop_work()
     return summary
