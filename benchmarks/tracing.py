@@ -12,7 +12,8 @@ Methods, in the same run: 3D connected components of the thresholded non-membran
 per-section watershed without linking; ``trace`` with ``mode=sections`` (Hungarian linking) and
 ``mode=3d``; ``trace`` with anchors from the truth every N sections (one 3 x 3 dot per neurite, at its
 deepest pixel, as an annotator's click). The ssTEM case of seed 003 is mimicked by keeping every 5th
-section (50 nm z, 10 nm pixels). Writes ``benchmarks/tracing.md``, ``.json`` and ``.png``:
+section (50 nm z, 10 nm pixels). Writes ``benchmarks/tracing.png`` and, under ``benchmarks/reports/``,
+``tracing_cpu.json`` and ``tracing_table.md`` (the table ``benchmarks/tracing.md`` discusses):
 
     .venv/bin/python benchmarks/tracing.py [--data-dir ../shared/data]
 """
@@ -237,8 +238,8 @@ def main() -> None:
         r.pop("prediction")
     machine = describe_machine("cpu")
     report = {"file": FILE, "splits": {"select": "x 0-100", "test": "x 100-200"}, "machine": machine, "rows": rows}
-    (args.out / "tracing.json").write_text(json.dumps(report, indent=2))
-    (args.out / "tracing_table.md").write_text("\n".join(table(rows)) + "\n")
+    (args.out / "reports" / "tracing_cpu.json").write_text(json.dumps(report, indent=2))
+    (args.out / "reports" / "tracing_table.md").write_text("\n".join(table(rows)) + "\n")
     print(f"done in {time.time() - started:.0f} s on {machine}")
 
 

@@ -47,6 +47,23 @@ def test_axon_evaluation_ignores_unlabelled_voxels_and_reports_skeleton_metrics(
     assert report["metrics"]["f1"] > 0.6
 
 
+def test_membrane_trace_evaluation_reports_segmentation_metrics_against_object_ids(tmp_path):
+    """gala FIB-SEM (another microscope than the ssTEM the model learnt): the traced neurites scored against
+    the true neuron ids, beside the membrane's voxel metrics computed on the trace's membrane (its 0s)."""
+    data = shared_file("gala_fibsem_train.h5")
+    run_evaluate(tmp_path, "membrane", str(data), "--dataset", "raw", "--label-dataset", "labels/boundary",
+                 "--object-ids", "labels/neurons", "--voxel-size", "10", "10", "10", "--postprocessing", "trace",
+                 "--region", "0:50,0:100,100:200")  # fmt: skip
+    report = json.loads((tmp_path / "membrane_trace.json").read_text())
+    m = report["metrics"]
+    assert report["postprocessing"]["method"] == "trace" and report["object_ids"] == "labels/neurons"
+    for key in ("voi_split", "voi_merge", "voi", "adapted_rand_error", "true_objects", "predicted_objects"):
+        assert f"segmentation_{key}" in m
+    assert m["segmentation_true_objects"] > 30 and m["segmentation_predicted_objects"] > 10
+    assert m["segmentation_voi"] < 4.0 and m["recall"] > 0.3  # membranes marked, neurites not one blob
+    assert (tmp_path / "membrane_trace.png").stat().st_size > 10_000
+
+
 def test_region_parsing_and_errors():
     assert parse_region("1:3,:,4:") == (slice(1, 3), slice(None), slice(4, None))
     with pytest.raises(ValueError, match="three ranges"):

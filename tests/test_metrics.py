@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from lib.metrics import detection_scores, instance_scores, roc_auc, skeleton_scores, voxel_scores
+from lib.metrics import (
+    detection_scores,
+    fill_gaps,
+    instance_scores,
+    roc_auc,
+    segmentation_scores,
+    skeleton_scores,
+    voxel_scores,
+)
 
 
 def test_hand_counted_case():
@@ -107,3 +115,36 @@ def test_sparse_labels_are_ignored_by_detection():
     mask[0, 0, 3:] = False
     assert detection_scores(pred, true, mask=mask)["detection_precision"] == 1.0
     assert detection_scores(pred, true)["detection_precision"] == 0.0
+
+
+# --- segmentation (neurites): VOI split/merge, adapted Rand error, by hand ------------------------------
+def test_voi_counts_a_merge_as_merge_and_a_split_as_split():
+    two = np.array([[[1, 1, 2, 2]]])
+    one = np.array([[[5, 5, 5, 5]]])
+    merged = segmentation_scores(one, two)  # two true objects predicted as one: H(truth | prediction) = 1 bit
+    assert merged["voi_merge"] == pytest.approx(1.0) and merged["voi_split"] == pytest.approx(0.0)
+    split = segmentation_scores(np.array([[[1, 2, 3, 4]]]), one)  # one object in four: H(prediction | truth) = 2
+    assert split["voi_split"] == pytest.approx(2.0) and split["voi_merge"] == pytest.approx(0.0)
+    assert split["predicted_objects"] == 4 and split["true_objects"] == 1
+
+
+def test_adapted_rand_error_by_hand():
+    """Pairs of voxels (ordered, without self-pairs) from the contingency table n_ij: sum n_ij² - n over
+    pairs together in both, sum a_i² - n together in the truth, sum b_j² - n together in the prediction."""
+    truth = np.array([[[1, 1, 2, 2]]])
+    merged = segmentation_scores(np.array([[[5, 5, 5, 5]]]), truth)
+    # n_ij = (2, 2): both 8 - 4 = 4; truth 8 - 4 = 4; prediction 16 - 4 = 12
+    precision, recall = 4 / 4, 4 / 12
+    assert merged["adapted_rand_error"] == pytest.approx(1 - 2 * precision * recall / (precision + recall))  # 0.5
+    assert segmentation_scores(np.array([[[7, 7, 3, 3]]]), truth)["adapted_rand_error"] == pytest.approx(0.0)
+    assert segmentation_scores(np.array([[[7, 7, 3, 3]]]), truth)["voi"] == pytest.approx(0.0)  # ids may differ
+
+
+def test_segmentation_scores_ignore_true_zero_and_fill_predicted_membrane_within_the_section():
+    prediction = np.array([[[4, 0, 0, 0, 0, 6]], [[0, 0, 0, 0, 0, 0]]])
+    assert fill_gaps(prediction).tolist() == [[[4, 4, 4, 6, 6, 6]], [[0, 0, 0, 0, 0, 0]]]  # nearest in its section
+    truth = np.array([[[1, 1, 0, 2, 2]], [[1, 1, 0, 2, 2]]])
+    scores = segmentation_scores(np.array([[[4, 4, 0, 6, 6]], [[4, 4, 0, 6, 6]]]), truth)
+    assert scores["voi"] == pytest.approx(0.0) and scores["true_objects"] == 2  # truth 0 is not scored
+    with pytest.raises(ValueError):
+        segmentation_scores(np.zeros((1, 2, 2), int), np.zeros((1, 2, 2), int))

@@ -3,6 +3,13 @@
     PYTHONPATH=apps/axonseg python -m lib.evaluate mitochondria ../shared/data/lucchi_pp_train.h5 \\
         --dataset raw --label-dataset labels/mito --region 135:165,0:512,0:512 --tta 8 --out eval/
 
+With ``--object-ids`` (true object ids, e.g. gala's neurons), the post-processing's label is also scored
+as a segmentation of them: VOI split and merge, adapted Rand error (for instance outputs, ``trace``):
+
+    PYTHONPATH=apps/axonseg python -m lib.evaluate membrane ../shared/data/gala_fibsem_train.h5 \
+        --dataset raw --label-dataset labels/boundary --object-ids labels/neurons --voxel-size 10 10 10 \
+        --postprocessing trace --out eval/
+
 The image and label may be any supported format (TIFF, HDF5, Zarr, N5, NRRD, NIfTI). Raw label
 values are mapped with the model's ``label_map`` (e.g. TRAILMAP 2 = axon, 1/3 = background;
 0 = unlabelled and 4 = the edge band are ignored by every metric). Scoring is ``lib.protocol``'s,
@@ -42,11 +49,14 @@ def evaluate(
     postprocessing: str | None = None,
     options: dict[str, Any] | None = None,
     voxel_size_nm: tuple[float, float, float] | None = None,
+    object_ids: str | None = None,
 ) -> tuple[dict[str, Any], Evaluation]:
-    """Returns the report and the evaluation (arrays for the panel)."""
+    """Returns the report and the evaluation (arrays for the panel). ``object_ids``: a dataset of the label
+    file holding true object ids (``protocol.evaluate_region``)."""
     spec = SPECS[model]
     image = read_volume(image_path, dataset)
     label = read_volume(label_path, label_dataset)
+    ids = read_volume(label_path, object_ids).array if object_ids else None
     method, effective = resolve(spec, postprocessing, **(options or {}))  # bad options fail before inference
     device = device or default_device()
     weights = weights or os.path.join(MODEL_DIR, f"{model}.pt")
@@ -55,6 +65,7 @@ def evaluate(
     result = evaluate_region(
         spec, network, image.array, label.array, parse_region(region),
         voxel_size_nm=image_voxel_size(image, voxel_size_nm), tta=tta, device=device, method=method, options=effective,
+        object_ids=ids,
     )  # fmt: skip
     seconds = time.perf_counter() - started
     report = {
@@ -65,6 +76,7 @@ def evaluate(
         "dataset": dataset,
         "label": os.path.abspath(label_path),
         "label_dataset": label_dataset,
+        "object_ids": object_ids,
         "region": region,
         **result.row,
         "postprocessing": {"method": method, **effective},
@@ -83,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label", help="label volume (default: the image file, with --label-dataset)")
     parser.add_argument("--dataset", help="dataset of the image inside HDF5/Zarr/N5")
     parser.add_argument("--label-dataset", help="dataset of the label inside HDF5/Zarr/N5")
+    parser.add_argument("--object-ids", help="dataset of the label file with true object ids (VOI, adapted Rand)")
     parser.add_argument("--region", help="z0:z1,y0:y1,x0:x1 crop to evaluate on")
     parser.add_argument("--weights", help="weights file (default: the shipped model)")
     parser.add_argument("--tta", type=int, default=1, choices=TTA_VARIANTS)
@@ -107,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         postprocessing=args.postprocessing,
         options=dict(args.option),
         voxel_size_nm=tuple(args.voxel_size) if args.voxel_size else None,
+        object_ids=args.object_ids,
     )
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"{args.model}" + (f"_tta{args.tta}" if args.tta > 1 else ""))
@@ -117,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     m = report["metrics"]
     title = f"{args.model} on {os.path.basename(args.image)} {args.region or ''}"
     title += f": F1 {m['f1']:.3f}, foreground IoU {m['foreground_iou']:.3f}"
+    if "segmentation_voi" in m:
+        title += f", VOI {m['segmentation_voi']:.2f}, adapted Rand {m['segmentation_adapted_rand_error']:.3f}"
     plot_panel(f"{stem}.png", [result], title)
     print(json.dumps({k: v for k, v in m.items() if not isinstance(v, str)}, indent=2))
     print(f"wrote {stem}.json and {stem}.png")

@@ -206,7 +206,8 @@ def segmentation_scores(prediction: np.ndarray, truth: np.ndarray, mask: np.ndar
     prediction's 0 voxels are filled first (:func:`fill_gaps`). ``voi_split`` = H(prediction | truth), in
     bits: how far true objects are cut into pieces; ``voi_merge`` = H(truth | prediction): how far
     predicted objects join true ones; ``voi`` their sum. ``adapted_rand_error`` = 1 - F-score of the Rand
-    precision and recall (``skimage.metrics.adapted_rand_error``; 0 is perfect). Lower is better for all.
+    precision and recall (``skimage.metrics.adapted_rand_error``; 0 is perfect); skimage's
+    ``rand_precision`` falls with splits, ``rand_recall`` with merges. Lower is better for the errors.
     """
     from skimage.metrics import adapted_rand_error, variation_of_information
 

@@ -27,7 +27,7 @@ import torch
 from scipy import ndimage
 
 from .configs.spec import DataSource, ForegroundCheck, StructureSpec
-from .infers.postprocessing import postprocess
+from .infers.postprocessing import postprocess, structure_mask
 from .infers.predict import (
     predict,
     predict_probabilities,
@@ -35,7 +35,7 @@ from .infers.predict import (
     sliding_window_probabilities,
     voxel_size_nm,
 )
-from .metrics import detection_scores, instance_scores, roc_auc, skeleton_scores, voxel_scores
+from .metrics import detection_scores, instance_scores, roc_auc, segmentation_scores, skeleton_scores, voxel_scores
 from .transforms.intensity import intensity_stats
 from .transforms.io import read_volume
 from .transforms.labels import map_labels
@@ -118,7 +118,8 @@ class Evaluation:
     raw: np.ndarray
     target: np.ndarray | None  # None for an unlabelled check
     mask: np.ndarray | None
-    prediction: np.ndarray
+    prediction: np.ndarray  # where the structure is predicted (the post-processing's structure mask)
+    ids: np.ndarray | None = None  # the post-processing's object ids, when scored against true ids
 
 
 def evaluate_region(
@@ -133,25 +134,37 @@ def evaluate_region(
     device: str = "cpu",
     method: str | None = None,
     options: dict[str, Any] | None = None,
+    object_ids: np.ndarray | None = None,
 ) -> Evaluation:
     """Score ``network`` on ``crop`` of a whole labelled image: the crop is normalised by the whole
-    image's statistics (as any datastore region is) and predicted at the model's voxel size."""
+    image's statistics (as any datastore region is) and predicted at the model's voxel size.
+
+    ``object_ids``: true object ids of the whole image (e.g. gala's ``labels/neurons``); the label the
+    post-processing returns is then also scored as a segmentation of them (VOI split and merge, adapted
+    Rand error: :func:`lib.metrics.segmentation_scores`), which suits instance outputs (``trace``).
+    """
     if image.shape != label.shape:
         raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
+    if object_ids is not None and object_ids.shape != image.shape:
+        raise ValueError(f"object id shape {object_ids.shape} differs from image shape {image.shape}")
     raw = np.ascontiguousarray(image[crop])
     target, mask = map_labels(np.asarray(label[crop]), spec.label_map)
-    probabilities, prediction = predict(
+    probabilities, ids = predict(
         network, raw, spec, device, tta, intensity_stats(image), voxel_size_nm, method, **(options or {})
     )
+    prediction = structure_mask(ids, method or spec.postprocessing)
     spacing_um = tuple(v / 1000.0 for v in voxel_size_nm) if voxel_size_nm else (1.0, 1.0, 1.0)
+    metrics = score(spec, probabilities, prediction, target, mask, spacing_um)
+    if object_ids is not None:
+        metrics.update({f"segmentation_{k}": v for k, v in segmentation_scores(ids, object_ids[crop]).items()})
     row = {
         "shape": list(raw.shape),
         "voxel_size_nm": list(voxel_size_nm) if voxel_size_nm else None,
         "labelled_voxels": int(mask.sum()),
         "tta": tta,
-        "metrics": score(spec, probabilities, prediction, target, mask, spacing_um),
+        "metrics": metrics,
     }
-    return Evaluation(row, raw, target, mask, prediction)
+    return Evaluation(row, raw, target, mask, prediction, ids if object_ids is not None else None)
 
 
 def evaluate_source(

@@ -31,7 +31,7 @@ Bounds (:data:`OPTION_RANGES`; a request outside them gets a 400 before anything
 - ``sigma``: pixels of Gaussian smoothing of the distance transform, in [0, 8]; ``min_area``: pixels, in
   [0, 100,000]; ``max_cost``: in [0, 1] (a link's cost is in [0, 1]); ``max_slope``: in-plane nm per nm of z,
   in (0, 20]; ``join_cover``: a share of a fragment's area, in (0.5, 1] (over half: one partner at most);
-  ``h``: pixels of distance, in (0, 16] (a 3D seed's rise above its saddle); ``mode``: ``auto``, ``sections`` or ``3d``.
+  ``h``: pixels of distance, in (0, 16] (a 3D seed's rise above its saddle); ``mode``: ``sections`` or ``3d``.
 - ``skeleton``, ``instances``: true or false.
 """
 

@@ -25,14 +25,17 @@ tracks. The ``trace`` post-processing of the membrane model (``lib.infers.postpr
    either side: in each gap section, the segment under the interpolated point takes the id if no anchor
    named its track. Unanchored tracks get ids above the largest anchor id.
 
-``mode``: ``sections`` (the above), ``3d`` or ``auto`` (``3d`` when the z spacing is under twice the
-in-plane spacing, else ``sections``). ``3d`` is for isotropic stacks: one 3D seeded watershed makes the
-objects, with no linking, since a 10 nm section differs little from the next and a 3D flood follows a
-neurite that leaves the plane at any angle. Its seeds are the ``h``-maxima of the 3D distance transform
+``mode``: ``sections`` (the above, the default) or ``3d``, meant for isotropic stacks: one 3D seeded watershed
+makes the objects, with no linking, since a 10 nm section differs little from the next and a 3D flood
+follows a neurite that leaves the plane at any angle. Its seeds are the ``h``-maxima of the 3D distance transform
 (in in-plane pixels), not local maxima ``min_distance`` apart: along a neurite the 3D distance transform is
 a ridge whose many local maxima would cut it every ``min_distance`` voxels, while h-maxima merge maxima
 that rise less than ``h`` above their saddle. Anchors name its objects, and an object meeting two ids is
-split by a watershed from their voxels. ``benchmarks/tracing.md`` compares both modes on isotropic FIB-SEM.
+split by a watershed from their voxels. ``benchmarks/tracing.md`` compares both modes on isotropic FIB-SEM
+and on every 5th of its sections (ssTEM-like): neither won both, so there is no automatic choice.
+
+Defaults: what the select split of ``benchmarks/tracing.py`` chose on the membrane model's predictions
+(``threshold`` comes from the membrane model's spec, 0.4).
 """
 
 from __future__ import annotations
@@ -47,9 +50,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-MODES = ("auto", "sections", "3d")
-# z spacing under this many in-plane spacings counts as isotropic (``mode=auto``).
-ISOTROPIC_RATIO = 2.0
+MODES = ("sections", "3d")
 _UNLINKED = 1e6  # cost of a pair that is no candidate (never chosen over a candidate)
 
 
@@ -59,11 +60,11 @@ def trace(
     sigma: float = 1.0,
     min_distance: int = 4,
     min_area: int = 20,
-    max_cost: float = 0.6,
+    max_cost: float = 0.8,
     max_slope: float = 1.0,
     join_cover: float = 0.9,
-    h: float = 2.0,
-    mode: str = "auto",
+    h: float = 1.0,
+    mode: str = "sections",
     voxel_size_nm: Sequence[float] | None = None,
     anchors: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -74,7 +75,9 @@ def trace(
     spacing = tuple(float(v) for v in voxel_size_nm) if voxel_size_nm is not None else (1.0, 1.0, 1.0)
     if anchors is not None and anchors.shape != probabilities.shape:
         raise ValueError(f"anchors of shape {anchors.shape} do not match the volume's {probabilities.shape}")
-    if resolve_mode(mode, spacing) == "3d":
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if mode == "3d":
         objects = watershed_3d(probabilities, threshold, sigma, h, spacing)
         return name_objects(objects, probabilities < threshold, anchors)
     segments = np.stack(
@@ -82,14 +85,6 @@ def trace(
     )
     links = link_sections(segments, spacing, max_slope, max_cost, join_cover)
     return name_tracks(segments, links, anchors)
-
-
-def resolve_mode(mode: str, spacing: Sequence[float]) -> str:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    if mode != "auto":
-        return mode
-    return "3d" if spacing[0] < ISOTROPIC_RATIO * min(spacing[1:]) else "sections"
 
 
 # --- 1, 2: seeds and segments ----------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from ..configs.spec import StructureSpec
 from ..errors import InvalidRequest
 from ..infers.postprocessing import bilateral, resolve, structure_mask, watershed
 from ..infers.predict import check_tta
-from ..infers.tracing import resolve_mode, trace
+from ..infers.tracing import trace
 from ..machine import check_device
 from ..params import Range, boolean, box, shown
 from .components import BlockTable, Mapping, boundary_pairs, label_block
@@ -162,14 +162,10 @@ class Postprocess:
             return (0, reach, reach)
         if self.method in ("watershed", "trace"):
             reach = 3 * int(self.options["min_distance"]) + 8
-            if self.method == "trace" and self._trace_mode == "sections":  # tracks cross z faces by contact
+            if self.method == "trace" and self.options["mode"] == "sections":  # tracks cross z faces by contact
                 return (0, reach, reach)
             return (reach, reach, reach)
         return (0, 0, 0)
-
-    @property
-    def _trace_mode(self) -> str:
-        return resolve_mode(self.options["mode"], self.voxel_size_nm or (1.0, 1.0, 1.0))
 
     def block_labels(self, index: int, p: np.ndarray, inner: tuple[slice, ...]) -> tuple[np.ndarray, BlockTable]:
         """The block's labels and table from probabilities ``p`` of the block with its margin."""
