@@ -233,3 +233,20 @@ def test_anchors_that_do_not_fit_get_a_400_and_nothing_is_queued(server, tmp_pat
     with open(wrong, "rb") as f:
         reply = requests.post(url, data={"params": "{}"}, files={"label": f}, timeout=60)
     assert reply.status_code == 400 and "trace" in reply.json()["detail"], reply.text
+
+
+def test_anchors_must_be_whole_ids_on_the_reply_grid(tmp_path):
+    from lib.infers.segmentation import read_anchors
+
+    shape = (2, 4, 4)
+    good = write_volume(tmp_path / "good.nrrd", Volume(np.full(shape, 3, np.uint16), (1.0, 1.0, 1.0)))
+    assert read_anchors(good, shape).dtype == np.uint32
+    for name, array in (("fraction", np.full(shape, 0.5, np.float32)), ("negative", np.full(shape, -1, np.int16))):
+        path = write_volume(tmp_path / f"{name}.nrrd", Volume(array, (1.0, 1.0, 1.0)))
+        with pytest.raises(InvalidRequest, match="whole neurite ids"):
+            read_anchors(path, shape)
+    with pytest.raises(InvalidRequest, match="grid"):
+        read_anchors(good, (2, 4, 5))
+    (tmp_path / "broken.nrrd").write_bytes(b"NRRD0004\nnot a header")
+    with pytest.raises(InvalidRequest, match="cannot be read"):
+        read_anchors(str(tmp_path / "broken.nrrd"), shape)

@@ -392,7 +392,7 @@ def sweep(
         chosen, options = resolve(spec, method, **dict(zip(grid, values)))
         scores = []
         for probabilities, target, mask, spacing_um in cached:
-            prediction = postprocess(probabilities, spec, chosen, **options)
+            prediction = structure_mask(postprocess(probabilities, spec, chosen, **options), chosen)
             scores.append(score(spec, probabilities, prediction, target, mask, spacing_um))
         mean = {m: float(np.mean([s[m] for s in scores])) for m in HEADLINE_METRICS.get(spec.name, ("f1",))}
         rows.append({"method": chosen, "options": options, **mean})

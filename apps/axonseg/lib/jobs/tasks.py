@@ -236,7 +236,9 @@ def batch_infer(model: str, image_ids: list[str], params: dict[str, Any]) -> dic
         try:
             label, _, _ = segment_region(task, datastore, image_id, params)
             region, image = datastore.region_and_image(image_id)
-            datastore.write_label(region, image, model, "original", label, {"model": model, "client_id": "batch_infer"})
+            original = structure_label(label, parse_infer_request(task.spec, params).method)
+            info = {"model": model, "client_id": "batch_infer"}
+            datastore.write_label(region, image, model, "original", original, info)
             done.append(image_id)
         except AxonSegError as e:
             failed[image_id] = str(e)
