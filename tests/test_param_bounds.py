@@ -12,7 +12,7 @@ import pytest
 from lib.activelearning.scoring import MC_DROPOUT, scoring_params
 from lib.configs.registry import SPECS
 from lib.errors import InvalidRequest
-from lib.infers.postprocessing import METHODS, OPTION_RANGES, default_options, resolve
+from lib.infers.postprocessing import METHODS, OPTION_CHOICES, OPTION_RANGES, default_options, resolve
 from lib.infers.segmentation import parse_infer_request
 from lib.params import Range, boolean
 from lib.volumes.blockwise import BLOCKS_PER_JOB, MAX_BLOCK_MVOX, SW_BATCH_SIZE, VolumeRequest
@@ -90,6 +90,15 @@ def test_postprocessing_flags(name):
         _refused(partial(resolve, AXON, method, **{name: value}), name, "true or false", "post-processing")
 
 
+@pytest.mark.parametrize("name", list(OPTION_CHOICES))
+def test_postprocessing_choices(name):
+    method = _method_taking(name)
+    for value in OPTION_CHOICES[name]:
+        assert resolve(AXON, method, **{name: value})[1][name] == value
+    for value in ("Sections", "", 3, None, ["3d"]):
+        _refused(partial(resolve, AXON, method, **{name: value}), name, *OPTION_CHOICES[name])
+
+
 def test_hysteresis_order_is_checked_before_any_work():
     _refused(partial(resolve, AXON, "hysteresis", low=0.99), "low < high", "0.99", "0.98")
     _refused(partial(resolve, AXON, "hysteresis", low=0.5, high=0.5), "low < high")
@@ -99,7 +108,8 @@ def test_every_option_has_bounds_and_every_spec_default_is_inside_them():
     for spec in SPECS.values():
         for method in METHODS:
             defaults = default_options(spec, method)
-            assert all(n in OPTION_RANGES or isinstance(v, bool) for n, v in defaults.items()), (method, defaults)
+            bounded = (n in OPTION_RANGES or n in OPTION_CHOICES or isinstance(v, bool) for n, v in defaults.items())
+            assert all(bounded), (method, defaults)
             assert resolve(spec, method, **defaults) == (method, defaults)
 
 

@@ -217,7 +217,8 @@ def test_slicer_receives_a_traced_label_map_with_one_id_per_neurite(client, serv
     # anchors: the label sent with the request (Slicer's label_in) names the neurites they meet
     anchors = np.zeros(image.array.shape, np.uint16)
     y, x = np.unravel_index(np.argmax(ndimage.distance_transform_edt(label.array[10] > 0)), anchors.shape[1:])
-    anchors[10, y - 1 : y + 2, x - 1 : x + 2] = 500  # a click inside a neurite (the deepest pixel of z 10)
+    anchors[10, max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2] = 500  # a click inside a neurite (z 10's deepest)
+    assert anchors.any()
     path = write_volume(tmp_path / "anchors.nrrd", Volume(anchors, (0.01, 0.01, 0.01)))
     anchored_path, _ = client.infer("membrane", "gala_fibsem", params, label_in=str(path))
     anchored = read_volume(anchored_path).array
