@@ -198,7 +198,7 @@ def picture(path: Path, raw: np.ndarray, truth: np.ndarray, rows: list[dict], se
     title = "gala FIB-SEM test half (x 100-200): one colour per id; a track keeps its colour through z"
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
