@@ -119,7 +119,6 @@ class Evaluation:
     target: np.ndarray | None  # None for an unlabelled check
     mask: np.ndarray | None
     prediction: np.ndarray  # where the structure is predicted (the post-processing's structure mask)
-    ids: np.ndarray | None = None  # the post-processing's object ids, when scored against true ids
 
 
 def evaluate_region(
@@ -164,7 +163,7 @@ def evaluate_region(
         "tta": tta,
         "metrics": metrics,
     }
-    return Evaluation(row, raw, target, mask, prediction, ids if object_ids is not None else None)
+    return Evaluation(row, raw, target, mask, prediction)
 
 
 def evaluate_source(

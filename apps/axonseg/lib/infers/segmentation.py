@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -72,8 +73,8 @@ RESULT_DTYPES = ("uint8", "uint16", "uint32")
 def read_anchors(path: str, shape: tuple[int, ...]) -> np.ndarray:
     """The anchors of a ``trace`` request (the label file sent with it) on the grid of the label the reply
     holds (``shape``): neurite ids, 0 where no anchor is placed. InvalidRequest when they do not fit."""
-    try:
-        array = read_volume(path).array
+    try:  # never more voxels than the reply's label: a compressed file cannot unpack into more
+        array = read_volume(path, max_voxels_in_memory=math.prod(shape)).array
     except Exception as e:  # any reader's failure on a client's file is the client's to fix
         raise InvalidRequest(f"the anchors (the label sent with the request) cannot be read: {e}") from e
     if tuple(array.shape) != tuple(shape):

@@ -79,7 +79,7 @@ def trace(
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if mode == "3d":
         objects = watershed_3d(probabilities, threshold, sigma, h, spacing)
-        return name_objects(objects, probabilities < threshold, anchors)
+        return name_objects(objects, anchors)
     segments = np.stack(
         [section_segments(section, threshold, sigma, min_distance, min_area) for section in probabilities]
     )
@@ -88,18 +88,13 @@ def trace(
 
 
 # --- 1, 2: seeds and segments ----------------------------------------------------------------------------
-def _seed_field(
-    interior: np.ndarray, sigma: Sequence[float], min_distance: int, sampling: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Peaks (n, ndim) of the smoothed distance transform, with the components and the transform."""
-    from skimage.feature import peak_local_max
-
+def _distance(interior: np.ndarray, sigma: Sequence[float], sampling: Sequence[float]) -> np.ndarray:
+    """Distance transform of the non-membrane region (in ``sampling`` units), Gaussian-smoothed by ``sigma``
+    voxels per axis and kept at 0 on the membrane."""
     distance = ndimage.distance_transform_edt(interior, sampling=sampling)
     if any(s > 0 for s in sigma):
         distance = ndimage.gaussian_filter(distance, sigma) * interior
-    components, _ = ndimage.label(interior)
-    peaks = peak_local_max(distance, min_distance=int(min_distance), labels=components, exclude_border=False)
-    return peaks, components, distance
+    return distance
 
 
 def _peak_mask(peaks: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -126,12 +121,15 @@ def section_segments(
     section: np.ndarray, threshold: float = 0.5, sigma: float = 1.0, min_distance: int = 4, min_area: int = 20
 ) -> np.ndarray:
     """One section's segments (int32, 1..n, 0 on membrane): seeded watershed on the membrane probability."""
+    from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
     interior = section < threshold
     if not interior.any():
         return np.zeros(section.shape, np.int32)
-    peaks, components, distance = _seed_field(interior, (sigma, sigma), min_distance, (1.0, 1.0))
+    distance = _distance(interior, (sigma, sigma), (1.0, 1.0))
+    components, _ = ndimage.label(interior)
+    peaks = peak_local_max(distance, min_distance=int(min_distance), labels=components, exclude_border=False)
     markers = _markers(_peak_mask(peaks, section.shape), components, distance)
     segments = watershed(section, markers, mask=interior)
     if min_area > 1 and len(peaks):
@@ -163,9 +161,7 @@ def watershed_3d(
         return np.zeros(probabilities.shape, np.int32)
     pixel = min(spacing[1:])
     sampling = tuple(s / pixel for s in spacing)
-    distance = ndimage.distance_transform_edt(interior, sampling=sampling)
-    if sigma > 0:
-        distance = ndimage.gaussian_filter(distance, tuple(sigma / s for s in sampling)) * interior
+    distance = _distance(interior, tuple(sigma / s for s in sampling), sampling)
     components, _ = ndimage.label(interior)
     seeds = h_maxima(distance, h).astype(bool) & interior
     return watershed(probabilities, _markers(seeds, components, distance), mask=interior)
@@ -418,7 +414,7 @@ def _centroid(section: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.argwhere(np.isin(section, ids)).mean(axis=0)
 
 
-def name_objects(objects: np.ndarray, interior: np.ndarray, anchors: np.ndarray | None) -> np.ndarray:
+def name_objects(objects: np.ndarray, anchors: np.ndarray | None) -> np.ndarray:
     """3D objects as neurite ids (uint32): anchor ids where objects meet anchors (an object meeting two ids
     is split by a watershed from their voxels inside it), new ids above the largest anchor id elsewhere."""
     from skimage.segmentation import watershed
@@ -427,17 +423,17 @@ def name_objects(objects: np.ndarray, interior: np.ndarray, anchors: np.ndarray 
     first_free = int(anchors.max()) if anchors is not None and anchors.size else 0
     anchored = np.zeros(int(objects.max()) + 1, bool)
     if anchors is not None:
-        where = (anchors > 0) & (objects > 0)
-        for obj in np.unique(objects[where]):
-            inside = objects == obj
-            ids = np.unique(anchors[where & inside])
+        boxes = ndimage.find_objects(objects)  # each object is looked at inside its own box only
+        for obj in np.unique(objects[(anchors > 0) & (objects > 0)]):
+            box = boxes[obj - 1]
+            inside = objects[box] == obj
+            seeds = np.where(inside, anchors[box], 0)
             anchored[obj] = True
+            ids = np.unique(seeds[seeds > 0])
             if len(ids) == 1:
-                out[inside] = ids[0]
-                continue
-            box = ndimage.find_objects(inside.astype(np.int8))[0]
-            seeds = np.where(inside[box], anchors[box], 0)
-            out[box][inside[box]] = watershed(np.zeros(seeds.shape), seeds, mask=inside[box])[inside[box]]
+                out[box][inside] = ids[0]
+            else:
+                out[box][inside] = watershed(np.zeros(seeds.shape), seeds, mask=inside)[inside]
     rest = np.flatnonzero(~anchored[1:]) + 1
     lookup = np.zeros(len(anchored), np.uint32)
     lookup[rest] = first_free + 1 + np.arange(len(rest))

@@ -229,6 +229,7 @@ def batch_infer(model: str, image_ids: list[str], params: dict[str, Any]) -> dic
     datastore = rt.datastore()
     task = rt.infer_task(model)
     done, failed = [], {}
+    method = parse_infer_request(task.spec, params).method  # the API checked the request
     for index, image_id in enumerate(image_ids):
         if rt.stop_event.is_set():
             raise TrainingStopped(f"stopped after {index} of {len(image_ids)} images")
@@ -236,7 +237,7 @@ def batch_infer(model: str, image_ids: list[str], params: dict[str, Any]) -> dic
         try:
             label, _, _ = segment_region(task, datastore, image_id, params)
             region, image = datastore.region_and_image(image_id)
-            original = structure_label(label, parse_infer_request(task.spec, params).method)
+            original = structure_label(label, method)
             info = {"model": model, "client_id": "batch_infer"}
             datastore.write_label(region, image, model, "original", original, info)
             done.append(image_id)
