@@ -235,5 +235,5 @@ def test_pretrain_request_is_resolved_and_paths_stay_inside_the_allowed_folders(
     for volumes in (str(allowed / ".." / "secret.h5"), str(allowed / "link.h5"), "/etc/passwd"):
         with pytest.raises(InvalidRequest, match="outside the folders"):
             trainer.resolve({"volumes": volumes})
-    with pytest.raises(InvalidRequest, match="at least 1"):
+    with pytest.raises(InvalidRequest, match=r"batch_size must be an integer in \[1, 256\]"):
         trainer.resolve({"batch_size": 0})

@@ -33,11 +33,11 @@ def test_pretrain_through_the_api_then_fine_tune_from_the_encoder(isolated, tmp_
 
     # Bad requests: a clear 4xx, and nothing queued or recorded.
     bad = {
-        "task": ({"task": "jigsaw"}, 400, "unknown pretext task"),
-        "structure": ({"structure": "neuron"}, 400, "unknown structure"),
+        "task": ({"task": "jigsaw"}, 400, "task must be one of slice_permutation"),
+        "structure": ({"structure": "neuron"}, 400, "structure must be one of axon"),
         "traversal": ({"volumes": "../../../etc/passwd"}, 400, "outside the folders"),
         "missing": ({"volumes": str(SAMPLE_DATA / "nope.h5")}, 400, "does not exist"),
-        "epochs": ({"max_epochs": "many"}, 400, "whole number"),
+        "epochs": ({"max_epochs": "many"}, 400, "max_epochs must be an integer"),
     }
     for name, (params, status, message) in bad.items():
         reply = requests.post(f"{server.url}/train/ssl_pretrain", json={**PRETRAIN, **params}, timeout=30)

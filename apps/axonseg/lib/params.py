@@ -4,13 +4,16 @@ and documented; a value out of bounds or of the wrong type raises :class:`~lib.e
 naming the parameter, what it may be and what was sent.
 
 Numbers may come as JSON numbers or numeric strings (Slicer sends a model's options back as text);
-booleans, lists, objects, NaN and infinities are refused where a number goes.
+booleans, lists, objects, NaN and infinities are refused where a number goes. A list goes where a list
+is expected (a string is not split into characters), and a key a request's parser does not know is
+refused by name (:func:`refuse_unknown`) rather than silently ignored.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,3 +117,35 @@ def box(name: str, value: Any, axes: Range | tuple[Range, Range, Range], where: 
         raise InvalidRequest(f"{name} must be three integers [z, y, x]{where}, not {shown(value)}")
     ranges = axes if isinstance(axes, tuple) else (axes,) * 3
     return tuple(r.check(f"{name}[{i}]", v, where) for i, (r, v) in enumerate(zip(ranges, value)))  # type: ignore[return-value]
+
+
+# Items a list parameter may hold (e.g. the image ids of a scoring or batch-infer request: a datastore holds
+# fewer regions than this) and the characters of one string (an id, a path): beyond them it is no request.
+MAX_LIST_ITEMS = 100_000
+MAX_TEXT = 4096
+
+
+def text(name: str, value: Any, where: str = "", max_length: int = MAX_TEXT) -> str:
+    """A string of at most ``max_length`` characters (numbers, lists and null are refused)."""
+    if not isinstance(value, str) or len(value) > max_length:
+        raise InvalidRequest(f"{name} must be text of at most {max_length} characters{where}, not {shown(value)}")
+    return value
+
+
+def string_list(name: str, value: Any, where: str = "", max_items: int = MAX_LIST_ITEMS) -> list[str]:
+    """A list of at most ``max_items`` strings (each as :func:`text`); a string is refused, not taken as a
+    list of its characters."""
+    if not isinstance(value, (list, tuple)) or len(value) > max_items:
+        raise InvalidRequest(f"{name} must be a list of at most {max_items} strings{where}, not {shown(value)}")
+    return [text(f"{name}[{i}]", item, where) for i, item in enumerate(value)]
+
+
+def refuse_unknown(request: Mapping[str, Any], known: Collection[str], what: str, hint: str) -> None:
+    """Refuse the keys of ``request`` that are not ``known``, naming them (a typo or another endpoint's option
+    changes nothing the client can see, so it must not pass silently). ``what`` names a key (e.g. "training
+    option"); ``hint`` ends the message with what is known."""
+    unknown = [k for k in request if k not in known]
+    if unknown:
+        names = ", ".join(shown(k, 40) for k in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise InvalidRequest(f"unknown {what}(s) {names}{more}; {hint}")

@@ -14,6 +14,7 @@ from monailabel.interfaces.datastore import Datastore
 from ..db.store import Database
 from ..errors import NotFound
 from ..jobs.client import JobClient
+from ..params import refuse_unknown, string_list
 from .scoring import SCORING_METHODS, scoring_params
 
 
@@ -62,10 +63,15 @@ class Scores:
     ) -> str | None:
         """Queue a scoring job and return its id. With ``images`` None: the images needing a score, and
         only if no such job for (model, method) is under way (that job's id is returned instead);
-        None when every image has a fresh score. ``params`` are checked before anything is read or queued."""
+        None when every image has a fresh score. ``params`` are checked before anything is read or queued:
+        bounds, and keys ``method`` does not take are refused (``client_id`` aside: clients add it)."""
         self._check(model, method)
+        taken = scoring_params(method, None)  # the method's options, at their defaults
+        hint = f"'{method}' scoring takes {', '.join(taken) or 'none'}"
+        refuse_unknown(params or {}, (*taken, "client_id"), "scoring option", hint)
         kwargs = {"model": model, "method": method, "params": scoring_params(method, params)}
         if images is not None:
+            images = string_list("images", images)
             description = f"'{method}' scores of {len(images)} images under '{model}'"
             return self.jobs.submit("score", description=description, image_ids=list(images), **kwargs).id
         needed = self.needing_score(model, method)

@@ -20,7 +20,7 @@ from ..configs.spec import StructureSpec
 from ..errors import InvalidRequest
 from ..machine import check_device, default_device
 from ..networks import load_weights
-from ..params import boolean, choice
+from ..params import boolean, choice, refuse_unknown
 from ..transforms.intensity import IntensityStats
 from ..transforms.io import Volume, copy_atomic, read_volume, write_volume
 from .postprocessing import default_options, resolve, structure_mask
@@ -48,16 +48,43 @@ class InferRequest:
     result_compress: bool = True
 
 
+def infer_config(spec: StructureSpec) -> dict[str, Any]:
+    """What a client may override per request, at its defaults: the model's ``config`` in ``/info/`` (Slicer
+    shows it under the model's options and sends all of it back with every request)."""
+    return {"tta": 1, "device": "auto", "postprocessing": spec.postprocessing, **default_options(spec)}
+
+
+# Options of a request besides the advertised ones (infer_config) and the requested post-processing's.
+REPLY_OPTIONS = ("save_label", "label_values", "result_dtype", "result_compress")
+# Keys of a request that are no option, let through: ``client_id`` (every MONAI Label client adds it);
+# ``result_extension`` (Slicer and OHIF; the reply is NRRD, what both ask for), ``restore_label_idx`` (OHIF),
+# ``label_info`` (Slicer); ``images`` (batch infer); ``model``, ``image``, ``label`` (MONAI Label's infer task
+# request, lib.jobs.tasks.infer) and ``max_voxels_in_memory`` (the API's, added before queueing).
+REQUEST_KEYS = (
+    "client_id", "result_extension", "restore_label_idx", "label_info", "images", "model", "image", "label",
+    "max_voxels_in_memory",
+)  # fmt: skip
+
+
 def parse_infer_request(spec: StructureSpec, request: dict[str, Any]) -> InferRequest:
     """The options of an infer or batch-infer request against their bounds (``check_tta``, ``check_device``,
-    ``postprocessing.resolve``); InvalidRequest names the first one out. The API calls it before queueing
-    and :meth:`SegmentationInfer.run` again (whoever queued the job). Keys that are no option
-    (``client_id``, ``images``) are ignored."""
+    ``postprocessing.resolve``); InvalidRequest names the first one out, and every key that is neither an
+    option nor one of :data:`REQUEST_KEYS`. The API calls it before queueing and :meth:`SegmentationInfer.run`
+    again (whoever queued the job)."""
+    requested = request.get("postprocessing") or spec.postprocessing
+    taken = default_options(spec, requested)  # the requested method's options (an unknown method: 400 here)
+    advertised = infer_config(spec)  # sent back by Slicer even when another method is requested
+    options = (*advertised, *(k for k in taken if k not in advertised), *REPLY_OPTIONS)
+    hint = f"options of '{spec.name}' with '{requested}' post-processing are: {', '.join(options)}"
+    refuse_unknown(request, (*options, *REQUEST_KEYS), "infer option", hint)
     tta = check_tta(request.get("tta", 1))
     device = check_device(request.get("device", "auto"))
-    requested = request.get("postprocessing") or spec.postprocessing
-    given = {name: request[name] for name in default_options(spec, requested) if name in request}
+    given = {name: request[name] for name in taken if name in request}
     method, options = resolve(spec, requested, **given)
+    # the default method's options a request carries besides (echoed, not run): still inside their bounds
+    echoed = {k: request[k] for k in default_options(spec) if k in request and k not in taken}
+    if echoed:
+        resolve(spec, spec.postprocessing, **echoed)
     save = boolean("save_label", request.get("save_label", True))
     values = choice("label_values", request.get("label_values", "ids"), LABEL_VALUES)
     dtype = request.get("result_dtype")
@@ -169,12 +196,7 @@ class SegmentationInfer(InferTask):
             description=spec.description,
             # What a client may override per request (Slicer shows these under the model's options);
             # their bounds: parse_infer_request.
-            config={
-                "tta": 1,
-                "device": "auto",
-                "postprocessing": spec.postprocessing,
-                **default_options(spec),
-            },
+            config=infer_config(spec),
         )
         self.spec = spec
         self.weights = weights

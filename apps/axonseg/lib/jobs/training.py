@@ -11,7 +11,7 @@ from typing import Any
 
 from ..db.models import TrainingRun, utcnow
 from ..db.store import Database
-from ..errors import Busy, NotFound
+from ..errors import Busy, InvalidRequest, NotFound
 from ..trainers.task import StructureTrainer
 from .client import MONAI_STATUS, JobClient
 from .queues import TRAIN_QUEUE
@@ -58,16 +58,25 @@ class TrainingRuns:
         active = [r for r in (self.sync(run) for run in runs) if r.status not in FINAL]
         return sorted(active, key=lambda run: run.status != "RUNNING")
 
-    def submit(self, models: list[str], params: dict[str, Any], enqueue: bool) -> list[TrainingRun]:
+    def submit(
+        self,
+        models: list[str],
+        params: dict[str, Any],
+        enqueue: bool,
+        per_model: dict[str, dict[str, Any]] | None = None,
+    ) -> list[TrainingRun]:
         """Queue one run per model; raises :class:`Busy` if training is busy and ``enqueue`` is false.
+        ``per_model``: options of one model, over ``params``.
 
-        Each trainer checks the parameters first, so a bad request is refused here and never queued.
+        Each trainer checks its request first (bounds, unknown keys), so a bad request is refused here and
+        never queued.
         """
         unknown = [m for m in models if m not in self.trainers]
         if unknown:
             raise NotFound(f"unknown trainer '{unknown[0]}'; available trainers: {', '.join(self.trainers)}")
+        requests = {model: {**params, **(per_model or {}).get(model, {})} for model in models}
         for model in models:
-            self.trainers[model].resolve(params, self.db)
+            self.trainers[model].resolve(requests[model], self.db)
         self.jobs.require_workers(TRAIN_QUEUE)
         # One lock across API processes: the busy check and the enqueue happen together.
         with self.jobs.connection.lock(_SUBMIT_LOCK, timeout=30, blocking_timeout=10):
@@ -80,10 +89,24 @@ class TrainingRuns:
                 job = self.jobs.submit(
                     "train",
                     description=f"training '{model}'",
-                    meta={"client_id": params.get("client_id")},
+                    meta={"client_id": requests[model].get("client_id")},
                     model=model,
-                    params=params,
+                    params=requests[model],
                 )
-                self.db.add_training_run(job.id, model, params)
+                self.db.add_training_run(job.id, model, requests[model])
                 runs.append(self.db.training_run(job.id))
         return runs
+
+    def submit_all(self, models: list[str], params: dict[str, Any]) -> list[TrainingRun]:
+        """``POST /train/``: a run of each of ``models``, queued one after another. ``params``: options for
+        every model, and under a model's name an object of options for it alone (MONAI Label's form; OHIF's
+        panel sends the options edited per trainer so)."""
+        per_model = {k: v for k, v in params.items() if isinstance(v, dict) and k in self.trainers}
+        elsewhere = [k for k in per_model if k not in models]
+        if elsewhere:  # e.g. ssl_pretrain: not one of the models this trains
+            raise InvalidRequest(
+                f"POST /train/ trains {', '.join(models)}; send the options of "
+                f"{', '.join(repr(k) for k in elsewhere)} to POST /train/{{name}}"
+            )
+        common = {k: v for k, v in params.items() if k not in per_model}  # the rest: each trainer checks them
+        return self.submit(models, common, True, per_model)

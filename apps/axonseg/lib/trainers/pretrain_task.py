@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from monailabel.interfaces.datastore import Datastore
@@ -20,14 +21,27 @@ from ..configs.spec import StructureSpec
 from ..db.store import Database
 from ..errors import InvalidRequest
 from ..machine import default_device
+from ..params import Range, choice, shown, string_list, text
 from ..transforms.intensity import normalize, normalize_percentiles
 from ..transforms.io import read_volume
 from .pretext import PRETEXT_TASKS, make_pretext_task
 from .pretrain import pretrain_encoder
 from .supervised import EpochStats
-from .task import StructureTrainer
+from .task import BATCH_SIZE, EPOCHS, LEARNING_RATE, Parser, StructureTrainer, parse_device
 
 PRETRAIN_TRAINER = "ssl_pretrain"
+ITERATIONS_PER_EPOCH = Range(1, 100_000, integer=True)
+SEED = Range(0, 2**32 - 1, integer=True)  # 32 bits: a seed every random generator takes
+MAX_VOLUMES = 10_000  # files named in one request
+
+
+def _volumes(name: str, value: Any, where: str = "") -> list[str]:
+    """Volume files: a list of paths, or comma-separated text (what Slicer's option table sends); blanks dropped."""
+    if isinstance(value, str):
+        value = value.split(",")
+    elif not isinstance(value, (list, tuple)):
+        raise InvalidRequest(f"{name} must be a list of paths or comma-separated text{where}, not {shown(value)}")
+    return [p.strip() for p in string_list(name, value, where, MAX_VOLUMES) if p.strip()]
 
 
 class PretrainTrainer(StructureTrainer):
@@ -41,6 +55,7 @@ class PretrainTrainer(StructureTrainer):
 
     def __init__(self, specs: dict[str, StructureSpec], encoders_dir: str, stats_path: str, volume_roots: list[str]):
         super().__init__(
+            PRETRAIN_TRAINER,
             "Self-supervised pretraining of a structure's U-Net encoder on unlabelled volumes "
             "(slice permutation, masked or edge reconstruction)",
             stats_path,
@@ -49,38 +64,26 @@ class PretrainTrainer(StructureTrainer):
         self.encoders_dir = encoders_dir
         self.volume_roots = [os.path.realpath(r) for r in volume_roots]
 
-    def config(self) -> dict[str, Any]:
+    def options(self) -> dict[str, tuple[Any, Parser]]:
         return {
-            "structure": list(self.specs),
-            "task": list(PRETEXT_TASKS),
+            "structure": (list(self.specs), partial(choice, allowed=tuple(self.specs))),
+            "task": (list(PRETEXT_TASKS), partial(choice, allowed=PRETEXT_TASKS)),
             # Volume files to pretrain on, comma-separated or a JSON list (inside the allowed folders);
             # empty: every datastore image.
-            "volumes": "",
-            "dataset": "",  # HDF5/Zarr/N5 dataset inside those files (default: found automatically)
-            "max_epochs": 10,
-            "iterations_per_epoch": 40,
-            "batch_size": 4,
-            "learning_rate": 1e-3,
-            "seed": 0,
-            "device": "auto",
+            "volumes": ("", _volumes),
+            # HDF5/Zarr/N5 dataset inside those files (default: found automatically)
+            "dataset": ("", text),
+            "max_epochs": (10, EPOCHS.check),
+            "iterations_per_epoch": (40, ITERATIONS_PER_EPOCH.check),
+            "batch_size": (4, BATCH_SIZE.check),
+            "learning_rate": (1e-3, LEARNING_RATE.check),
+            "seed": (0, SEED.check),
+            "device": ("auto", parse_device),
         }
 
     def resolve(self, request: dict[str, Any], db: Database | None = None) -> dict[str, Any]:
         params = super().resolve(request, db)
-        if params["structure"] not in self.specs:
-            raise InvalidRequest(f"unknown structure '{params['structure']}'; choose one of {', '.join(self.specs)}")
-        if params["task"] not in PRETEXT_TASKS:
-            raise InvalidRequest(f"unknown pretext task '{params['task']}'; choose one of {', '.join(PRETEXT_TASKS)}")
-        for key, kind in (("max_epochs", int), ("iterations_per_epoch", int), ("batch_size", int), ("seed", int)):
-            try:
-                params[key] = kind(params[key])
-            except (TypeError, ValueError):
-                raise InvalidRequest(f"{key} must be a whole number, not {params[key]!r}") from None
-            if params[key] < (0 if key == "seed" else 1):
-                raise InvalidRequest(f"{key} must be at least {0 if key == 'seed' else 1}")
-        volumes = params["volumes"]
-        paths = [p.strip() for p in (volumes.split(",") if isinstance(volumes, str) else volumes) if p.strip()]
-        params["volumes"] = [self._allowed(p) for p in paths]
+        params["volumes"] = [self._allowed(p) for p in params["volumes"]]
         return params
 
     def _allowed(self, path: str) -> str:

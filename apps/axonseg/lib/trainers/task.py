@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,7 +17,8 @@ from ..configs.spec import StructureSpec
 from ..db.store import Database
 from ..errors import InvalidRequest, NotFound
 from ..infers.segmentation import ModelWeights
-from ..machine import default_device
+from ..machine import check_device, default_device
+from ..params import Range, choice, refuse_unknown, text
 from ..volumes.roots import reference_data_dir
 from .data import load_region
 from .encoder import read_encoder
@@ -29,27 +31,64 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 _CURVE_FIELDS = ("epoch", "loss", "validation", "total_time")
 
+# A trainer option's parser: ``parse(name, value, where="")`` is the value checked against its bounds (lib.params),
+# or InvalidRequest naming the option, its bounds and the value.
+Parser = Callable[..., Any]
+# Bounds shared by the trainers' options (past them a request is a mistake, not a longer or bolder run):
+EPOCHS = Range(1, 10_000, integer=True)
+# AdamW's step size: 0 trains nothing; up to 10 so that a run can still be made to fail on purpose (a test
+# wrecks weights with 5 to see the gate refuse them).
+LEARNING_RATE = Range(0.0, 10.0, low_open=True)
+# 3D patches per step: more than this do not fit in a GPU's memory at any structure's patch size.
+BATCH_SIZE = Range(1, 256, integer=True)
+
+
+def parse_device(name: str, value: Any, where: str = "") -> str:
+    """``auto`` or a torch device (:func:`~lib.machine.check_device`)."""
+    return check_device(value)
+
 
 class StructureTrainer(TrainTask):
     """What every axonseg trainer offers the API and the train worker besides MONAI Label's ``TrainTask``.
 
-    - ``resolve(request, db)``: the request merged over ``config()`` and checked; the API calls it
-      before queueing (a bad request is a 4xx, not a failed job) and the worker again before running.
+    - ``options()``: every option with its default and its bounds; ``config()`` (what ``/info/`` shows and
+      Slicer sends back) is their defaults.
+    - ``resolve(request, db)``: the request merged over the defaults and checked, unknown keys refused; the
+      API calls it before queueing (a bad request is a 4xx, not a failed job) and the worker again before
+      running.
     - ``__call__(params, datastore, should_stop, on_epoch)``: the run; progress goes to ``stats_path``
       (``/info/`` shows it as ``train_stats``).
     - ``record(result, db)``: what the run produced, recorded in the database (a model or encoder version).
     """
 
-    def __init__(self, description: str, stats_path: str):
+    # Keys of a train request that are no option, passed on to the run: who sent it (``client_id``: every
+    # MONAI Label client adds it, Slicer's train_start too), the trainer (``model``: MONAI Label's train
+    # request names it) and why it was queued (``trigger``: lib.activelearning.retrain).
+    REQUEST_KEYS = ("client_id", "model", "trigger")
+
+    def __init__(self, name: str, description: str, stats_path: str):
         super().__init__(description)
+        self.name = name
         self.stats_path = stats_path
 
+    def options(self) -> dict[str, tuple[Any, Parser]]:
+        """``{option: (default, parser)}``. A list default is a choice (Slicer shows a drop-down and sends
+        the item); its default is the first item."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        return {name: default for name, (default, _) in self.options().items()}
+
     def resolve(self, request: dict[str, Any], db: Database | None = None) -> dict[str, Any]:
-        config = self.config()
-        # A list-valued option is a choice (Slicer shows a drop-down and sends the item); its default
-        # is the first item.
-        defaults = {k: v[0] if isinstance(v, list) and v else v for k, v in config.items()}
-        return {**defaults, **{k: v for k, v in request.items() if k in config}}
+        options = self.options()
+        hint = f"options of '{self.name}' are: {', '.join(options)}"
+        refuse_unknown(request, (*options, *self.REQUEST_KEYS), "training option", hint)
+        where = f" for '{self.name}' training"
+        params = {}
+        for name, (default, parse) in options.items():  # defaults too: each is inside its own bounds
+            value = request.get(name, default[0] if isinstance(default, list) else default)
+            params[name] = parse(name, value, where=where)
+        return {**params, **{k: request[k] for k in self.REQUEST_KEYS if k in request}}
 
     def record(self, result: dict[str, Any], db: Database) -> dict[str, Any]:
         return {}
@@ -84,6 +123,31 @@ class StructureTrainer(TrainTask):
         os.replace(tmp, self.stats_path)
 
 
+PUBLISH = ("gate", "always")
+# Iterations of a fine-tuning run in all ("auto" chooses at most the recipe's max_iterations, hundreds).
+ITERATIONS = Range(1, 1_000_000, integer=True)
+
+
+def _iterations(name: str, value: Any, where: str = "") -> str | int:
+    """``auto`` (any case) or a whole number in :data:`ITERATIONS`."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return ITERATIONS.check(name, value, f" or auto{where}")
+
+
+ENCODER_ID = Range(1, 2**31 - 1, integer=True)
+
+
+def _encoder(name: str, value: Any, where: str = "") -> str:
+    """An encoder version id (GET /encoders/; a whole number, also as text) or an encoder file's path; ""
+    or null: none."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and not value.strip().isdigit():
+        return text(name, value, where).strip()
+    return str(ENCODER_ID.check(name, value, f" (an encoder version id) or a file's path{where}"))
+
+
 class SegmentationTrainer(StructureTrainer):
     """Fine-tunes the served weights on the datastore's final labels (``lib.trainers.finetune``), then
     publishes them if they pass the gate.
@@ -95,51 +159,35 @@ class SegmentationTrainer(StructureTrainer):
     """
 
     def __init__(self, spec: StructureSpec, weights: ModelWeights, stats_path: str):
-        super().__init__(f"Fine-tune '{spec.name}' on submitted labels", stats_path)
+        super().__init__(spec.name, f"Fine-tune '{spec.name}' on submitted labels", stats_path)
         self.spec = spec
         self.weights = weights
 
-    def config(self) -> dict[str, Any]:
+    def options(self) -> dict[str, tuple[Any, Parser]]:
         recipe = self.spec.recipe.fine_tune
         return {
             # "auto": so many per patch-worth of labelled voxels (the structure's fine-tuning recipe)
-            "iterations": "auto",
+            "iterations": ("auto", _iterations),
             # epochs: the held-out labels are scored after each; the best epoch is kept
-            "max_epochs": recipe.validations,
-            "learning_rate": self.spec.recipe.learning_rate * recipe.learning_rate_factor,
-            "batch_size": self.spec.recipe.batch_size,
-            "replay_share": recipe.replay_share,
-            "device": "auto",
+            "max_epochs": (recipe.validations, EPOCHS.check),
+            "learning_rate": (self.spec.recipe.learning_rate * recipe.learning_rate_factor, LEARNING_RATE.check),
+            "batch_size": (self.spec.recipe.batch_size, BATCH_SIZE.check),
+            # the share of patches drawn from the recipe's reference data; 1 would leave no new labels
+            "replay_share": (recipe.replay_share, Range(0.0, 1.0, high_open=True).check),
+            "device": ("auto", parse_device),
             # "gate": publish only weights that score higher on held-out new labels and stay within the
             # tolerance on the recipe's test split; "always": publish whatever the run produced
-            "publish": ["gate", "always"],
+            "publish": (list(PUBLISH), partial(choice, allowed=PUBLISH)),
             # An ssl_pretrain encoder version id (GET /encoders/) or an encoder file: start from it
             # with a fresh decoder instead of from the served weights.
-            "pretrained_encoder": "",
+            "pretrained_encoder": ("", _encoder),
             # epochs (of max_epochs) in which the encoder stays fixed and only the decoder adapts
-            "freeze_encoder_epochs": 0,
+            "freeze_encoder_epochs": (0, Range(0, EPOCHS.high, integer=True).check),
         }
 
     def resolve(self, request: dict[str, Any], db: Database | None = None) -> dict[str, Any]:
         params = super().resolve(request, db)
-        if params["publish"] not in ("gate", "always"):
-            raise InvalidRequest(f"publish must be 'gate' or 'always', not '{params['publish']}'")
-        try:
-            params["freeze_encoder_epochs"] = int(params["freeze_encoder_epochs"])
-            params["max_epochs"] = max(1, int(params["max_epochs"]))
-            params["batch_size"] = max(1, int(params["batch_size"]))
-            params["learning_rate"] = float(params["learning_rate"])
-            params["replay_share"] = float(params["replay_share"])
-            if str(params["iterations"]).strip().lower() != "auto":
-                params["iterations"] = max(1, int(params["iterations"]))
-        except (TypeError, ValueError):
-            raise InvalidRequest(
-                "iterations ('auto' or a whole number), max_epochs, batch_size, freeze_encoder_epochs, "
-                "learning_rate and replay_share must be numbers"
-            ) from None
-        if not 0.0 <= params["replay_share"] < 1.0:
-            raise InvalidRequest(f"replay_share must be in [0, 1), not {params['replay_share']}")
-        encoder = str(params["pretrained_encoder"] or "").strip()
+        encoder = params["pretrained_encoder"]
         if encoder.isdigit():
             if db is None:
                 raise InvalidRequest("an encoder version id needs the database; give the encoder file's path")
