@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import os
+import sys
 import time
 import tracemalloc
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
@@ -216,6 +220,82 @@ def test_read_volume_over_memory_limit(tmp_path, em):
         read_volume(path, max_voxels_in_memory=1000)
     volume = read_volume(path, max_voxels_in_memory=20_000)
     assert volume.meta == {"dataset": "raw", "voxel_size_known": True}
+
+
+def _nrrd_declaring(path, sizes: str, encoding: str, payload: bytes):
+    header = f"NRRD0004\ntype: unsigned char\ndimension: {len(sizes.split())}\nsizes: {sizes}\nencoding: {encoding}\n\n"
+    data = {"gzip": gzip.compress, "bzip2": bz2.compress, "raw": bytes}[encoding](payload)
+    path.write_bytes(header.encode() + data)
+    return path
+
+
+def _nifti_declaring(path, shape: tuple[int, ...], payload: bytes, version: int = 1, dtype=np.uint8):
+    header = (nib.Nifti1Header if version == 1 else nib.Nifti2Header)()
+    header.set_data_dtype(dtype)
+    header.set_data_shape(shape)
+    data = header.binaryblock + b"\x00" * (int(header["vox_offset"]) - len(header.binaryblock)) + payload
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+_ZEROS = bytes(16 << 20)  # 16 MB of zeros: 16 kB of gzip, 40 bytes of bzip2
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: _nrrd_declaring(d / "v.nrrd", "2000 2000 2000", "gzip", _ZEROS),
+        lambda d: _nrrd_declaring(d / "v.nrrd", "2000 2000 2000", "bzip2", _ZEROS),
+        lambda d: _nrrd_declaring(d / "v.nrrd", "2000 2000 2000", "raw", b"\x00" * 64),
+        lambda d: _nrrd_declaring(d / "v.nrrd", "2000 1 2000 2000", "gzip", _ZEROS),  # with a size-1 axis
+        lambda d: _nifti_declaring(d / "v.nii.gz", (2000, 2000, 2000), _ZEROS),
+        lambda d: _nifti_declaring(d / "v.nii.gz", (2000, 2000, 2000), _ZEROS, version=2),
+        lambda d: _nifti_declaring(d / "v.nii", (2000, 2000, 2000), b"\x00" * 64),
+    ],
+    ids=["nrrd-gzip", "nrrd-bzip2", "nrrd-raw", "nrrd-4d", "nifti1-gz", "nifti2-gz", "nifti1-raw"],
+)
+def test_header_voxel_count_is_refused_before_inflating(tmp_path, monkeypatch, make):
+    """A tiny file declaring 8 gigavoxels is refused from its header alone: nothing is inflated, ITK never runs."""
+    path = make(tmp_path)
+    assert path.stat().st_size < 100_000
+    monkeypatch.setitem(sys.modules, "itk", None)  # importing ITK fails: a VolumeError, not the 413, if reached
+    tracemalloc.start()
+    try:
+        with pytest.raises(UploadTooLarge, match=r"8,000,000,000 voxels.*--conf max_voxels_in_memory"):
+            open_source(path, max_voxels_in_memory=100_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000  # not the 16 MB of zeros behind the header, let alone 8 GB
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: _nrrd_declaring(d / "v.nrrd", "3 100 100 100", "gzip", b""),  # a component axis of RGB
+        lambda d: _nifti_declaring(d / "v.nii.gz", (100, 100, 100), b"", dtype=128),  # NIFTI_TYPE_RGB24
+        lambda d: _nifti_declaring(d / "v.nii.gz", (100, 100, 100, 1, 3), b""),  # a vector (dim5) of 3
+    ],
+    ids=["nrrd-rgb", "nifti-rgb", "nifti-vector"],
+)
+def test_header_components_count_toward_the_limit(tmp_path, monkeypatch, make):
+    monkeypatch.setitem(sys.modules, "itk", None)
+    with pytest.raises(UploadTooLarge, match=r"3,000,000 voxels"):
+        open_source(make(tmp_path), max_voxels_in_memory=2_000_000)
+
+
+@pytest.mark.parametrize("name", ["a\x00b.nrrd", "a\nb.nii.gz", "a\x1bb.nrrd", "a\x7fb.nii"])
+def test_control_characters_in_a_path_are_a_clear_refusal(tmp_path, name):
+    from lib.volumes.sources import NiftiSource, NrrdSource
+
+    reader = NrrdSource if name.endswith(".nrrd") else NiftiSource
+    if "\x00" not in name:
+        _nrrd_declaring(tmp_path / name, "4 4 4", "raw", bytes(64))  # exists (the content does not matter)
+    for call in (open_source, reader):
+        with pytest.raises(VolumeError, match="control character") as error:
+            call(str(tmp_path / name), max_voxels_in_memory=1000)
+        assert "\\x" in str(error.value) or "\\n" in str(error.value)  # shown escaped, not raw
+        assert not any(c in str(error.value) for c in "\x00\n\x1b\x7f")
 
 
 # --- refusals: nothing outside the upload is ever read ---------------------------------------

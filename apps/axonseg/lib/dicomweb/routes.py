@@ -39,7 +39,8 @@ from pydicom.multival import MultiValue
 
 from ..auth.identity import caller
 from ..errors import InvalidRequest, NotFound
-from .seg import read_instance, read_segmentation, referenced_series, stow_parts
+from ..uploads import remove_upload, save_stream
+from .seg import read_segmentation, referenced_series, stow_delimiter, stow_instances
 from .series import MR_IMAGE_STORAGE, TRANSFER_SYNTAX, Catalog, FrameCache, SeriesView, uid_for
 
 if TYPE_CHECKING:
@@ -249,13 +250,13 @@ def _wado(path: str, request: Request) -> Response:
 
 
 # --- storing (STOW-RS) ----------------------------------------------------------------------------
-def _stow(body: bytes, content_type: str, study_uid: str | None) -> Response:
-    """Each DICOM SEG becomes a label version per structure its segments name, as a label saved from Slicer.
-    Everything is checked before anything is written."""
+def _stow(path: str, content_type: str, study_uid: str | None) -> Response:
+    """Each DICOM SEG in the body saved at ``path`` becomes a label version per structure its segments name, as
+    a label saved from Slicer. Everything is checked before anything is written."""
     cat = catalog()
     datastore = _app().datastore()
     saved: list[tuple[SeriesView, str, Any, str]] = []
-    instances = [read_instance(part) for part in stow_parts(body, content_type)]
+    instances = stow_instances(path, content_type)
     for ds in instances:
         series = cat.by_series_uid(referenced_series(ds))
         if series is None:
@@ -295,6 +296,17 @@ def _stow(body: bytes, content_type: str, study_uid: str | None) -> Response:
 
 
 # --- the routes -----------------------------------------------------------------------------------
+async def _save_body(request: Request) -> str:
+    """The request body, streamed to a file in the work directory's uploads (a body of up to the upload limit is
+    never held in memory; the limit's 413 and the disk floor's 507 still apply)."""
+    app = _app()
+    try:
+        declared = max(0, int(request.headers.get("content-length", 0)))
+    except ValueError:
+        declared = 0
+    return await save_stream(request.stream(), app.conf["workdir"], app.min_free_bytes, "stow.multipart", declared)
+
+
 async def _forwarded(request: Request, op: str, path: str) -> Response | None:
     """MONAI Label's proxy, when a lab's DICOMweb server holds the studies (``--conf dicomweb_url``)."""
     url = _app().conf.get("dicomweb_url") or os.environ.get("AXONSEG_DICOMWEB_URL")
@@ -326,7 +338,11 @@ async def wado(request: Request, path: str):
         parts = path.strip("/").split("/")
         if parts[0] != "studies" or len(parts) > 2:
             raise NotFound(f"STOW-RS stores to /studies or /studies/{{study}}, not '{path}'")
-        body = await request.body()
         content_type = request.headers.get("content-type", "")
-        return await run_in_threadpool(_stow, body, content_type, parts[1] if len(parts) == 2 else None)
+        stow_delimiter(content_type)  # 415/400 before a byte of the body is read
+        path = await _save_body(request)
+        try:
+            return await run_in_threadpool(_stow, path, content_type, parts[1] if len(parts) == 2 else None)
+        finally:
+            remove_upload(path)
     return await run_in_threadpool(_wado, path, request)

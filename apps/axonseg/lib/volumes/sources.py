@@ -20,8 +20,10 @@ nothing in it that would make the server read bytes from outside the upload:
 :meth:`VolumeSource.read` returns one (z, y, x) region and reads only what that region needs: TIFF by
 memory-mapping contiguous uncompressed data or decoding just the strips/tiles of the pages in the
 region, HDF5 and Zarr/N5 by slicing (whole chunks at most), PNG stacks by opening only the slices
-in the region. NRRD and NIfTI cannot be streamed reliably: the header is read first, the voxel count
-checked against ``max_voxels_in_memory``, and the whole image is read once on the first ``read``.
+in the region. NRRD and NIfTI cannot be streamed reliably: the header is read first (by this module, before ITK
+sees the file: a few kB of gzip or bzip2 can declare gigavoxels), the voxel count it declares, components
+included, checked against ``max_voxels_in_memory``, and the whole image is read once on the first ``read``.
+A path holding NUL or another control character is refused before anything is opened.
 
 Arrays are (z, y, x); voxel sizes and origins are (z, y, x) in micrometres, ``None`` voxel size where
 the file does not say. Errors are :class:`~lib.errors.VolumeError` (HTTP 422) naming the file by its
@@ -193,6 +195,18 @@ def _display_name(path: str | os.PathLike) -> str:
     return os.path.basename(str(path).rstrip("/")) or str(path)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _check_path(path: str) -> None:
+    """Refuse a path holding NUL or another control character: the OS rejects NUL with a bare ValueError, and
+    a newline could forge a line in the log or a message. The name is shown escaped."""
+    text = os.fsdecode(path)
+    if _CONTROL.search(text):
+        shown = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), _display_name(text))
+        raise VolumeError(f"the file name '{shown}' contains a NUL or control character; rename the file")
+
+
 def _scrub(message: str, path: str) -> str:
     """A library's error message without the server's folder names (nor ITK's source locations)."""
     if "itk::ERROR" in message or "ITK ERROR" in message:  # the spelling differs between ITK versions
@@ -296,8 +310,8 @@ def _too_large(name: str, shape: Sequence[int], limit: int, streamable: bool) ->
         else "this format is read whole, so convert the file to a chunked format (OME-Zarr, N5 or HDF5) to use it"
     )
     return UploadTooLarge(
-        f"'{name}' has {voxels:,} voxels ({dims}), more than the {limit:,} this server reads into memory at once; "
-        + advice
+        f"'{name}' has {voxels:,} voxels ({dims}), more than the {limit:,} this server reads into memory at once "
+        f"(--conf max_voxels_in_memory); " + advice
     )
 
 
@@ -561,6 +575,7 @@ class VolumeSource:
         self._max_voxels = max_voxels_in_memory
         self._closed = False
         self._lock = threading.RLock()
+        _check_path(self.path)
         try:
             self._open(dataset)
         except BaseException as e:
@@ -1215,8 +1230,28 @@ def _check_nrrd_header(path: str, name: str) -> dict[str, str]:
     return fields
 
 
-def _check_nifti_header(path: str, name: str) -> bool:
-    """Refuses two-file (.hdr/.img) NIfTI and ANALYZE; returns whether the header states a voxel size."""
+def _nrrd_sizes(fields: dict[str, str], name: str) -> tuple[int, ...] | None:
+    """The (z, y, x, ...) sizes an NRRD header declares, any component axis included; None without ``sizes``."""
+    text = fields.get("sizes")
+    if text is None:
+        return None
+    try:
+        sizes = tuple(int(v) for v in text.split())
+    except ValueError:
+        raise VolumeError(f"NRRD file '{name}' declares sizes that are not whole numbers ('{text[:80]}')") from None
+    if any(s < 0 for s in sizes):
+        raise VolumeError(f"NRRD file '{name}' declares a negative size ('{text[:80]}')")
+    return sizes[::-1]
+
+
+# NIfTI data types ITK reads as several components per voxel: complex, RGB, RGBA.
+_NIFTI_COMPONENTS = {32: 2, 1792: 2, 2048: 2, 128: 3, 2304: 4}
+
+
+def _check_nifti_header(path: str, name: str) -> tuple[bool, tuple[int, ...]]:
+    """Refuses two-file (.hdr/.img) NIfTI and ANALYZE; returns whether the header states a voxel size, and the
+    (z, y, x, ...) sizes it declares (components last, where a voxel has several). Only the first 540 bytes are
+    read (inflated, for .nii.gz)."""
     opener = gzip.open if path.lower().endswith(".gz") else open
     with opener(path, "rb") as f:
         head = f.read(540)
@@ -1226,15 +1261,23 @@ def _check_nifti_header(path: str, name: str) -> bool:
         endian = "<" if struct.unpack("<i", head[:4])[0] == 348 else ">"
         pixdim = struct.unpack(endian + "8f", head[76:108])
         units = head[123] & 0x07
+        dim = struct.unpack(endian + "8h", head[40:56])
+        datatype = struct.unpack(endian + "h", head[70:72])[0]
     elif len(head) >= 540 and head[4:8] in (b"n+2\x00", b"ni2\x00"):
         if head[4:8] != b"n+2\x00":
             raise VolumeError(f"NIfTI file '{name}' keeps its voxels in a separate .img file; upload a single .nii")
         endian = "<" if struct.unpack("<i", head[:4])[0] == 540 else ">"
         pixdim = struct.unpack(endian + "8d", head[104:168])
         units = struct.unpack(endian + "i", head[500:504])[0] & 0x07
+        dim = struct.unpack(endian + "8q", head[16:80])
+        datatype = struct.unpack(endian + "h", head[12:14])[0]
     else:
         raise VolumeError(f"'{name}' is not a NIfTI-1 or NIfTI-2 file")
-    return units != 0 or any(p != 1.0 for p in pixdim[1:4])
+    if not 1 <= dim[0] <= 7:
+        raise VolumeError(f"NIfTI file '{name}' declares {dim[0]} dimensions; a NIfTI image has 1 to 7")
+    sizes = tuple(max(1, d) for d in dim[1 : dim[0] + 1])[::-1]  # a size below 1 is read as 1
+    components = _NIFTI_COMPONENTS.get(datatype, 1)
+    return units != 0 or any(p != 1.0 for p in pixdim[1:4]), sizes + ((components,) if components > 1 else ())
 
 
 class ItkSource(_WholeImageSource):
@@ -1245,15 +1288,19 @@ class ItkSource(_WholeImageSource):
     """
 
     def _open(self, dataset: str | None) -> None:
-        import itk
-
         if self.source_format == "nrrd":
             fields = _check_nrrd_header(self.path, self.name)
             known = "space directions" in fields or "spacings" in fields
-            io = itk.NrrdImageIO.New()
+            declared = _nrrd_sizes(fields, self.name)
         else:
-            known = _check_nifti_header(self.path, self.name)
-            io = itk.NiftiImageIO.New()
+            known, declared = _check_nifti_header(self.path, self.name)
+        # From our own reading of the header, before ITK reads or inflates anything: a few kB of gzip may declare
+        # gigavoxels, and ITK would allocate them all on the first read.
+        if declared is not None and self._max_voxels is not None and math.prod(declared) > self._max_voxels:
+            raise _too_large(self.name, declared, self._max_voxels, streamable=False)
+        import itk
+
+        io = itk.NrrdImageIO.New() if self.source_format == "nrrd" else itk.NiftiImageIO.New()
         if not io.CanReadFile(self.path):
             raise VolumeError(f"cannot read {self.source_format} file '{self.name}'")
         io.SetFileName(self.path)
@@ -1427,6 +1474,7 @@ def open_source(
         VolumeError: the file cannot be used (422). UploadTooLarge: see ``max_voxels_in_memory`` (413).
     """
     path = os.fspath(path)
+    _check_path(path)
     name = _display_name(path)
     if not os.path.exists(path):
         raise VolumeError(f"file not found: {name}")
