@@ -22,7 +22,7 @@ serve: $(VENV)/.installed
 		echo "seeded $(WORKDIR)/datastore with the sample volumes"; fi
 	PYTHONPATH=apps/axonseg $(BIN)/python -m lib.jobs.embedded --studies "$(WORKDIR)/datastore" --workdir "$(WORKDIR)" \
 		--host 127.0.0.1 --port $(PORT) --conf max_upload_mb $(MAX_UPLOAD_MB) --conf infer_timeout_s $(INFER_TIMEOUT_S) \
-		--conf auth $(AUTH)
+		$(if $(AUTH),--conf auth $(AUTH)) $(SERVE_ARGS)
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check apps tests benchmarks

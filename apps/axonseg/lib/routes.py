@@ -35,6 +35,7 @@ import asyncio
 import base64
 import io
 import json
+import math
 import os
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -48,17 +49,19 @@ from monailabel.interfaces.utils.app import app_instance
 from requests_toolbelt import MultipartEncoder
 
 from .auth.identity import caller
-from .datastore import check_image_id
+from .datastore import MAX_TAG_LENGTH, check_image_id
 from .db.models import ModelVersion, TrainingRun
 from .db.store import file_checksum
 from .dicomweb.routes import uids_of, viewer_image
 from .errors import Forbidden, InvalidRequest, NotFound, error_from_status
+from .identifiers import check_name, check_version
 from .infers.postprocessing import ON_IMAGE_GRID
 from .infers.segmentation import parse_infer_request
 from .jobs.client import describe_worker
 from .jobs.queues import INFER_QUEUE, TRAIN_QUEUE
 from .jobs.training import FINAL
 from .jobs.volume import is_volume_job
+from .params import string_list
 from .trainers.report import plot_learning_curve
 from .uploads import check_quota, remove_upload, save_upload
 
@@ -77,6 +80,8 @@ def _parse_params(params: str | None) -> dict[str, Any]:
         value = json.loads(params) if params else {}
     except json.JSONDecodeError as e:
         raise InvalidRequest(f"params must be a JSON object: {e}") from e
+    except RecursionError:
+        raise InvalidRequest("params nest objects or lists too deeply") from None
     if not isinstance(value, dict):
         raise InvalidRequest("params must be a JSON object")
     return value
@@ -171,24 +176,45 @@ def _infer_response(result: dict[str, Any], output: str | None) -> Any:
 
 # --- training ------------------------------------------------------------------------------------
 def _train_task(run: TrainingRun) -> dict[str, Any]:
-    """A training run in the shape MONAI Label's /train/ returns (Slicer polls ``status``)."""
-    return {
-        "id": run.job_id,
-        "name": "train",
-        "model": run.model,
-        "status": run.status,
-        "request": {"model": run.model, **(run.params or {})},
-        "start_ts": _fmt(run.started_at),
-        "end_ts": _fmt(run.finished_at),
-        "epochs": run.epochs,
-        "details": [
-            f"epoch {e.get('epoch')}/{e.get('total_epochs')} loss {e.get('loss', 0):.4f}" for e in run.epochs[-20:]
-        ],
-        "error": run.error,
-        "model_version": run.model_version_id,
-        "encoder_version": run.encoder_version_id,
-        "gate": run.gate,  # why the run's weights were published or not
-    }
+    """A training run in the shape MONAI Label's /train/ returns (Slicer polls ``status``).
+
+    JSON-safe whatever was stored: a NaN loss of a diverging run (or a NaN param stored before params had
+    bounds) becomes null, where it would make every GET /train/ a 500."""
+    epochs = _finite(run.epochs or [])
+    details = []
+    for e in epochs[-20:] if isinstance(epochs, list) else []:
+        e = e if isinstance(e, dict) else {}
+        loss = e.get("loss")
+        loss = f"{loss:.4f}" if isinstance(loss, (int, float)) and not isinstance(loss, bool) else loss
+        details.append(f"epoch {e.get('epoch')}/{e.get('total_epochs')} loss {loss}")
+    return _finite(
+        {
+            "id": run.job_id,
+            "name": "train",
+            "model": run.model,
+            "status": run.status,
+            "request": {"model": run.model, **(run.params or {})},
+            "start_ts": _fmt(run.started_at),
+            "end_ts": _fmt(run.finished_at),
+            "epochs": epochs,
+            "details": details,
+            "error": run.error,
+            "model_version": run.model_version_id,
+            "encoder_version": run.encoder_version_id,
+            "gate": run.gate,  # why the run's weights were published or not
+        }
+    )
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity inside it as None (JSON replies refuse them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _fmt(ts: datetime | None) -> str | None:
@@ -203,14 +229,9 @@ async def train_model(model: str, params: dict | None = None, enqueue: bool = Fa
 
 @router.post("/train/", summary="Train every model, one after another")
 async def train_all(params: dict | None = None):
+    """Body: options for every model, and under a model's name options for it alone (``{"axon": {...}}``)."""
     app = _app()
-    params = dict(params or {})
-    runs = await run_in_threadpool(
-        app.training.submit,
-        list(app.task_configs),
-        {k: v for k, v in params.items() if not isinstance(v, dict)},
-        True,
-    )
+    runs = await run_in_threadpool(app.training.submit_all, list(app.task_configs), dict(params or {}))
     return {run.model: {"result": _train_task(run), "detail": None} for run in runs}
 
 
@@ -290,10 +311,11 @@ async def model_versions(model: str):
 
 
 @router.post("/models/{model}/versions/{version_id}/activate", summary="Serve an earlier version (roll back)")
-async def activate_model_version(model: str, version_id: int):
+async def activate_model_version(model: str, version_id: str):
     """Workers pick the file up at their next job; the version becomes the active one in the database."""
     app = _app()
     config = app.task_config(model)
+    version_id = check_version(version_id, "version id")  # type: ignore[assignment]
 
     def activate() -> ModelVersion:
         row = next((v for v in app.db.model_versions(model) if v.id == version_id), None)
@@ -341,6 +363,7 @@ async def score(method: str, params: dict | None = None):
     params = dict(params or {})
     model = str(params.pop("model", None) or app.active_learning_model)
     images = params.pop("images", None)
+    images = None if images is None else string_list("images", images)  # "abc" is no list of three images
     for image in images or ():
         check_image_id(image)
     await run_in_threadpool(app.jobs.require_workers, TRAIN_QUEUE)
@@ -361,9 +384,11 @@ async def scores(method: str, model: str | None = None):
 async def batch_infer(model: str, params: dict | None = None):
     app = _app()
     params = dict(params or {})
+    images = params.pop("images", None)
+    images = None if images is None else string_list("images", images)  # "abc" is no list of three images
     parse_infer_request(app.task_config(model).spec, params)  # bounds: 400 before anything is read or queued
     datastore = app.datastore()
-    images = params.pop("images", None) or await run_in_threadpool(datastore.get_unlabeled_images, structure=model)
+    images = images or await run_in_threadpool(datastore.get_unlabeled_images, structure=model)
     known = set(await run_in_threadpool(datastore.list_images))
     for image in images:
         check_image_id(image)
@@ -384,18 +409,20 @@ async def batch_infer(model: str, params: dict | None = None):
 # --- queue visibility ----------------------------------------------------------------------------
 @router.get("/jobs/", summary="Queue lengths, job ids by state, live workers")
 async def jobs_overview():
-    return await run_in_threadpool(_app().jobs.overview)
+    return await run_in_threadpool(_app().jobs.overview, caller().may("admin"))
 
 
 @router.get("/jobs/workers", summary="Live workers and what they run")
 async def jobs_workers():
     app = _app()
-    return [describe_worker(w) for w in await run_in_threadpool(app.jobs.workers)]
+    machine = caller().may("admin")  # host names and pids are for admins
+    return [describe_worker(w, machine) for w in await run_in_threadpool(app.jobs.workers)]
 
 
 @router.get("/jobs/{job_id}", summary="One job: state, queue position, progress, error")
 async def job_detail(job_id: str):
     app = _app()
+    check_name(job_id, "job id")
     if is_volume_job(job_id):
         return await run_in_threadpool(app.volume_jobs.describe, job_id)
     job = await run_in_threadpool(app.jobs.job, job_id)
@@ -407,6 +434,7 @@ async def job_detail(job_id: str):
 @router.delete("/jobs/{job_id}", summary="Cancel a queued job or stop a running one (its owner or an admin)")
 async def job_cancel(job_id: str):
     app = _app()
+    check_name(job_id, "job id")
     if is_volume_job(job_id):
         row = await run_in_threadpool(app.db.volume_job, job_id)
         _check_owner(job_id, row.owner if row else None)
@@ -433,6 +461,7 @@ def label_versions(image: str, tag: str = "final", structure: str | None = None)
     before labels had structures (legacy)."""
     app = _app()
     check_image_id(image)
+    check_name(tag, "label tag", MAX_TAG_LENGTH)
     if structure is not None:
         app.task_config(structure)
     return [
@@ -450,14 +479,16 @@ def label_versions(image: str, tag: str = "final", structure: str | None = None)
 
 
 @router.get("/labels/{image}/versions/{version}", summary="Download one label version (NRRD of the region)")
-def label_version_file(image: str, version: int, tag: str = "final", structure: str | None = None):
+def label_version_file(image: str, version: str, tag: str = "final", structure: str | None = None):
     app = _app()
     check_image_id(image)
+    number = check_version(version)
+    check_name(tag, "label tag", MAX_TAG_LENGTH)
     structure = structure or app.datastore().latest_structure(image, tag)
-    row = app.db.label_version(image, structure, tag, version) if structure else None
+    row = app.db.label_version(image, structure, tag, number) if structure else None
     if row is None or not os.path.exists(row.path):
-        raise NotFound(f"image '{image}' has no '{tag}' {structure or ''} label version {version}")
-    return FileResponse(row.path, filename=f"{image}.{structure}.v{version}.nrrd")
+        raise NotFound(f"image '{image}' has no '{tag}' {structure or ''} label version {number}")
+    return FileResponse(row.path, filename=f"{image}.{structure}.v{number}.nrrd")
 
 
 # --- the datastore, off the event loop ----------------------------------------------------------
@@ -518,12 +549,17 @@ def datastore_update_image_info(image: str, info: str = Form("{}")):
 @router.put("/datastore/label", summary="Save a label (split by structure, kept as a new version)")
 def datastore_save_label(image: str, params: str = Form("{}"), tag: str = "final", label: UploadFile = File(...)):
     app = _app()
+    check_image_id(image)
+    tag = check_name(tag or "final", "label tag", MAX_TAG_LENGTH)
+    if tag.casefold() == "original":
+        raise Forbidden("tag 'original' is the model's own prediction: the server saves it with each inference")
+    if tag.casefold() == "final" and tag != "final":  # one tag, not two that look alike
+        raise InvalidRequest(f"write the tag 'final', not {tag!r}")
     info = _parse_params(params)
     info["client_id"] = caller().client_id(info.get("client_id"))  # with auth on, the user; never a claim
-    check_image_id(image)
     path = _save_upload(app, label)
     try:
-        label_id = app.datastore().save_label(image, path, tag or "final", info)
+        label_id = app.datastore().save_label(image, path, tag, info)
     finally:
         remove_upload(path)
     return {**(app.on_save_label(image, label_id) or {}), "image": image, "label": label_id}
@@ -564,8 +600,10 @@ def register_volume(params: dict):
     """Body: ``path`` (inside a folder of AXONSEG_VOLUME_ROOTS), ``image`` (id), optional ``dataset``,
     ``modality``."""
     app = _app()
-    if not params.get("path") or not params.get("image"):
+    if not isinstance(params.get("path"), str) or not params["path"] or not params.get("image"):
         raise InvalidRequest("send the volume's 'path' and the 'image' id to register it under")
+    if any(ord(c) < 32 for c in params["path"]):
+        raise InvalidRequest("the volume's 'path' holds a control character (a NUL or a newline)")
     image = app.datastore().register_volume(
         str(params["image"]), str(params["path"]), params.get("dataset"), params.get("modality")
     )
@@ -594,16 +632,35 @@ async def leases():
 
 
 def replace_routes(app: FastAPI, with_login: bool = True) -> None:
-    """Serve our routes ahead of MONAI Label's: the first route that matches a request handles it, so ours
-    shadow the stock ones with the same path and method, and the rest are added. ``with_login``: our
-    ``/auth/`` and ``/users/`` (not in OIDC mode, where MONAI Label's ``/auth/`` talks to Keycloak)."""
+    """Serve our routes ahead of MONAI Label's, and remove every stock route that is not on the allow-list
+    (:data:`~lib.auth.policy.INHERITED`): a request for one gets 404 and it is absent from /openapi.json.
+    ``with_login``: our ``/auth/`` and ``/users/`` (not in OIDC mode, where MONAI Label's ``/auth/`` talks to
+    Keycloak)."""
+    from .auth.policy import inherited
     from .auth.routes import router as auth_router
     from .dicomweb.routes import router as dicomweb_router
     from .viewer import router as viewer_router
 
+    def keep_inherited(routes: list[Any], prefix: str) -> list[Any]:
+        kept = []
+        for route in routes:
+            if hasattr(route, "original_router"):  # an included router: filter its own list in place
+                inner = route.original_router
+                inner.routes[:] = keep_inherited(inner.routes, prefix + route.include_context.prefix)
+                getattr(inner, "_mark_routes_changed", lambda: None)()  # FastAPI caches what it dispatches to
+                kept.append(route)
+            elif getattr(route, "methods", None):
+                if all(inherited(method, prefix + route.path) for method in route.methods):
+                    kept.append(route)
+            elif inherited("GET", prefix + route.path.rstrip("/") + "/{path:path}"):  # a mount (static files)
+                kept.append(route)
+        return kept
+
+    app.router.routes[:] = keep_inherited(app.router.routes, "")
     for extra in (router, viewer_router, dicomweb_router) + ((auth_router,) if with_login else ()):
         count = len(app.router.routes)
         app.include_router(extra)
         added = app.router.routes[count:]
         del app.router.routes[count:]
         app.router.routes[0:0] = added
+    app.openapi_schema = None  # rebuilt from the routes now served

@@ -8,8 +8,8 @@ once, when the server switches the app into server mode.
 from __future__ import annotations
 
 import logging
-import traceback
 import uuid
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -17,10 +17,12 @@ from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoun
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth.guard import Authenticator, AuthGuard, monai_label_user
 from .errors import AxonSegError
+from .identifiers import escape_log_lines, log_safe
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ async def _axonseg_error(request: Request, exc: Exception) -> JSONResponse:
     status = getattr(exc, "status_code", 400)
     if status >= 500 and status not in (503, 504, 507):  # a job that crashed: its text is for the log
         return _internal_error(request, exc)
-    logger.info(f"{request.method} {request.url.path}: {status} {exc}")
+    logger.info(f"{request.method} {log_safe(request.url.path)}: {status} {log_safe(exc, 500)}")
     return JSONResponse(status_code=status, content={"detail": str(exc)})
 
 
@@ -100,11 +102,16 @@ async def _monailabel_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _service_down(request: Request, exc: Exception) -> JSONResponse:
+    """503 naming the service; what it said (commands, keys, addresses) is for the log only."""
     what = "job queue (Redis)" if isinstance(exc, RedisError) else "database"
-    logger.error(f"{request.method} {request.url.path}: {what} unavailable: {exc}")
+    logger.error(f"{request.method} {log_safe(request.url.path)}: {what} unavailable: {exc!r}")
     return JSONResponse(
-        status_code=503, content={"detail": f"the {what} is unavailable: {exc}. Nothing was changed; try again."}
+        status_code=503, content={"detail": f"the {what} is unavailable. Nothing was changed; try again later."}
     )
+
+
+async def _too_deep(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=400, content={"detail": "the request nests objects or lists too deeply"})
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -114,7 +121,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     """500 with an id to quote; the exception and traceback go to the server log under that id only."""
     request_id = uuid.uuid4().hex[:12]
-    logger.error(f"request {request_id}: {request.method} {request.url.path} failed: {exc}\n{traceback.format_exc()}")
+    logger.error(f"request {request_id}: {request.method} {log_safe(request.url.path)} failed: {exc!r}", exc_info=exc)
     return JSONResponse(
         status_code=500,
         content={"detail": f"internal error (request id {request_id}); the server log has the details"},
@@ -124,16 +131,20 @@ def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_http_guards(app: FastAPI, max_upload_bytes: int, authenticator: Authenticator) -> None:
     """Authenticate and authorise every request, map axonseg/MONAI Label errors to 4xx JSON replies and cap
-    upload size (idempotent). The guard is outermost: nothing is read from a caller it refuses."""
+    upload size (idempotent). The guard comes first after CORS (which reads nothing): nothing is read from a caller
+    it refuses."""
     if getattr(app.state, "axonseg_guards", False):
         return
     app.add_exception_handler(AxonSegError, _axonseg_error)
     app.add_exception_handler(MONAILabelException, _monailabel_error)
     app.add_exception_handler(RedisError, _service_down)
     app.add_exception_handler(OperationalError, _service_down)
+    app.add_exception_handler(RecursionError, _too_deep)  # JSON nested thousands deep
     app.add_exception_handler(Exception, _unexpected_error)
+    app.user_middleware[:] = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
     app.user_middleware.insert(0, Middleware(UploadLimit, max_bytes=max_upload_bytes))
     app.user_middleware.insert(0, Middleware(AuthGuard, authenticator=authenticator))
+    app.user_middleware.insert(0, Middleware(CORSMiddleware, **cors_settings()))  # preflights carry no token
     if authenticator.mode == "oidc":  # MONAI Label's RBAC on its own routes: the identity the guard checked
         from monailabel.endpoints.user.auth import get_current_user
 
@@ -142,3 +153,19 @@ def install_http_guards(app: FastAPI, max_upload_bytes: int, authenticator: Auth
     # request so the handlers and the limit above take effect.
     app.middleware_stack = None
     app.state.axonseg_guards = True
+    escape_log_lines()
+
+
+def cors_settings() -> dict[str, Any]:
+    """Cross-origin access only for the origins MONAI Label's setting lists (``MONAI_LABEL_CORS_ORIGINS``);
+    none by default: the viewer, OHIF and /zarr are served from this origin. MONAI Label's own default
+    answers every origin, with credentials, so any page a logged-in user opens could read the API."""
+    from monailabel.config import settings
+
+    origins = [str(o).rstrip("/") for o in settings.MONAI_LABEL_CORS_ORIGINS]
+    return {
+        "allow_origins": origins,
+        "allow_credentials": bool(origins),
+        "allow_methods": ["*"],
+        "allow_headers": ["*"],
+    }

@@ -10,8 +10,9 @@ answered here: ``events/1`` (server-sent events) sends the viewer state once and
 open; ``state/1`` and ``action/1`` accept the client's updates without keeping them (the state of a
 view is in its URL; the server's data is read-only).
 
-Files are answered with ``Access-Control-Allow-Origin: *``, so a lab's own neuroglancer can open them
-too. A missing chunk is a 404, which neuroglancer reads as empty (the store skips empty chunks).
+The viewer is served from this origin, so it needs no cross-origin access; a lab's own neuroglancer on
+another origin is let in only if it is listed in ``MONAI_LABEL_CORS_ORIGINS`` (``lib.server.cors_settings``).
+A missing chunk is a 404, which neuroglancer reads as empty (the store skips empty chunks).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from monailabel.interfaces.utils.app import app_instance
 
 from .datastore import check_image_id
 from .errors import NotFound
+from .identifiers import log_safe
 from .jobs.volume import output_folder
 from .transforms.intensity import IntensityStats
 from .volumes.outputs import OUTPUTS
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
-CORS = {"Access-Control-Allow-Origin": "*", "Cache-Control": "no-cache"}
+NO_CACHE = {"Cache-Control": "no-cache"}
 
 
 def _app() -> AxonSegApp:
@@ -56,6 +58,8 @@ def client_dir() -> str:
 
 def _file_inside(root: str, path: str) -> str:
     """``root/path`` if it is a file inside ``root`` (after resolving links and ``..``), else NotFound."""
+    if "\x00" in path:
+        raise NotFound("no file with a NUL in its name")
     root = os.path.realpath(root)
     full = os.path.realpath(os.path.join(root, path))
     if os.path.commonpath([root, full]) != root or not os.path.isfile(full):
@@ -89,10 +93,12 @@ def zarr_file(image: str, path: str):
         full = _file_inside(root, inner)
     except NotFound:
         # neuroglancer probes for files that need not exist (zarr v3 metadata, empty chunks)
-        return Response(status_code=404, headers=CORS)
-    logger.info(f"zarr {image}/{path}")  # what a viewer asked for, in the server log
+        return Response(status_code=404, headers=NO_CACHE)
+    logger.info(f"zarr {image}/{log_safe(path)}")  # what a viewer asked for, in the server log
     metadata = inner.endswith((".zattrs", ".zarray", ".zgroup"))
-    return FileResponse(full, headers=CORS, media_type="application/json" if metadata else "application/octet-stream")
+    return FileResponse(
+        full, headers=NO_CACHE, media_type="application/json" if metadata else "application/octet-stream"
+    )
 
 
 _TOKEN = "1"  # neuroglancer's client finds its server's routes by a token in its URL

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.exc import IntegrityError
@@ -11,9 +9,9 @@ from sqlalchemy.exc import IntegrityError
 from ..db.models import User, utcnow
 from ..db.store import Database
 from ..errors import InvalidRequest, NotFound
+from ..identifiers import check_user_name, same_name
 from .identity import Identity, check_role
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 8
 _hasher = PasswordHasher()  # argon2id with the library's current parameters
 # Verifying against this when the user does not exist costs the same time as a real check, so response
@@ -26,10 +24,10 @@ class Accounts:
         self.db = db
 
     def add(self, name: str, password: str, role: str) -> User:
-        if not NAME.match(name or ""):
-            raise InvalidRequest(
-                f"user name {name!r} is not allowed: 1-64 letters, digits or . _ @ -, starting with a letter or digit"
-            )
+        check_user_name(name)
+        confusable = [u.name for u in self.db.users() if same_name(u.name, name)]
+        if confusable:  # 'ADMIN' beside 'admin' would let one pass for the other in logs and lists
+            raise InvalidRequest(f"user '{confusable[0]}' exists already (names are compared ignoring case)")
         try:
             check_role(role)
         except ValueError as e:
@@ -52,7 +50,10 @@ class Accounts:
 
     def verify(self, name: str, password: str) -> Identity | None:
         """The user's identity if ``password`` is theirs, else None (unknown name or wrong password alike)."""
-        user = self.db.user(name) if NAME.match(name or "") else None
+        try:
+            user = self.db.user(check_user_name(name))
+        except InvalidRequest:
+            user = None
         try:
             _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
         except (VerificationError, InvalidHashError):

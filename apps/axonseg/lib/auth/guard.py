@@ -17,6 +17,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..identifiers import log_safe
+from ..params import shown
 from .accounts import Accounts
 from .identity import ANONYMOUS, CALLER, LOCAL, PUBLIC, ROLES, Identity, rank
 from .policy import rule_for
@@ -108,7 +110,8 @@ def _token(scope: Scope) -> str | None:
 
 
 class AuthGuard:
-    """ASGI middleware: 401 without a valid token, 403 outside the caller's role or without a rule."""
+    """ASGI middleware: 401 without a valid token, 403 outside the caller's role, 404 for a route without a
+    rule (none is served)."""
 
     def __init__(self, app: ASGIApp, authenticator: Authenticator):
         self.app = app
@@ -123,8 +126,8 @@ class AuthGuard:
             return
         method, path = scope["method"], scope["path"]
         rule = rule_for(method, path)
-        if rule is None:
-            await _reply(scope, receive, send, 403, f"{method} {path} is not in the server's access policy")
+        if rule is None:  # every served route has a rule (tests/test_auth.py), so this one is not served
+            await _reply(scope, receive, send, 404, f"{method} {shown(path)} is not served by this server")
             return
         token = _token(scope)
         identity, problem = None, "log in first (POST /auth/token); this server requires a user"
@@ -140,7 +143,7 @@ class AuthGuard:
             await _reply(scope, receive, send, 401, problem, {"WWW-Authenticate": "Bearer"})
             return
         if not identity.may(rule):
-            logger.info(f"refused {method} {path} to '{identity.name}' ({identity.role})")
+            logger.info(f"refused {method} {log_safe(path)} to '{identity.name}' ({identity.role})")
             needed = ", ".join(r for r in ROLES if rank(r) >= rank(rule))
             await _reply(
                 scope, receive, send, 403, f"'{identity.name}' is {identity.role}; {method} {path} needs {needed}"

@@ -1,4 +1,5 @@
-"""Who may call what: one rule per route, MONAI Label's inherited routes included.
+"""Who may call what: one rule per route, MONAI Label's inherited routes included, and which inherited routes
+stay at all (:data:`INHERITED`, an allow-list).
 
 A rule is the least role a route needs (:data:`~.identity.ROLES`) or ``public``. A request whose route has no
 rule is refused (403): the guard fails closed, and ``tests/test_auth.py`` walks the app's routes so that a new
@@ -31,39 +32,27 @@ RULES: list[tuple[tuple[str, ...], str, str]] = [
     (READ, "/openapi.json", PUBLIC),
     (READ, "/favicon.ico", PUBLIC),
     (READ, "/static/{path:path}", PUBLIC),
-    # annotators: info, next sample, datastore reads, uploads and labels, inference, sessions, viewing
+    # annotators: info, next sample, datastore reads, uploads and labels, inference, viewing
     (READ, "/info/", ANNOTATOR),
     (READ, "/datastore/", ANNOTATOR),
     (READ, "/datastore/image", ANNOTATOR),
     (READ, "/datastore/image/info", ANNOTATOR),
     (READ, "/datastore/label", ANNOTATOR),
     (READ, "/datastore/label/info", ANNOTATOR),
-    (READ, "/datastore/dataset", ANNOTATOR),
     (("PUT",), "/datastore/", ANNOTATOR),
     (("PUT",), "/datastore/image", ANNOTATOR),
     (("PUT",), "/datastore/image/info", ANNOTATOR),
     (("PUT",), "/datastore/label", ANNOTATOR),
-    (("PUT",), "/datastore/label/info", ANNOTATOR),
-    (("PUT",), "/datastore/updatelabelinfo", ANNOTATOR),
     (("POST",), "/activelearning/{strategy}", ANNOTATOR),
     (("POST",), "/infer/{model}", ANNOTATOR),
-    (("POST",), "/infer/wsi/{model}", ANNOTATOR),
-    (("POST",), "/infer/wsi_v2/{model}", ANNOTATOR),
-    (READ, "/session/{session_id}", ANNOTATOR),
-    (("PUT",), "/session/", ANNOTATOR),
-    (("DELETE",), "/session/{session_id}", ANNOTATOR),
     (READ, "/labels/{image}/versions", ANNOTATOR),
     (READ, "/labels/{image}/versions/{version}", ANNOTATOR),
     (READ, "/leases/", ANNOTATOR),
-    (READ, "/model/{model}", ANNOTATOR),
-    (READ, "/model/info/{model}", ANNOTATOR),
     (READ, "/models/{model}/versions", ANNOTATOR),
     (READ, "/encoders/", ANNOTATOR),
     (READ, "/train/", ANNOTATOR),  # Slicer's progress bar polls it
     (READ, "/train/{model}/learning_curve.png", ANNOTATOR),
-    (READ, "/scoring/", ANNOTATOR),
     (READ, "/scoring/{method}", ANNOTATOR),
-    (READ, "/batch/infer", ANNOTATOR),
     (READ, "/jobs/", ANNOTATOR),
     (READ, "/jobs/workers", ANNOTATOR),
     (READ, "/jobs/{job_id}", ANNOTATOR),
@@ -76,32 +65,48 @@ RULES: list[tuple[tuple[str, ...], str, str]] = [
     (("POST",), "/viewer/{image}/state/{token}", ANNOTATOR),
     (READ, "/ohif/{path:path}", ANNOTATOR),
     (READ + ("POST",), "/proxy/dicom/wado/{path:path}", ANNOTATOR),
-    (READ + ("POST",), "/proxy/dicom/qido/{path:path}", ANNOTATOR),
-    (READ + ("POST",), "/proxy/dicom/stow/{path:path}", ANNOTATOR),  # saving a label to a DICOMweb server
-    (READ + ("POST",), "/proxy/dicom/{path:path}", ANNOTATOR),
+    (READ, "/proxy/dicom/qido/{path:path}", ANNOTATOR),
     # trainers: training, scoring, batch and whole-volume jobs, registering volumes in place
     (("POST",), "/train/", TRAINER),
     (("POST",), "/train/{model}", TRAINER),  # ssl_pretrain included
     (("DELETE",), "/train/", TRAINER),
-    (("POST",), "/scoring/", TRAINER),
     (("POST",), "/scoring/{method}", TRAINER),
-    (("DELETE",), "/scoring/", TRAINER),
     (("POST",), "/batch/infer/{model}", TRAINER),
-    (("DELETE",), "/batch/infer", TRAINER),
     (("POST",), "/volumes/{image}/segment/{model}", TRAINER),
     (("POST",), "/volumes/register", TRAINER),
-    # admins: model versions, deleting images and labels, models, users, logs, reloading the app
+    # admins: model versions, deleting images, users, the server log
     (("POST",), "/models/{model}/versions/{version_id}/activate", ADMIN),
     (("DELETE",), "/datastore/", ADMIN),
     (("DELETE",), "/datastore/image", ADMIN),
-    (("DELETE",), "/datastore/label", ADMIN),
-    (("PUT", "DELETE"), "/model/{model}", ADMIN),
     (READ, "/logs/", ADMIN),
-    (READ, "/logs/gpu", ADMIN),
-    (("POST",), "/reload", ADMIN),
     (READ + ("POST",), "/users/", ADMIN),
     (("PUT", "DELETE"), "/users/{name}", ADMIN),
 ]
+
+# MONAI Label's own routes that stay, each with the reason; lib.routes.replace_routes removes every other stock
+# route from the app (404, absent from /openapi.json), so an inherited route is served only if it is listed here
+# (and covered by a rule above). Everything else a client reaches is axonseg's own, re-implemented and tested.
+INHERITED: dict[str, tuple[tuple[str, ...], str]] = {
+    "/openapi.json": (READ, "FastAPI's schema of the API: it lists only the routes served"),
+    "/docs": (READ, "the API's documentation page"),
+    "/static/{path:path}": (READ, "the documentation page's scripts and styles"),
+    "/": (("GET",), "redirects to /docs"),
+    "/favicon.ico": (("GET",), "the documentation page's icon"),
+    "/info/": (("GET",), "MONAI Label's handler around AxonSegApp.info(): 3D Slicer's first call"),
+    "/logs/": (("GET",), "the server log, for admins"),
+    "/ohif/{path:path}": (("GET",), "the OHIF viewer's static build (tests/test_ohif.py drives it in chromium)"),
+    # oidc mode only: MONAI Label's Keycloak login (in the other modes ours shadow these)
+    "/auth/": (("GET",), "oidc mode: whether login is needed, and Keycloak's client and realm"),
+    "/auth/token": (("POST",), "oidc mode: Keycloak's password grant"),
+    "/auth/token/valid": (("GET",), "oidc mode: the token check"),
+}
+
+
+def inherited(method: str, path: str) -> bool:
+    """Whether MONAI Label's own route ``method path`` (as it declares its path) stays served."""
+    methods, _ = INHERITED.get(path, ((), ""))
+    return method in methods
+
 
 _COMPILED = [(frozenset(methods), compile_path(path)[0], path, role) for methods, path, role in RULES]
 

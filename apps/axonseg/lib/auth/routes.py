@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from monailabel.interfaces.utils.app import app_instance
 
 from ..errors import InvalidRequest, NotFound, Unauthorized
+from ..identifiers import check_user_name
 from .accounts import describe_user
 from .guard import COOKIE
 from .identity import caller, check_role
@@ -114,6 +115,7 @@ async def add_user(body: dict):
 @router.put("/users/{name}", summary="Change an account's password or role (admin)")
 async def update_user(name: str, body: dict):
     app = _app()
+    check_user_name(name)
     if not {"password", "role"} & set(body):
         raise InvalidRequest("send 'password' and/or 'role'")
     if "role" in body:
@@ -133,6 +135,7 @@ async def update_user(name: str, body: dict):
 
 @router.delete("/users/{name}", summary="Remove an account (admin)")
 async def remove_user(name: str):
+    check_user_name(name)
     await run_in_threadpool(_keep_an_admin, name)
     await run_in_threadpool(_app().auth.accounts.remove, name)
     return {"removed": name}

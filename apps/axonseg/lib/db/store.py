@@ -337,6 +337,18 @@ class Database:
                 query = query.where(Lease.client_id == client_id)
             s.execute(query)
 
+    def lease_holder(self, image_id: str) -> str | None:
+        """Who holds a live lease on ``image_id``, if anyone."""
+        with self.session() as s:
+            query = select(Lease.client_id).where(Lease.image_id == image_id, Lease.expires_at > utcnow())
+            return s.scalar(query)
+
+    def remove_label_version(self, row_id: int) -> None:
+        """Undo :meth:`add_label_version` whose label could not be written (nothing may point at a file that
+        does not hold it)."""
+        with self.session() as s, s.begin():
+            s.execute(delete(LabelVersion).where(LabelVersion.id == row_id))
+
     def leased_by_others(self, client_id: str) -> set[str]:
         """Images with a live lease held by anyone but ``client_id``."""
         with self.session() as s:

@@ -6,6 +6,7 @@ Job states are RQ's; :data:`MONAI_STATUS` maps them to the four MONAI Label repo
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from typing import Any
 
@@ -219,8 +220,9 @@ class JobClient:
             raise self._unavailable(e) from e
         return registries
 
-    def overview(self) -> dict[str, Any]:
-        """Per queue: its length, job counts and job ids by state; and the live workers."""
+    def overview(self, machine: bool = False) -> dict[str, Any]:
+        """Per queue: its length, job counts and job ids by state; and the live workers (``machine``: with
+        their host names and pids)."""
         queues = {}
         for name in self.queues:
             states = self.jobs_by_state(name)
@@ -229,7 +231,7 @@ class JobClient:
                 "counts": {k: len(v) for k, v in states.items()},
                 "jobs": states,
             }
-        return {"queues": queues, "workers": [describe_worker(w) for w in self.workers()]}
+        return {"queues": queues, "workers": [describe_worker(w, machine) for w in self.workers()]}
 
     # cancelling ----------------------------------------------------------------------------
     def cancel(self, job_id: str) -> Job | None:
@@ -251,11 +253,14 @@ class JobClient:
         return job
 
 
-def describe_worker(worker: Worker) -> dict[str, Any]:
+def describe_worker(worker: Worker, machine: bool = False) -> dict[str, Any]:
+    """A worker as the API shows it; ``machine``: with its host name and pid (for admins only)."""
+    where = {"hostname": worker.hostname, "pid": worker.pid} if machine else {}
+    # the default name holds the host name and pid too (lib.jobs.worker): others see a stable stand-in
+    name = worker.name if machine else "worker-" + hashlib.sha1(worker.name.encode()).hexdigest()[:10]
     return {
-        "name": worker.name,
-        "hostname": worker.hostname,
-        "pid": worker.pid,
+        "name": name,
+        **where,
         "queues": worker.queue_names(),
         "state": str(getattr(worker.state, "value", worker.state)),
         "current_job": worker.get_current_job_id(),
