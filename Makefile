@@ -13,7 +13,9 @@ $(BIN)/activate:
 
 # Re-installs whenever the project's dependency files change.
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/activate
-	$(BIN)/pip install --upgrade -c $(CONSTRAINTS) -e ".[test]"
+	# PIP_CONSTRAINT reaches the build environments too: sam2 (a monailabel dependency, an sdist) builds against
+	# the pinned CPU torch on disk, not a CUDA torch downloaded for the build.
+	PIP_CONSTRAINT=$(abspath $(CONSTRAINTS)) $(BIN)/pip install --upgrade -c $(CONSTRAINTS) -e ".[test]"
 	touch $@
 
 serve: $(VENV)/.installed
@@ -26,7 +28,8 @@ serve: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check apps tests benchmarks
-	$(BIN)/python -m pytest tests
+	# Two processes, a test file each at a time: most of a server test is waiting on its subprocesses.
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check apps tests benchmarks

@@ -20,6 +20,8 @@ Conf keys (``--conf key value``):
                      (default: the first model, axon)
     retrain_after_labels    queue a fine-tuning run of a structure after this many newly labelled regions
                      of it (default 3; 0 turns it off)
+    retrain_params   the options of those runs, as trainer option pairs (default: the trainer's own),
+                     e.g. max_epochs=2,iterations=40
     auto_scoring     queue scoring jobs at start-up for images without a fresh score (default false:
                      next-sample queues them when a score-ranked strategy first needs them)
     region_size      tile volumes larger than this into regions that annotators are handed one at a time,
@@ -69,7 +71,7 @@ from lib.configs.task_config import StructureTaskConfig
 from lib.datastore import DEFAULT_MAX_IMAGE_VOXELS, DEFAULT_MAX_VOXELS_IN_MEMORY, MicroscopyDatastore
 from lib.db.engine import database_url, upgrade
 from lib.db.store import Database
-from lib.errors import NotFound
+from lib.errors import AxonSegError, NotFound
 from lib.identifiers import log_safe
 from lib.jobs.client import JobClient
 from lib.jobs.training import TrainingRuns
@@ -128,6 +130,7 @@ class AxonSegApp(MONAILabelApp):
             self.training,
             int(conf.get("retrain_after_labels", 3)),
             {name: config.spec for name, config in self.task_configs.items()},
+            _retrain_params(conf.get("retrain_params"), self.trainers, self.task_configs),
         )
         self.scores = Scores(self.db, self.jobs, lambda: self.datastore(), list(self.task_configs))
         self.volume_jobs = VolumeJobs(
@@ -294,6 +297,26 @@ def _auth_wanted(conf_value: str | None, env_value: str | None) -> bool:
             f"{'on' if said['AXONSEG_AUTH'] else 'off'}; refusing to start until they agree (or one is unset)",
         )
     return any(said.values())
+
+
+def _retrain_params(text: str | None, trainers: dict, models: dict) -> dict:
+    """``--conf retrain_params max_epochs=2,iterations=40``: the options of automatic fine-tuning runs, checked
+    now by every model's trainer, so a bad value stops the start rather than each run. (``key=value`` pairs:
+    MONAI Label passes conf values through a shell, which would strip JSON's quotes.)"""
+    params: dict[str, str] = {}
+    for pair in filter(None, (text or "").split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise MONAILabelException(
+                MONAILabelError.APP_INIT_ERROR, f"--conf retrain_params takes key=value pairs, not {pair!r}"
+            )
+        params[key.strip()] = value.strip()
+    for model in models:
+        try:
+            trainers[model].resolve(params)
+        except AxonSegError as e:
+            raise MONAILabelException(MONAILabelError.APP_INIT_ERROR, f"--conf retrain_params: {e}") from e
+    return params
 
 
 def _region_size(text: str) -> tuple[int, int, int] | None:
