@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import tarfile
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import PASSWORD, ROOT, login
+from conftest import PASSWORD, ROOT, login, wait_for_job
 
 HOME_CACHE = Path.home() / ".cache" / "monailabel"
 # What other processes of the machine leave in /tmp: tempfile's names, browsers' profiles, bytecode.
@@ -508,9 +509,14 @@ def test_annotators_see_no_server_paths(serve_stack, url, headers, nothing_outsi
         requests.get(f"{url}/jobs/workers", headers=headers["ann"]),
         requests.get(f"{url}/jobs/", headers=headers["ann"]),
     ]
+    job = requests.post(f"{url}/batch/infer/axon", json={"images": ["trailmap_chunk"]}, headers=headers["tra"]).json()
+    wait_for_job(url, job["id"], headers=headers["ann"])
+    replies.append(requests.get(f"{url}/jobs/{job['id']}", headers=headers["ann"], timeout=30))
+    host = socket.gethostname()
     for reply in replies:
         assert reply.status_code == 200, reply.text
         assert workdir not in reply.text and "/views/" not in reply.text, reply.text[:500]
+        assert f'"{host}-' not in reply.text and f'"{host}"' not in reply.text, reply.text[:500]
         assert not re.search(r'"(hostname|pid)"', reply.text), reply.text[:500]
     admin_workers = requests.get(f"{url}/jobs/workers", headers=headers["admin"]).json()
     assert all("pid" in w for w in admin_workers)  # admins still see where workers run

@@ -157,14 +157,14 @@ def _blocks(db: Database, job_id: str, step: str = "predict"):
 def test_volume_job_survives_a_killed_worker_a_redis_and_api_restart_and_resumes_only_missing_blocks(
     isolated, tmp_path
 ):
-    """16 blocks on 2 workers. One worker is kill -9ed mid-block; then Redis (no persistence: the queue is
+    """8 blocks on 2 workers. One worker is kill -9ed mid-block; then Redis (no persistence: the queue is
     lost) and the API restart together. The API's start-up queues what is missing; blocks done before are
     never redone; the result equals one pass. Then: cancel, a block that fails twice, and its resumption."""
     redis, redis_url = _own_redis()
     try:
         srv = isolated(redis_url=redis_url, workers=("train", "train"), conf={"max_upload_mb": "64"})
         with h5py.File(shared_file("trailmap_example_chunk_unlabeled.h5")) as f:
-            volume = f["raw"][:128, :256, :256]  # a light-sheet brain chunk, 8.4 Mvox
+            volume = f["raw"][:64, :256, :256]  # a light-sheet brain chunk, 4.2 Mvox
         buffer = io.BytesIO()
         tifffile.imwrite(buffer, volume)
         added = requests.put(
@@ -177,7 +177,7 @@ def test_volume_job_survives_a_killed_worker_a_redis_and_api_restart_and_resumes
         db = Database(f"sqlite:///{srv.workdir}/axonseg.db")
         body = {"block_shape": [32, 128, 128], "blocks_per_job": 2, "sw_batch_size": 1}
         job = requests.post(f"{srv.url}/volumes/brainchunk/segment/axon", json=body, timeout=60).json()
-        assert job["progress"]["blocks_total"] == 16, job
+        assert job["progress"]["blocks_total"] == 8, job
 
         # 1. kill -9 the worker in the middle of a block
         wait_for(lambda: sum(b.status == "DONE" for b in _blocks(db, job["id"]).values()) >= 2, 300, "2 blocks done")
@@ -201,7 +201,7 @@ def test_volume_job_survives_a_killed_worker_a_redis_and_api_restart_and_resumes
         srv.workers.append(srv.add_worker("train"))  # a new worker joins (as a second machine would)
         # more blocks than the one batch (2 blocks) still running through the restart: queued again at start-up
         wait_for(
-            lambda: sum(b.status == "DONE" for b in _blocks(db, job["id"]).values()) >= len(before_restart) + 3,
+            lambda: sum(b.status == "DONE" for b in _blocks(db, job["id"]).values()) >= min(len(before_restart) + 3, 8),
             600,
             "blocks queued again by the API's start-up",
         )
@@ -223,11 +223,11 @@ def test_volume_job_survives_a_killed_worker_a_redis_and_api_restart_and_resumes
         assert stopped["status"] == "STOPPED"
         time.sleep(8)  # a batch that was running stops before its next block
         left = [b for b in _blocks(db, other["id"]).values() if b.status == "PENDING" and b.attempts == 0]
-        assert len(left) >= 8, [(b.index, b.status) for b in _blocks(db, other["id"]).values()]
+        assert len(left) >= 2, [(b.index, b.status) for b in _blocks(db, other["id"]).values()]
         assert not [j for j in requests.get(f"{srv.url}/jobs/", timeout=30).json()["queues"]["train"]["jobs"]["queued"]]
 
         # 4. a chunk that cannot be decoded: its block fails twice, the job fails naming it; fixed, it resumes
-        chunk = srv.workdir / "volumes" / "brainchunk.ome.zarr" / "0" / "3" / "1" / "1"
+        chunk = srv.workdir / "volumes" / "brainchunk.ome.zarr" / "0" / "1" / "1" / "1"
         good = chunk.read_bytes()
         chunk.write_bytes(b"not a blosc chunk" * 10)
         broken = requests.post(f"{srv.url}/volumes/brainchunk/segment/axon", json={**body, "threshold": 0.45}).json()

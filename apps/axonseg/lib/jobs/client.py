@@ -191,7 +191,7 @@ class JobClient:
             "state": str(status.value if hasattr(status, "value") else status),
             "status": MONAI_STATUS.get(status, "ERROR"),
             "position": self.position(job) if status == JobStatus.QUEUED else None,
-            "worker": job.worker_name,
+            "worker": worker_label(job.worker_name, caller().may("admin")),
             "enqueued_at": _ts(job.enqueued_at),
             "started_at": _ts(job.started_at),
             "ended_at": _ts(job.ended_at),
@@ -253,13 +253,19 @@ class JobClient:
         return job
 
 
+def worker_label(name: str | None, machine: bool) -> str | None:
+    """A worker's name, or (``machine`` False) a stable stand-in: the default name holds the host name and pid
+    (lib.jobs.worker), which are for admins."""
+    if name is None or machine:
+        return name
+    return "worker-" + hashlib.sha1(name.encode()).hexdigest()[:10]
+
+
 def describe_worker(worker: Worker, machine: bool = False) -> dict[str, Any]:
     """A worker as the API shows it; ``machine``: with its host name and pid (for admins only)."""
     where = {"hostname": worker.hostname, "pid": worker.pid} if machine else {}
-    # the default name holds the host name and pid too (lib.jobs.worker): others see a stable stand-in
-    name = worker.name if machine else "worker-" + hashlib.sha1(worker.name.encode()).hexdigest()[:10]
     return {
-        "name": name,
+        "name": worker_label(worker.name, machine),
         **where,
         "queues": worker.queue_names(),
         "state": str(getattr(worker.state, "value", worker.state)),
