@@ -29,7 +29,7 @@ serve: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/ruff check apps tests benchmarks
 	# Two processes, a test file each at a time: most of a server test is waiting on its subprocesses.
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check apps tests benchmarks

@@ -27,11 +27,11 @@ MAX_UPLOAD_MB = 8
 
 # The longest files first (seconds in one process on the 2-core CI machine, December 2026: activelearning 350,
 # jobs 550, volume_jobs 370, blockwise 200, pretraining_api 145), so that the two processes of `make test`
-# (pytest-xdist, a file each) finish together rather than one starting a long file at the end.
+# (pytest-xdist, a file each, --no-loadscope-reorder so this order holds) finish together rather than one
+# starting a long file at the end.
 _LONGEST_FIRST = [
     "test_jobs.py", "test_volume_jobs.py", "test_activelearning.py", "test_blockwise.py",
-    # test_auth before test_hostile_clients: on one process they share a stack, and the auth tests count regions
-    "test_pretraining_api.py", "test_auth.py", "test_hostile_clients.py", "test_ohif.py", "test_project.py",
+    "test_pretraining_api.py", "test_hostile_clients.py", "test_auth.py", "test_ohif.py", "test_project.py",
     "test_evaluate.py", "test_pretext.py", "test_slicer_client.py", "test_bad_input.py", "test_training.py",
 ]  # fmt: skip
 
@@ -273,10 +273,11 @@ PASSWORD = "annotate-all-day"
 USERS = {"ann": "annotator", "ann2": "annotator", "tra": "trainer", "tra2": "trainer", "victim": "annotator"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def serve_stack(tmp_path_factory):
-    """One ``AXONSEG_AUTH=on make serve`` stack for the tests of users, roles and hostile clients (embedded Redis 6.2,
-    SQLite): a small upload limit, quota and lease cap so those limits are cheap to reach."""
+    """An ``AXONSEG_AUTH=on make serve`` stack (embedded Redis 6.2, SQLite) for the tests of users, roles and
+    hostile clients, one per module (the auth tests count regions that the red team leases): a small upload
+    limit, quota and lease cap, so those limits are cheap to reach."""
     conf = {"max_leases_per_user": "2", "upload_quota_gb": "0.0015", "token_ttl_h": "1", "retrain_after_labels": "0"}
     stack = EmbeddedStack(
         tmp_path_factory.mktemp("serve-auth") / "work",
@@ -297,7 +298,7 @@ def login(srv, name: str, password: str = PASSWORD) -> dict[str, str]:
     return {"Authorization": f"Bearer {body['access_token']}"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def headers(serve_stack) -> dict[str, dict[str, str]]:
     """Each user's Authorization header on :func:`serve_stack` (the admin creates the users over the API)."""
     admin = login(serve_stack, "admin", ADMIN_PASSWORD)
