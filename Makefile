@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 include server_config/embedded.mk
-# CPU pins by default; see README "GPU install" for CUDA machines.
+# CPU pins by default; see docs/deployment.md, "GPU install", for CUDA machines.
 CONSTRAINTS ?= requirements/constraints-cpu.txt
 BIN := $(VENV)/bin
 

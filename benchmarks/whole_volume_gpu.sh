@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figure of benchmarks/whole_volume.py as one short run for a lent accelerator (README "Whole volumes"):
+# The GPU figure of benchmarks/whole_volume.py as one short run for a lent accelerator (docs/whole-volumes.md):
 # installs from the project's files, runs the overhead part on CUDA with bfloat16 autocast, copies the report
 # to $OUT. Needs the TRAILMAP chunk: AXONSEG_SHARED_DATA=<folder with trailmap_example_chunk_unlabeled.h5>.
 set -euo pipefail
