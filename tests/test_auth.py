@@ -24,7 +24,7 @@ def _stock_app_with_our_routes():
     """The FastAPI app as the server builds it: MONAI Label's routes with ours in front."""
     from monailabel.app import app
 
-    from lib.routes import replace_routes
+    from lib.api.install import replace_routes
 
     if not getattr(app.state, "axonseg_test_routes", False):
         replace_routes(app)
@@ -265,8 +265,8 @@ def test_internal_errors_show_a_request_id_not_the_exception(caplog):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
+    from lib.api.install import install_http_guards
     from lib.auth.guard import Authenticator
-    from lib.server import install_http_guards
 
     app = FastAPI()
 
@@ -275,7 +275,7 @@ def test_internal_errors_show_a_request_id_not_the_exception(caplog):
         raise RuntimeError("secret detail /etc/axonseg/db-password")
 
     install_http_guards(app, 10**6, Authenticator("off"))
-    with caplog.at_level(logging.ERROR, logger="lib.server"):
+    with caplog.at_level(logging.ERROR, logger="lib.api.install"):
         reply = TestClient(app, raise_server_exceptions=False).get("/boom")
     assert reply.status_code == 500
     detail = reply.json()["detail"]

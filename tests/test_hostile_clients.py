@@ -207,8 +207,8 @@ def test_redis_trouble_answers_503_without_what_redis_said():
     from fastapi.testclient import TestClient
     from redis.exceptions import ResponseError
 
+    from lib.api.install import install_http_guards
     from lib.auth.guard import Authenticator
-    from lib.server import install_http_guards
 
     app = FastAPI()
 
@@ -466,18 +466,17 @@ def test_axonseg_auth_in_the_environment_turns_auth_on_under_make_serve(serve_st
     [(None, None, False), ("on", None, True), (None, "on", True), ("off", "off", False), ("on", "yes", True)],
 )
 def test_auth_mode_from_conf_and_environment(conf, env, wanted):
-    from main import _auth_wanted
+    from lib.settings import auth_wanted
 
-    assert _auth_wanted(conf, env) is wanted
+    assert auth_wanted(conf, env) is wanted
 
 
 @pytest.mark.parametrize("conf, env", [("off", "on"), ("on", "off"), ("maybe", None), (None, "enabled\n")])
 def test_auth_settings_that_disagree_stop_the_server(conf, env):
-    from main import _auth_wanted
-    from monailabel.interfaces.exception import MONAILabelException
+    from lib.settings import SettingsError, auth_wanted
 
-    with pytest.raises(MONAILabelException, match="refusing to start|must be on or off"):
-        _auth_wanted(conf, env)
+    with pytest.raises(SettingsError, match="refusing to start|must be on or off"):  # main: APP_INIT_ERROR
+        auth_wanted(conf, env)
 
 
 # --- 10, 15: leases and records are the server's; annotators see no server paths -----------------------

@@ -412,8 +412,8 @@ def test_train_all_takes_options_for_every_model_and_per_model():
 
 
 def test_a_run_stored_with_nan_is_still_a_json_reply():
+    from lib.api.train import train_task as _train_task
     from lib.db.models import TrainingRun
-    from lib.routes import _train_task
 
     nan, inf = float("nan"), float("inf")
     run = TrainingRun(

@@ -137,9 +137,9 @@ def test_content_type_is_checked_alone(content_type, error):
 def stow(tmp_path, monkeypatch):
     """A client of the STOW-RS route alone, behind the upload limit (1 MB), storing nothing: its ``_stow`` parses
     the saved body and answers the SOP instance UIDs."""
-    from lib.dicomweb import routes
+    from lib.api import dicomweb as routes
+    from lib.api.install import UploadLimit, _axonseg_error
     from lib.dicomweb.seg import stow_instances
-    from lib.server import UploadLimit, _axonseg_error
 
     def fake_stow(path: str, content_type: str, study_uid: str | None) -> JSONResponse:
         assert os.path.isfile(path) and path.startswith(str(tmp_path / "uploads"))
@@ -149,9 +149,10 @@ def stow(tmp_path, monkeypatch):
         return JSONResponse([str(ds.SOPInstanceUID) for ds in instances])
 
     monkeypatch.delenv("AXONSEG_DICOMWEB_URL", raising=False)
-    monkeypatch.setattr(routes, "_app", lambda: SimpleNamespace(conf={"workdir": str(tmp_path)}, min_free_bytes=0))
-    monkeypatch.setattr(routes, "_stow", fake_stow)
+    monkeypatch.setattr(routes, "DicomWeb", lambda *args: SimpleNamespace(stow=fake_stow))
     app = FastAPI()
+    settings = SimpleNamespace(workdir=str(tmp_path), min_free_bytes=0, dicomweb_url=None, max_voxels_in_memory=1)
+    app.state.services = SimpleNamespace(settings=settings, db=None, datastore=None, dicom_frames=None)
     app.include_router(routes.router)
     app.add_exception_handler(AxonSegError, _axonseg_error)
     app.add_middleware(UploadLimit, max_bytes=1 << 20)
@@ -164,7 +165,7 @@ def _post(client: TestClient, content, content_type: str = CONTENT_TYPE):
 
 
 def test_route_refuses_a_wrong_content_type_before_reading_the_body(stow, tmp_path, monkeypatch):
-    from lib.dicomweb import routes
+    from lib.api import dicomweb as routes
 
     async def never(*args, **kwargs):
         pytest.fail("the body was read")
@@ -187,7 +188,7 @@ def test_route_streams_parses_and_removes_the_body(stow, tmp_path):
 
 
 def test_route_over_the_upload_limit_is_413_and_leaves_nothing(stow, tmp_path, monkeypatch):
-    from lib.dicomweb import routes
+    from lib.api import dicomweb as routes
 
     streamed = []
 

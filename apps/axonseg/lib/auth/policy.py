@@ -83,7 +83,7 @@ RULES: list[tuple[tuple[str, ...], str, str]] = [
     (("PUT", "DELETE"), "/users/{name}", ADMIN),
 ]
 
-# MONAI Label's own routes that stay, each with the reason; lib.routes.replace_routes removes every other stock
+# MONAI Label's own routes that stay, each with the reason; lib.api.install.replace_routes removes every other stock
 # route from the app (404, absent from /openapi.json), so an inherited route is served only if it is listed here
 # (and covered by a rule above). Everything else a client reaches is axonseg's own, re-implemented and tested.
 INHERITED: dict[str, tuple[tuple[str, ...], str]] = {

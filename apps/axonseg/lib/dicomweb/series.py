@@ -16,6 +16,7 @@ RescaleSlope/Intercept giving back the stored values (to 1/65535 of the image's 
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections import OrderedDict
@@ -312,3 +313,24 @@ class FrameCache:
             while self._bytes > self.max_bytes and len(self._frames) > 1:
                 _, dropped = self._frames.popitem(last=False)
                 self._bytes -= len(dropped)
+
+
+_UID_LIST = re.compile(r"^\d+(\.\d+)+$")
+
+
+def series_region(db: Any, image: str, max_voxels: int) -> str | None:
+    """The region id a DICOM series UID stands for (what OHIF's panel sends as the image), else None."""
+    if not _UID_LIST.match(image) or db.region(image) is not None:  # an image may be named "1.2"
+        return None
+    series = Catalog.of(db, max_voxels).by_series_uid(image)
+    if series is None:
+        raise NotFound(f"no series '{image}' in the datastore")
+    return series.region_id
+
+
+def uids_of(db: Any, region_id: str) -> dict[str, str]:
+    """The study and series UIDs of a region (added to next-sample replies, which OHIF opens by study)."""
+    region = db.region(region_id)
+    if region is None:
+        return {}
+    return {"StudyInstanceUID": uid_for("image", region.image_id), "SeriesInstanceUID": uid_for("region", region.id)}

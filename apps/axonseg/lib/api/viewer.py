@@ -11,7 +11,7 @@ open; ``state/1`` and ``action/1`` accept the client's updates without keeping t
 view is in its URL; the server's data is read-only).
 
 The viewer is served from this origin, so it needs no cross-origin access; a lab's own neuroglancer on
-another origin is let in only if it is listed in ``MONAI_LABEL_CORS_ORIGINS`` (``lib.server.cors_settings``).
+another origin is let in only if it is listed in ``MONAI_LABEL_CORS_ORIGINS`` (``lib.api.install.cors_settings``).
 A missing chunk is a 404, which neuroglancer reads as empty (the store skips empty chunks).
 """
 
@@ -22,30 +22,24 @@ import importlib.util
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
-from monailabel.interfaces.utils.app import app_instance
 
-from .datastore import check_image_id
-from .errors import NotFound
-from .identifiers import log_safe
-from .jobs.volume import output_folder
-from .transforms.intensity import IntensityStats
-from .volumes.outputs import OUTPUTS
-
-if TYPE_CHECKING:
-    from main import AxonSegApp
+from ..datastore import check_image_id
+from ..errors import NotFound
+from ..identifiers import log_safe
+from ..jobs.volume import output_folder
+from ..services import Services
+from ..transforms.intensity import IntensityStats
+from ..volumes.outputs import OUTPUTS
+from .common import Svc
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 NO_CACHE = {"Cache-Control": "no-cache"}
-
-
-def _app() -> AxonSegApp:
-    return app_instance()
 
 
 def client_dir() -> str:
@@ -67,28 +61,27 @@ def _file_inside(root: str, path: str) -> str:
     return full
 
 
-def _image_root(image_id: str, path: str) -> tuple[str, str]:
+def _image_root(svc: Services, image_id: str, path: str) -> tuple[str, str]:
     """The folder a ``/zarr/{image}/{path}`` request reads from, and the path inside it."""
-    app = _app()
-    image = app.db.image(check_image_id(image_id))
+    image = svc.db.image(check_image_id(image_id))
     if image is None or not image.storage_uri:
         raise NotFound(f"image '{image_id}' is not in the volume store")
     parts = path.split("/")
     if parts[0] == "outputs":
         if len(parts) < 3:
             raise NotFound("ask for /zarr/{image}/outputs/{model}/...")
-        folder = output_folder(app.db, image.id, parts[1])
+        folder = output_folder(svc.db, image.id, parts[1])
         if folder is None:
             raise NotFound(f"no finished whole-volume job of '{parts[1]}' on '{image_id}'")
         return folder, "/".join(parts[2:])
     if parts[0] == "raw" and image.registered:  # a registered Zarr/N5 is read where it lies
         return os.path.join(image.storage_uri, image.dataset or ""), "/".join(parts[1:])
-    return app.datastore().store.group_path(image.id), path
+    return svc.datastore.store.group_path(image.id), path
 
 
 @router.get("/zarr/{image}/{path:path}", summary="The image's and its outputs' Zarr files (read-only)")
-def zarr_file(image: str, path: str):
-    root, inner = _image_root(image, path)
+def zarr_file(svc: Svc, image: str, path: str):
+    root, inner = _image_root(svc, image, path)
     try:
         full = _file_inside(root, inner)
     except NotFound:
@@ -117,8 +110,8 @@ def viewer_client(image: str, token: str, path: str):
 
 
 @router.get("/viewer/{image}/events/{token}", include_in_schema=False)
-async def viewer_events(image: str, token: str, request: Request):
-    state = await run_in_threadpool(viewer_state, image, str(request.base_url).rstrip("/"))
+async def viewer_events(svc: Svc, image: str, token: str, request: Request):
+    state = await run_in_threadpool(viewer_state, svc, image, str(request.base_url).rstrip("/"))
 
     async def stream():
         yield f"data: {json.dumps({'k': 's', 's': state, 'g': '1'})}\n\n"
@@ -147,18 +140,17 @@ def _contrast(image) -> dict[str, Any]:
     }
 
 
-def viewer_state(image_id: str, base_url: str) -> dict[str, Any]:
+def viewer_state(svc: Services, image_id: str, base_url: str) -> dict[str, Any]:
     """Neuroglancer's state: the image, each finished output and each label array, at the voxel size."""
-    app = _app()
-    image = app.db.image(check_image_id(image_id))
+    image = svc.db.image(check_image_id(image_id))
     if image is None or not image.storage_uri:
         raise NotFound(f"image '{image_id}' is not in the volume store")
     size = image.voxel_size_um or [1.0, 1.0, 1.0]
     zarr = f"zarr://{base_url}/zarr/{image.id}"
     raw = f"{zarr}/raw/" if image.registered else f"{zarr}/"
     layers: list[dict[str, Any]] = [{"type": "image", "source": raw, "name": image.id, **_contrast(image)}]
-    for model in app.task_configs:
-        if output_folder(app.db, image.id, model) is None:
+    for model in svc.task_configs:
+        if output_folder(svc.db, image.id, model) is None:
             continue
         for name in OUTPUTS:
             kind = "image" if name == "probabilities" else "segmentation"
@@ -167,7 +159,7 @@ def viewer_state(image_id: str, base_url: str) -> dict[str, Any]:
                 layer["shader"] = "void main() { emitRGB(vec3(toNormalized(getDataValue()), 0.0, 0.0)); }"
                 layer["blend"] = "additive"
             layers.append(layer)
-    labels = os.path.join(app.datastore().store.group_path(image.id), "labels")
+    labels = os.path.join(svc.datastore.store.group_path(image.id), "labels")
     for name in sorted(os.listdir(labels)) if os.path.isdir(labels) else []:
         if os.path.isfile(os.path.join(labels, name, "0", ".zarray")):
             layers.append({"type": "segmentation", "source": f"{zarr}/labels/{name}/", "name": f"label {name}"})

@@ -17,55 +17,50 @@ Not served in ``oidc`` mode: MONAI Label's own ``/auth/`` routes talk to Keycloa
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from monailabel.interfaces.utils.app import app_instance
 
+from ..auth.accounts import describe_user
+from ..auth.guard import COOKIE
+from ..auth.identity import caller, check_role
+from ..db.store import Database
 from ..errors import InvalidRequest, NotFound, Unauthorized
 from ..identifiers import check_user_name
-from .accounts import describe_user
-from .guard import COOKIE
-from .identity import caller, check_role
-
-if TYPE_CHECKING:
-    from main import AxonSegApp
+from .common import Svc
 
 router = APIRouter()
 
 
-def _app() -> AxonSegApp:
-    return app_instance()
-
-
 @router.get("/auth/", summary="Is login required (MONAI Label's shape: the Slicer plugin asks this first)")
-async def auth_enabled():
-    return {"enabled": _app().auth.enabled, "client_id": None, "realm": None}
+async def auth_enabled(svc: Svc):
+    return {"enabled": svc.auth.enabled, "client_id": None, "realm": None}
 
 
 @router.post("/auth/token", summary="Log in: OAuth2 password flow, returns a bearer token")
 async def access_token(
+    svc: Svc,
     request: Request,
     username: str = Form(...),
     password: str = Form(...),
     grant_type: str | None = Form(None),
     next: str | None = Form(None),
 ):
-    app = _app()
-    if not app.auth.enabled:
+    auth, throttle = svc.auth, svc.login_throttle
+    if not auth.enabled:
         raise InvalidRequest("auth is off on this server: requests need no token")
     if grant_type not in (None, "", "password"):
         raise InvalidRequest(f"grant_type must be 'password', not {grant_type!r}")
     address = request.client.host if request.client else "unknown"
-    await run_in_threadpool(app.login_throttle.check, username, address)
-    identity = await run_in_threadpool(app.auth.accounts.verify, username, password)
+    await run_in_threadpool(throttle.check, username, address)
+    identity = await run_in_threadpool(auth.accounts.verify, username, password)
     if identity is None:
-        await run_in_threadpool(app.login_throttle.failed, username, address)
+        await run_in_threadpool(throttle.failed, username, address)
         raise Unauthorized("wrong user name or password")
-    token = app.auth.issuer.issue(identity.name, identity.role)
-    ttl = int(app.auth.issuer.ttl_s)
+    token = auth.issuer.issue(identity.name, identity.role)
+    ttl = int(auth.issuer.ttl_s)
     if next is not None:
         target = next if next.startswith("/") and not next.startswith("//") else "/"  # only this server's pages
         response: Any = RedirectResponse(target, status_code=303)
@@ -99,13 +94,13 @@ def _body_text(body: dict[str, Any], key: str) -> str:
 
 
 @router.get("/users/", summary="Accounts (admin)")
-async def list_users():
-    return [describe_user(u) for u in await run_in_threadpool(_app().db.users)]
+async def list_users(svc: Svc):
+    return [describe_user(u) for u in await run_in_threadpool(svc.db.users)]
 
 
 @router.post("/users/", summary="Add an account (admin)", status_code=201)
-async def add_user(body: dict):
-    accounts = _app().auth.accounts
+async def add_user(svc: Svc, body: dict):
+    accounts = svc.auth.accounts
     user = await run_in_threadpool(
         accounts.add, _body_text(body, "name"), _body_text(body, "password"), _body_text(body, "role")
     )
@@ -113,8 +108,7 @@ async def add_user(body: dict):
 
 
 @router.put("/users/{name}", summary="Change an account's password or role (admin)")
-async def update_user(name: str, body: dict):
-    app = _app()
+async def update_user(svc: Svc, name: str, body: dict):
     check_user_name(name)
     if not {"password", "role"} & set(body):
         raise InvalidRequest("send 'password' and/or 'role'")
@@ -125,23 +119,23 @@ async def update_user(name: str, body: dict):
         except ValueError as e:
             raise InvalidRequest(str(e)) from e
         if role != "admin":
-            await run_in_threadpool(_keep_an_admin, name)
-        if await run_in_threadpool(lambda: app.db.update_user(name, role=role)) is None:
+            await run_in_threadpool(_keep_an_admin, svc.db, name)
+        if await run_in_threadpool(lambda: svc.db.update_user(name, role=role)) is None:
             raise NotFound(f"no user '{name}'")
     if "password" in body:
-        await run_in_threadpool(app.auth.accounts.set_password, name, _body_text(body, "password"))
-    return describe_user(await run_in_threadpool(app.db.user, name))
+        await run_in_threadpool(svc.auth.accounts.set_password, name, _body_text(body, "password"))
+    return describe_user(await run_in_threadpool(svc.db.user, name))
 
 
 @router.delete("/users/{name}", summary="Remove an account (admin)")
-async def remove_user(name: str):
+async def remove_user(svc: Svc, name: str):
     check_user_name(name)
-    await run_in_threadpool(_keep_an_admin, name)
-    await run_in_threadpool(_app().auth.accounts.remove, name)
+    await run_in_threadpool(_keep_an_admin, svc.db, name)
+    await run_in_threadpool(svc.auth.accounts.remove, name)
     return {"removed": name}
 
 
-def _keep_an_admin(name: str) -> None:
-    admins = [u.name for u in _app().db.users() if u.role == "admin"]
+def _keep_an_admin(db: Database, name: str) -> None:
+    admins = [u.name for u in db.users() if u.role == "admin"]
     if admins == [name]:
         raise InvalidRequest(f"'{name}' is the only admin; make another admin first")

@@ -1,8 +1,10 @@
-"""HTTP hardening for the MONAI Label FastAPI server: the auth guard, clear 4xx errors, 500s that show a
-request id rather than the exception, and an upload size limit.
+"""Every touch of FastAPI's, Starlette's and MONAI Label's internals, in one place (the next monailabel upgrade
+changes this file): :func:`install` puts the services on the running app, our routes ahead of MONAI Label's with
+every stock route off the allow-list removed, and the HTTP guards (the auth guard, clear 4xx errors, 500s that show a
+request id rather than the exception, and an upload size limit).
 
-monailabel builds its FastAPI app before it loads ours, so these are attached to the running app
-once, when the server switches the app into server mode.
+monailabel builds its FastAPI app before it loads ours, so all of it is attached to the running app once, when the
+server switches the app into server mode.
 """
 
 from __future__ import annotations
@@ -20,11 +22,36 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth.guard import Authenticator, AuthGuard, monai_label_user
-from .errors import AxonSegError
-from .identifiers import escape_log_lines, log_safe
+from ..auth.guard import Authenticator, AuthGuard, monai_label_user
+from ..auth.policy import inherited
+from ..errors import AxonSegError
+from ..identifiers import escape_log_lines, log_safe
+from ..services import Services
+from . import activelearning, datastore, dicomweb, infer, jobs, labels, models, scoring, train, users, viewer, volumes
 
 logger = logging.getLogger(__name__)
+
+# Ours, in front of MONAI Label's; users (the built-in /auth/ and /users/) only where MONAI Label's OIDC is off.
+ROUTERS = [
+    infer.router,
+    train.router,
+    models.router,
+    scoring.router,
+    jobs.router,
+    labels.router,
+    datastore.router,
+    activelearning.router,
+    volumes.router,
+    viewer.router,
+    dicomweb.router,
+]
+
+
+def install(app: FastAPI, services: Services) -> None:
+    """Serve axonseg on MONAI Label's running FastAPI ``app``: services, guards and routes (idempotent)."""
+    app.state.services = services
+    install_http_guards(app, services.settings.max_upload_bytes, services.auth)
+    replace_routes(app, with_login=services.auth.mode != "oidc")
 
 
 class UploadLimit:
@@ -169,3 +196,34 @@ def cors_settings() -> dict[str, Any]:
         "allow_methods": ["*"],
         "allow_headers": ["*"],
     }
+
+
+def replace_routes(app: FastAPI, with_login: bool = True) -> None:
+    """Serve our routes ahead of MONAI Label's, and remove every stock route that is not on the allow-list
+    (:data:`~lib.auth.policy.INHERITED`): a request for one gets 404 and it is absent from /openapi.json.
+    ``with_login``: our ``/auth/`` and ``/users/`` (not in OIDC mode, where MONAI Label's ``/auth/`` talks to
+    Keycloak)."""
+
+    def keep_inherited(routes: list[Any], prefix: str) -> list[Any]:
+        kept = []
+        for route in routes:
+            if hasattr(route, "original_router"):  # an included router: filter its own list in place
+                inner = route.original_router
+                inner.routes[:] = keep_inherited(inner.routes, prefix + route.include_context.prefix)
+                getattr(inner, "_mark_routes_changed", lambda: None)()  # FastAPI caches what it dispatches to
+                kept.append(route)
+            elif getattr(route, "methods", None):
+                if all(inherited(method, prefix + route.path) for method in route.methods):
+                    kept.append(route)
+            elif inherited("GET", prefix + route.path.rstrip("/") + "/{path:path}"):  # a mount (static files)
+                kept.append(route)
+        return kept
+
+    app.router.routes[:] = keep_inherited(app.router.routes, "")
+    for extra in ROUTERS + ([users.router] if with_login else []):
+        count = len(app.router.routes)
+        app.include_router(extra)
+        added = app.router.routes[count:]
+        del app.router.routes[count:]
+        app.router.routes[0:0] = added
+    app.openapi_schema = None  # rebuilt from the routes now served
