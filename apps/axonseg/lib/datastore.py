@@ -44,10 +44,10 @@ from .errors import InvalidRequest, NotFound, UploadTooLarge, VolumeError
 from .identifiers import check_name, safe_join
 from .params import Range
 from .transforms.intensity import IntensityStats, StatsAccumulator
-from .transforms.io import Volume, remove_path, volume_format, write_volume
+from .transforms.io import Volume, remove_path, write_volume
+from .volumes.formats import VolumeSource, open_source, volume_format
 from .volumes.regions import Roi, align, grid, needs_regions
 from .volumes.regions import region_id as make_region_id
-from .volumes.sources import VolumeSource, open_source
 from .volumes.store import DEFAULT_CHUNKS, StoredImage, VolumeStore, chunks_for, tiles
 
 logger = logging.getLogger(__name__)

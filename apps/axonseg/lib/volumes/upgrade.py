@@ -25,8 +25,8 @@ import shutil
 from typing import TYPE_CHECKING
 
 from ..errors import AxonSegError
+from .formats import open_source
 from .regions import Roi
-from .sources import open_source
 
 if TYPE_CHECKING:
     from ..datastore import MicroscopyDatastore
