@@ -9,7 +9,7 @@ Inputs are real: the TRAILMAP light-sheet chunk (``trailmap_example_chunk_unlabe
 - overhead (one process, this machine's threads): the same axon U-Net on the same volume, four ways:
   the raw forward pass over exactly the windows the blocks run; the raw forward pass over one pass's
   windows; MONAI's ``sliding_window_inference`` on the whole volume in RAM plus the threshold (the stock
-  path); and ``lib.volumes.blockwise.segment_volume`` reading the OME-Zarr store (read, normalise,
+  path); and ``lib.volumes.blocks.steps.segment_volume`` reading the OME-Zarr store (read, normalise,
   windows, blend, labels, stitching, relabelling, pyramids).
 - scaling (processes): the real stack (API, Redis, N train workers of one torch thread each); the time
   from ``POST /volumes/.../segment/axon`` to DONE with 1 and 2 workers, peak RSS of the API and of each
@@ -128,9 +128,10 @@ def part_overhead(args, results: dict) -> None:
     from monai.inferers import sliding_window_inference
 
     from lib.transforms.intensity import normalize
-    from lib.volumes.blockwise import BlockPlan, Postprocess, segment_volume
+    from lib.volumes.blocks.plan import BlockPlan, Postprocess
+    from lib.volumes.blocks.steps import segment_volume
+    from lib.volumes.blocks.windows import WindowLattice
     from lib.volumes.outputs import VolumeOutput
-    from lib.volumes.windows import WindowLattice
 
     torch.set_num_threads(args.threads)
     shape = tuple(args.overhead_shape)
@@ -355,7 +356,8 @@ def memory_child(shape, light: bool, scratch: str, threads: int) -> None:
     import zarr
 
     from lib.transforms.intensity import normalize
-    from lib.volumes.blockwise import BlockPlan, Postprocess, segment_volume
+    from lib.volumes.blocks.plan import BlockPlan, Postprocess
+    from lib.volumes.blocks.steps import segment_volume
     from lib.volumes.outputs import VolumeOutput
 
     torch.set_num_threads(threads)

@@ -14,10 +14,11 @@ from lib.configs.registry import init_task_configs
 from lib.infers.postprocessing import postprocess
 from lib.infers.predict import sliding_window_probabilities
 from lib.transforms.intensity import intensity_stats, normalize
-from lib.volumes.blockwise import BlockPlan, Postprocess, segment_volume
+from lib.volumes.blocks.plan import BlockPlan, Postprocess
+from lib.volumes.blocks.steps import segment_volume
+from lib.volumes.blocks.windows import WindowLattice, block_logits, probabilities, read_padded
 from lib.volumes.outputs import VolumeOutput
 from lib.volumes.regions import Roi, grid
-from lib.volumes.windows import WindowLattice, block_logits, probabilities, read_padded
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from lib.db.engine import upgrade
 from lib.db.store import Database
 from lib.errors import InvalidRequest, NotFound, UploadTooLarge, VolumeError
 from lib.transforms.intensity import IntensityStats, intensity_stats, normalize
-from lib.transforms.io import FORMATS, Volume, read_volume, write_volume
+from lib.transforms.io import Volume, read_volume, write_volume
+from lib.volumes.formats import FORMATS
 from lib.volumes.regions import Roi
 
 EM_SPACING = (0.05, 0.004, 0.004)

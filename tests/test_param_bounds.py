@@ -23,7 +23,7 @@ from lib.jobs.training import TrainingRuns
 from lib.params import MAX_LIST_ITEMS, Range, boolean, string_list, text
 from lib.trainers.pretrain_task import PRETRAIN_TRAINER, PretrainTrainer
 from lib.trainers.task import SegmentationTrainer
-from lib.volumes.blockwise import BLOCKS_PER_JOB, MAX_BLOCK_MVOX, SW_BATCH_SIZE, VolumeRequest
+from lib.volumes.blocks.plan import BLOCKS_PER_JOB, MAX_BLOCK_MVOX, SW_BATCH_SIZE, VolumeRequest
 
 WRONG_TYPES = ["abc", "", [0.5], {"value": 1}, True, None, float("nan"), float("inf"), "nan", "1e400"]
 AXON = SPECS["axon"]

@@ -20,7 +20,7 @@ from PIL import Image
 
 from lib.errors import UploadTooLarge, VolumeError
 from lib.transforms.io import Volume, read_volume, write_volume
-from lib.volumes.sources import VolumeSource, full_roi, open_source
+from lib.volumes.formats import VolumeSource, full_roi, open_source
 
 SPACING = (0.05, 0.004, 0.004)  # ISBI 2012 ssTEM: 50 nm z, 4 nm xy, in µm
 ROIS = [
@@ -286,7 +286,7 @@ def test_header_components_count_toward_the_limit(tmp_path, monkeypatch, make):
 
 @pytest.mark.parametrize("name", ["a\x00b.nrrd", "a\nb.nii.gz", "a\x1bb.nrrd", "a\x7fb.nii"])
 def test_control_characters_in_a_path_are_a_clear_refusal(tmp_path, name):
-    from lib.volumes.sources import NiftiSource, NrrdSource
+    from lib.volumes.formats import NiftiSource, NrrdSource
 
     reader = NrrdSource if name.endswith(".nrrd") else NiftiSource
     if "\x00" not in name:

@@ -15,7 +15,8 @@ from lib.infers.postprocessing import postprocess, resolve, structure_label, str
 from lib.infers.tracing import SectionLinks, link_sections, name_tracks, section_segments, trace
 from lib.metrics import segmentation_scores
 from lib.transforms.io import Volume, read_volume, write_volume
-from lib.volumes.blockwise import BlockPlan, Postprocess, segment_volume
+from lib.volumes.blocks.plan import BlockPlan, Postprocess
+from lib.volumes.blocks.steps import segment_volume
 from lib.volumes.outputs import VolumeOutput
 
 SSTEM = (50.0, 5.0, 5.0)

@@ -44,10 +44,10 @@ from .errors import InvalidRequest, NotFound, UploadTooLarge, VolumeError
 from .identifiers import check_name, safe_join
 from .params import Range
 from .transforms.intensity import IntensityStats, StatsAccumulator
-from .transforms.io import Volume, remove_path, volume_format, write_volume
+from .transforms.io import Volume, remove_path, write_volume
+from .volumes.formats import VolumeSource, open_source, volume_format
 from .volumes.regions import Roi, align, grid, needs_regions
 from .volumes.regions import region_id as make_region_id
-from .volumes.sources import VolumeSource, open_source
 from .volumes.store import DEFAULT_CHUNKS, StoredImage, VolumeStore, chunks_for, tiles
 
 logger = logging.getLogger(__name__)
@@ -417,7 +417,7 @@ class MicroscopyDatastore(Datastore):
     def read_region(self, region_id: str, context: tuple[int, int, int] = (0, 0, 0)) -> RegionData:
         """A region (or a whole image) with ``context`` voxels around it, clipped to the image."""
         region, image = self._region_or_whole(region_id)
-        region_roi = Roi(tuple(region.offset), tuple(region.shape))  # type: ignore[arg-type]
+        region_roi = Roi.of(region)
         read_roi = region_roi.grow(context, tuple(image.shape))  # type: ignore[arg-type]
         if read_roi.size > self.max_voxels_in_memory:
             raise UploadTooLarge(
@@ -451,7 +451,7 @@ class MicroscopyDatastore(Datastore):
         region, image = self._region_or_whole(image_id)  # an image split into regions may be asked for whole
         path = os.path.join(self.views_path, f"{region.id}.nrrd")
         if not os.path.exists(path):
-            roi = Roi(tuple(region.offset), tuple(region.shape))  # type: ignore[arg-type]
+            roi = Roi.of(region)
             if roi.size > self.max_voxels_in_memory:
                 raise UploadTooLarge(
                     f"'{image_id}' is {roi.size / 1e9:.2f} Gvox, more than one view may hold "
@@ -653,7 +653,7 @@ class MicroscopyDatastore(Datastore):
     ) -> LabelVersion:
         """One label version: its own file, its row, then the label array (which holds the latest)."""
         array = np.asarray(array, dtype=np.uint32)
-        roi = Roi(tuple(region.offset), tuple(region.shape))  # type: ignore[arg-type]
+        roi = Roi.of(region)
         folder = safe_join(self.versions_path, region.id, structure, tag)  # the names again, where they become a path
         os.makedirs(folder, exist_ok=True)
         kept = os.path.join(folder, f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.nrrd")
@@ -698,7 +698,7 @@ class MicroscopyDatastore(Datastore):
         region, image = self.region_and_image(region_id)
         if self.db.label_version(region.id, structure, tag) is None:
             return None
-        roi = Roi(tuple(region.offset), tuple(region.shape))  # type: ignore[arg-type]
+        roi = Roi.of(region)
         return self.store.read_label(image.id, self._array_name(structure, tag), roi)
 
     def latest_structure(self, region_id: str, tag: str) -> str | None:

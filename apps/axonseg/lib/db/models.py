@@ -168,7 +168,7 @@ class VolumeJob(Base):
     model: Mapped[str] = mapped_column(String(64), index=True)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)  # post-processing and infer options, resolved
-    plan: Mapped[dict[str, Any]] = mapped_column(JSON)  # lib.volumes.blockwise.BlockPlan
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)  # lib.volumes.blocks.plan.BlockPlan
     folder: Mapped[str] = mapped_column(Text)  # lib.volumes.outputs.VolumeOutput
     step: Mapped[str] = mapped_column(String(16))  # predict, stitch, relabel, pyramid, done
     status: Mapped[str] = mapped_column(String(16))  # RUNNING, DONE, FAILED, CANCELLED

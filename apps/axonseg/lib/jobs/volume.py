@@ -42,15 +42,8 @@ from ..errors import InvalidRequest, NotFound
 from ..infers.predict import resampling_zoom
 from ..machine import default_device
 from ..transforms.intensity import IntensityStats, normalize
-from ..volumes.blockwise import (
-    BlockPlan,
-    Postprocess,
-    VolumeRequest,
-    build_pyramid,
-    predict_block,
-    relabel_block,
-    stitch,
-)
+from ..volumes.blocks.plan import BlockPlan, Postprocess, VolumeRequest
+from ..volumes.blocks.steps import build_pyramid, predict_block, relabel_block, stitch
 from ..volumes.outputs import OUTPUTS, VolumeOutput
 from ..volumes.regions import Roi
 from ..volumes.store import chunks_for, downsample_factors

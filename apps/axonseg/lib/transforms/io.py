@@ -3,9 +3,8 @@
 Arrays are always (z, y, x), spacing and origin are (z, y, x) in micrometres. Formats that
 store x first (ITK, N5) are converted at this boundary and nowhere else.
 
-Reading goes through :mod:`lib.volumes.sources` (region-readable, untrusting readers);
-:func:`read_volume` reads a whole volume through it. The format constants live there and are
-re-exported here.
+Reading goes through :mod:`lib.volumes.formats` (region-readable, untrusting readers);
+:func:`read_volume` reads a whole volume through it. The format constants (``FORMATS``, units) live there.
 
 Readers raise :class:`VolumeError` with a message meant for a person; the server turns it into
 a 4xx reply.
@@ -23,38 +22,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UploadTooLarge, VolumeError
-from ..volumes.sources import (
-    DEFAULT_DATASETS,
-    FORMATS,
-    UNIT_TO_UM,
-    full_roi,
-    open_source,
-    to_um,
-    unit_factor,
-    volume_extension,
-    volume_format,
-)
+from ..volumes.formats import full_roi, open_source, volume_extension, volume_format
 
 __all__ = [
-    "DEFAULT_DATASETS",
-    "FORMATS",
-    "UNIT_TO_UM",
     "Volume",
     "copy_atomic",
     "read_volume",
     "remove_path",
     "same_geometry",
-    "to_um",
-    "unit_factor",
     "validate",
-    "volume_extension",
-    "volume_format",
     "write_volume",
 ]
-
-# Former private names of the unit helpers.
-_UNIT_TO_UM = UNIT_TO_UM
-_to_um = to_um
 
 
 @dataclass

@@ -9,9 +9,27 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 Shape = tuple[int, int, int]
+
+
+def zyx(values: Iterable[Any]) -> Shape:
+    """Three whole numbers (z, y, x) from any three (a database row's JSON list, a generator, a tuple)."""
+    z, y, x = (int(v) for v in values)
+    return (z, y, x)
+
+
+class Boxed(Protocol):
+    """Anything with an offset and a shape in voxels: a region row, a label record."""
+
+    @property
+    def offset(self) -> Sequence[Any]: ...
+
+    @property
+    def shape(self) -> Sequence[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -23,11 +41,16 @@ class Roi:
 
     @classmethod
     def whole(cls, shape: Shape) -> Roi:
-        return cls((0, 0, 0), tuple(int(s) for s in shape))  # type: ignore[arg-type]
+        return cls((0, 0, 0), zyx(shape))
+
+    @classmethod
+    def of(cls, box: Boxed) -> Roi:
+        """The roi of a stored region (or anything else with an ``offset`` and a ``shape``)."""
+        return cls(zyx(box.offset), zyx(box.shape))
 
     @property
     def end(self) -> Shape:
-        return tuple(o + s for o, s in zip(self.offset, self.shape))  # type: ignore[return-value]
+        return zyx(o + s for o, s in zip(self.offset, self.shape))
 
     @property
     def size(self) -> int:
@@ -35,17 +58,19 @@ class Roi:
 
     @property
     def slices(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(o, e) for o, e in zip(self.offset, self.end))  # type: ignore[return-value]
+        z, y, x = (slice(o, e) for o, e in zip(self.offset, self.end))
+        return (z, y, x)
 
     def relative_to(self, outer: Roi) -> tuple[slice, slice, slice]:
         """This roi's voxels as slices into an array holding ``outer``."""
-        return tuple(slice(o - p, e - p) for o, e, p in zip(self.offset, self.end, outer.offset))  # type: ignore[return-value]
+        z, y, x = (slice(o - p, e - p) for o, e, p in zip(self.offset, self.end, outer.offset))
+        return (z, y, x)
 
     def grow(self, context: Shape, within: Shape) -> Roi:
         """This roi with ``context`` voxels added on every side, clipped to a volume of shape ``within``."""
         start = tuple(max(0, o - c) for o, c in zip(self.offset, context))
         end = tuple(min(w, e + c) for e, c, w in zip(self.end, context, within))
-        return Roi(start, tuple(e - s for s, e in zip(start, end)))  # type: ignore[arg-type]
+        return Roi(zyx(start), zyx(e - s for s, e in zip(start, end)))
 
     def contains(self, other: Roi) -> bool:
         return all(o >= s and e <= t for o, e, s, t in zip(other.offset, other.end, self.offset, self.end))
@@ -76,6 +101,6 @@ def grid(shape: Shape, block: Shape) -> list[Roi]:
     """The rois tiling ``shape`` in blocks of ``block``, in z, y, x order (edge blocks cut short)."""
     starts = [range(0, s, b) for s, b in zip(shape, block)]
     return [
-        Roi(offset, tuple(min(b, s - o) for o, b, s in zip(offset, block, shape)))  # type: ignore[arg-type]
+        Roi(zyx(offset), zyx(min(b, s - o) for o, b, s in zip(offset, block, shape)))
         for offset in itertools.product(*starts)
     ]

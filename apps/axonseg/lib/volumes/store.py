@@ -5,7 +5,7 @@
     <root>/<image>.ome.zarr/labels/<name>/0   label arrays (uint32, chunks aligned with the image's),
                                       one per structure and tag (``axon``, ``axon-original``)
 
-Images are written by streaming a :class:`~lib.volumes.sources.VolumeSource` tile by tile (bounded
+Images are written by streaming a :class:`~lib.volumes.formats.VolumeSource` tile by tile (bounded
 memory, whatever the volume's size) into a temporary group that is renamed into place when complete.
 Zarr/N5 volumes can instead be *registered* in place, read-only: voxels are read where they are and
 only the label arrays live here. zarr-python 2 is the library underneath (see README "Where data goes").
@@ -28,8 +28,8 @@ from numcodecs import Blosc
 
 from ..errors import VolumeError
 from ..transforms.intensity import IntensityStats, StatsAccumulator
+from .formats import VolumeSource
 from .regions import Roi, Shape, grid
-from .sources import VolumeSource
 
 logger = logging.getLogger(__name__)
 

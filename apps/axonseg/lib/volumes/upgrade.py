@@ -25,8 +25,8 @@ import shutil
 from typing import TYPE_CHECKING
 
 from ..errors import AxonSegError
+from .formats import open_source
 from .regions import Roi
-from .sources import open_source
 
 if TYPE_CHECKING:
     from ..datastore import MicroscopyDatastore
@@ -95,7 +95,7 @@ def _upgrade_image(datastore: MicroscopyDatastore, image_id: str, image: dict, l
         for region in datastore.db.regions(image_id):
             if datastore.db.label_version(region.id, structures[0], "final") is not None:
                 continue  # imported by an earlier, interrupted upgrade
-            roi = Roi(tuple(region.offset), tuple(region.shape))  # type: ignore[arg-type]
+            roi = Roi.of(region)
             array = source.read(roi.slices)
             info = {"client_id": final.get("info", {}).get("client_id"), "upgraded_from": label_file}
             datastore.write_label(region, row, structures[0], "final", array, info)

@@ -21,7 +21,7 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval, compute_importance_map
 
-from .regions import Roi, Shape
+from ..regions import Roi, Shape
 
 # MONAI's default Gaussian width (sigma = 0.125 x window).
 SIGMA_SCALE = 0.125
