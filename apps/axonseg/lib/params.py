@@ -115,8 +115,9 @@ def box(name: str, value: Any, axes: Range | tuple[Range, Range, Range], where: 
     """Three integers (z, y, x), each in ``axes`` (one range for all, or one per axis)."""
     if not isinstance(value, (list, tuple)) or len(value) != 3:
         raise InvalidRequest(f"{name} must be three integers [z, y, x]{where}, not {shown(value)}")
-    ranges = axes if isinstance(axes, tuple) else (axes,) * 3
-    return tuple(r.check(f"{name}[{i}]", v, where) for i, (r, v) in enumerate(zip(ranges, value)))  # type: ignore[return-value]
+    ranges = axes if isinstance(axes, tuple) else (axes, axes, axes)
+    z, y, x = (int(r.check(f"{name}[{i}]", v, where)) for i, (r, v) in enumerate(zip(ranges, value)))
+    return z, y, x
 
 
 # Items a list parameter may hold (e.g. the image ids of a scoring or batch-infer request: a datastore holds

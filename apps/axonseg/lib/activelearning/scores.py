@@ -69,7 +69,7 @@ class Scores:
         taken = scoring_params(method, None)  # the method's options, at their defaults
         hint = f"'{method}' scoring takes {', '.join(taken) or 'none'}"
         refuse_unknown(params or {}, (*taken, "client_id"), "scoring option", hint)
-        kwargs = {"model": model, "method": method, "params": scoring_params(method, params)}
+        kwargs: dict[str, Any] = {"model": model, "method": method, "params": scoring_params(method, params)}
         if images is not None:
             images = string_list("images", images)
             description = f"'{method}' scores of {len(images)} images under '{model}'"

@@ -79,7 +79,7 @@ class DiverseBatch(ScoreRanked):
     ) -> tuple[list[str], list[str]]:
         features = self.scores.fresh_features(model, self.method)
         vectors = {image: np.asarray(v, dtype=np.float64) for image, v in features.items()}
-        held = getattr(datastore, "leased_to_others", lambda: set())()
+        held: set[str] = getattr(datastore, "leased_to_others", lambda: set())()
         labelled = set(datastore.get_labeled_images(labels=[model]))
         centres = [vectors[i] for i in (held | labelled) if i in vectors]
         ready = [i for i in candidates if i in scores and i in vectors]
@@ -99,7 +99,7 @@ def k_center_greedy(
     highest score while there is no centre), each pick becoming a centre; ties go to the earlier candidate."""
     units = {i: _unit(np.asarray(features[i], dtype=np.float64)) for i in candidates}
     centres = [_unit(np.asarray(c, dtype=np.float64)) for c in centres]
-    left, picked = list(candidates), []
+    left, picked = list(candidates), list[str]()
     while left and len(picked) < k:
 
         def gain(image: str) -> float:
@@ -153,5 +153,5 @@ class QueuedScoring(ScoringMethod):
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         model = str(request.get("model") or self.default_model)
-        params = {k: request[k] for k in ("samples", "rate") if k in request}  # MC-dropout passes and rate
+        params: dict[str, Any] = {k: request[k] for k in ("samples", "rate") if k in request}  # MC dropout
         return {"job_id": self.scores.submit(model, self.method, request.get("images"), params)}

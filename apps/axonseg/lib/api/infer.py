@@ -115,11 +115,13 @@ def _infer_response(result: dict[str, Any], output: str | None) -> Any:
 @router.post("/batch/infer/{model}", summary="Segment many datastore images in the background")
 async def batch_infer(svc: Svc, model: str, params: dict | None = None):
     params = dict(params or {})
-    images = params.pop("images", None)
-    images = None if images is None else string_list("images", images)  # "abc" is no list of three images
+    raw = params.pop("images", None)
+    named = None if raw is None else string_list("images", raw)  # "abc" is no list of three images
     parse_infer_request(svc.task_config(model).spec, params)  # bounds: 400 before anything is read or queued
     datastore = svc.datastore
-    images = images or await run_in_threadpool(datastore.get_unlabeled_images, structure=model)
+    images = named
+    if not images:
+        images = await run_in_threadpool(lambda: datastore.get_unlabeled_images(structure=model))
     known = set(await run_in_threadpool(datastore.list_images))
     for image in images:
         check_image_id(image)

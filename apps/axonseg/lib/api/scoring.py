@@ -31,7 +31,10 @@ async def score(svc: Svc, method: str, params: dict | None = None):
     job_id = await run_in_threadpool(svc.scores.submit, model, method, images, params)
     if job_id is None:
         return {"id": None, "state": "finished", "detail": f"every image has a fresh '{method}' score"}
-    return svc.jobs.describe(svc.jobs.job(job_id))
+    job = await run_in_threadpool(svc.jobs.job, job_id)
+    if job is None:  # finished and expired already
+        return {"id": job_id, "state": "finished", "detail": "the scoring job has finished"}
+    return await run_in_threadpool(svc.jobs.describe, job)
 
 
 @router.get("/scoring/{method}", summary="Stored scores under a model's active version, highest first")

@@ -96,8 +96,10 @@ async def train_stop(svc: Svc):
     if not runs:
         latest = await run_in_threadpool(svc.db.training_runs)
         return train_task(latest[0]) if latest else {}
+    run = runs[0]
     for _ in range(200):  # the training loop notices within one iteration
-        run = await run_in_threadpool(svc.training.sync, await run_in_threadpool(svc.db.training_run, runs[0].job_id))
+        row = await run_in_threadpool(svc.db.training_run, run.job_id)
+        run = await run_in_threadpool(svc.training.sync, row or run)
         if run.status in FINAL:
             break
         await asyncio.sleep(0.05)

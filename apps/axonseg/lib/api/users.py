@@ -48,19 +48,20 @@ async def access_token(
     grant_type: str | None = Form(None),
     next: str | None = Form(None),
 ):
-    auth, throttle = svc.auth, svc.login_throttle
-    if not auth.enabled:
+    if not svc.auth.enabled:
         raise InvalidRequest("auth is off on this server: requests need no token")
+    accounts, issuer = svc.auth.builtin()
+    throttle = svc.login_throttle
     if grant_type not in (None, "", "password"):
         raise InvalidRequest(f"grant_type must be 'password', not {grant_type!r}")
     address = request.client.host if request.client else "unknown"
     await run_in_threadpool(throttle.check, username, address)
-    identity = await run_in_threadpool(auth.accounts.verify, username, password)
+    identity = await run_in_threadpool(accounts.verify, username, password)
     if identity is None:
         await run_in_threadpool(throttle.failed, username, address)
         raise Unauthorized("wrong user name or password")
-    token = auth.issuer.issue(identity.name, identity.role)
-    ttl = int(auth.issuer.ttl_s)
+    token = issuer.issue(identity.name, identity.role)
+    ttl = int(issuer.ttl_s)
     if next is not None:
         target = next if next.startswith("/") and not next.startswith("//") else "/"  # only this server's pages
         response: Any = RedirectResponse(target, status_code=303)
@@ -100,7 +101,7 @@ async def list_users(svc: Svc):
 
 @router.post("/users/", summary="Add an account (admin)", status_code=201)
 async def add_user(svc: Svc, body: dict):
-    accounts = svc.auth.accounts
+    accounts, _ = svc.auth.builtin()
     user = await run_in_threadpool(
         accounts.add, _body_text(body, "name"), _body_text(body, "password"), _body_text(body, "role")
     )
@@ -123,15 +124,18 @@ async def update_user(svc: Svc, name: str, body: dict):
         if await run_in_threadpool(lambda: svc.db.update_user(name, role=role)) is None:
             raise NotFound(f"no user '{name}'")
     if "password" in body:
-        await run_in_threadpool(svc.auth.accounts.set_password, name, _body_text(body, "password"))
-    return describe_user(await run_in_threadpool(svc.db.user, name))
+        await run_in_threadpool(svc.auth.builtin()[0].set_password, name, _body_text(body, "password"))
+    user = await run_in_threadpool(svc.db.user, name)
+    if user is None:
+        raise NotFound(f"no user '{name}'")
+    return describe_user(user)
 
 
 @router.delete("/users/{name}", summary="Remove an account (admin)")
 async def remove_user(svc: Svc, name: str):
     check_user_name(name)
     await run_in_threadpool(_keep_an_admin, svc.db, name)
-    await run_in_threadpool(svc.auth.accounts.remove, name)
+    await run_in_threadpool(svc.auth.builtin()[0].remove, name)
     return {"removed": name}
 
 

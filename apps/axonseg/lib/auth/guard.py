@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..errors import InvalidRequest
 from ..identifiers import log_safe
 from ..params import shown
 from .accounts import Accounts
@@ -40,6 +41,12 @@ class Authenticator:
     @property
     def enabled(self) -> bool:
         return self.mode != "off"
+
+    def builtin(self) -> tuple[Accounts, TokenIssuer]:
+        """The built-in users and token issuer; 400 where this server does not keep its own users."""
+        if self.accounts is None or self.issuer is None:
+            raise InvalidRequest(f"auth is {self.mode} on this server: it keeps no users of its own")
+        return self.accounts, self.issuer
 
     def identify(self, token: str) -> Identity:
         """The identity a token proves; :class:`InvalidToken` says why it proves none."""
@@ -74,7 +81,7 @@ def _oidc_identity(token: str) -> Identity:
     roles: object = payload
     for part in settings.MONAI_LABEL_AUTH_TOKEN_ROLES.split("#"):  # e.g. realm_access#roles
         roles = roles.get(part) if isinstance(roles, dict) else None
-    external = tuple(r for r in roles or () if isinstance(r, str))  # type: ignore[union-attr]
+    external = tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, (list, tuple)) else ()
     mapping = {
         settings.MONAI_LABEL_AUTH_ROLE_ADMIN: "admin",
         settings.MONAI_LABEL_AUTH_ROLE_REVIEWER: "trainer",

@@ -7,6 +7,7 @@ import mmap
 import os
 import re
 from dataclasses import dataclass
+from typing import BinaryIO, cast
 
 import numpy as np
 import pydicom
@@ -107,7 +108,7 @@ def read_instance(body: Body, start: int = 0, end: int | None = None) -> Dataset
     """The DICOM instance in ``body[start:end]`` (all of ``body`` by default); 400 for anything else."""
     reader = _PartReader(body, start, len(body) if end is None else end)
     try:
-        return pydicom.dcmread(reader, force=True)
+        return pydicom.dcmread(cast(BinaryIO, reader), force=True)  # reads, seeks and tells: all pydicom uses
     except Exception as e:  # pydicom raises many kinds on garbage
         raise InvalidRequest(f"a stored part is not a DICOM instance: {e}") from None
     finally:

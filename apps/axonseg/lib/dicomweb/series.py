@@ -239,7 +239,9 @@ class Catalog:
                 continue
             study_uid = uid_for("image", image.id)
             parts = [r for r in by_image.get(image.id, []) if not r.whole]
-            whole = Region(id=image.id, image_id=image.id, offset=[0, 0, 0], shape=list(image.shape), whole=True)
+            whole: Region | None = Region(
+                id=image.id, image_id=image.id, offset=[0, 0, 0], shape=list(image.shape), whole=True
+            )
             if parts and int(np.prod(image.shape)) > max_voxels:
                 whole = None  # too large to view at once: its regions only
             listed = ([whole] if whole is not None else []) + parts

@@ -22,6 +22,7 @@ same routes are MONAI Label's proxy to that server instead (its credentials: MON
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
 import re
 import uuid
@@ -31,7 +32,6 @@ from typing import Any
 from fastapi.responses import Response, StreamingResponse
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.multival import MultiValue
 
 from ..auth.identity import caller
@@ -52,7 +52,10 @@ def _matches(ds: Dataset, key: str, wanted: str, fuzzy: bool) -> bool:
     keyword = keyword_for_tag(tag)
     if keyword not in ds:
         return wanted in ("", "*")
-    value = ds.data_element(keyword).value
+    element = ds.data_element(keyword)
+    if element is None:
+        return wanted in ("", "*")
+    value = element.value
     values = [str(v) for v in (value if isinstance(value, (list, MultiValue)) else [value])]
     vr = dictionary_VR(tag)
     if vr == "UI":
@@ -182,7 +185,7 @@ class DicomWeb:
 
     def _part10(self, series: SeriesView, section: int) -> bytes:
         ds = series.part10(section, self.datastore.stats(series.image), self._pixels(series, section))
-        buffer = DicomBytesIO()
+        buffer = io.BytesIO()
         ds.save_as(buffer, write_like_original=False)
         return buffer.getvalue()
 

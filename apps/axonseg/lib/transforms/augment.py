@@ -16,6 +16,7 @@ MONAI lacks:
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from monai.transforms import MapTransform, RandomizableTransform, Transform
@@ -24,10 +25,21 @@ from monai.utils import convert_to_dst_type, convert_to_numpy
 PATCH_KEYS = ("image", "target", "mask")
 
 
+class _ArrayDraw(Protocol):
+    """An array transform whose draw is made apart from its application (``randomize(shape)``, then
+    ``__call__(array, randomize=False)``), so one draw serves every key."""
+
+    def randomize(self, shape: Sequence[int]) -> None: ...
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> Any: ...
+
+    def __call__(self, array: np.ndarray, /, randomize: bool = True) -> np.ndarray: ...
+
+
 class _SameDrawd(MapTransform, RandomizableTransform):
     """Dictionary form of a random array transform: one draw, applied to every key (so labels stay aligned)."""
 
-    def __init__(self, keys: Sequence[Hashable], prob: float, array: RandomizableTransform):
+    def __init__(self, keys: Sequence[Hashable], prob: float, array: _ArrayDraw):
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, prob)
         self.array = array  # built with prob=1: whether to transform is decided here
@@ -89,7 +101,8 @@ class RandMisalignment(RandomizableTransform):
     def randomize(self, shape: Sequence[int]) -> None:
         super().randomize(None)
         self.z = int(self.R.randint(1, max(shape[0], 2)))
-        self.shift = tuple(int(v) for v in self.R.randint(-self.max_shift, self.max_shift + 1, size=2))
+        dy, dx = (int(v) for v in self.R.randint(-self.max_shift, self.max_shift + 1, size=2))
+        self.shift = dy, dx
 
     def __call__(self, array: np.ndarray, randomize: bool = True) -> np.ndarray:
         if randomize:
@@ -157,13 +170,16 @@ class RandArtifactCutMix(RandomizableTransform):
         super().randomize(None)
         self.index = int(self.R.randint(len(self.artifacts)))
         size = [min(a, s) for a, s in zip(self.artifacts[self.index].shape, shape)]
-        self.corner = tuple(int(self.R.randint(0, s - a + 1)) for a, s in zip(size, shape))
+        z, y, x = (int(self.R.randint(0, s - a + 1)) for a, s in zip(size, shape))
+        self.corner = z, y, x
 
     def region(self, shape: Sequence[int]) -> tuple[slice, ...]:
         size = [min(a, s) for a, s in zip(self.artifacts[self.index].shape, shape)]
         return tuple(slice(c, c + n) for c, n in zip(self.corner, size))
 
-    def __call__(self, image: np.ndarray, target: np.ndarray, mask: np.ndarray, randomize: bool = True):
+    def __call__(self, data: tuple[np.ndarray, np.ndarray, np.ndarray], randomize: bool = True):
+        """``data``: image, target and mask of one patch."""
+        image, target, mask = data
         if randomize:
             self.randomize(image.shape)
         if not self._do_transform:
@@ -191,7 +207,7 @@ class RandArtifactCutMixd(MapTransform, RandomizableTransform):
         self.randomize(None)
         if self._do_transform:
             image, target, mask = (d[k] for k in self.keys)
-            d.update(zip(self.keys, self.array(image, target, mask)))
+            d.update(zip(self.keys, self.array((image, target, mask))))
         return d
 
 
