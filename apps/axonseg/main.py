@@ -75,7 +75,7 @@ from lib.errors import AxonSegError, NotFound
 from lib.identifiers import log_safe
 from lib.jobs.client import JobClient
 from lib.jobs.training import TrainingRuns
-from lib.jobs.volume import VolumeJobs
+from lib.jobs.volume_jobs import VolumeJobs
 from lib.routes import replace_routes
 from lib.server import install_http_guards
 from lib.transforms.io import warm_up as warm_up_writers

@@ -60,7 +60,7 @@ from .infers.segmentation import parse_infer_request
 from .jobs.client import describe_worker
 from .jobs.queues import INFER_QUEUE, TRAIN_QUEUE
 from .jobs.training import FINAL
-from .jobs.volume import is_volume_job
+from .jobs.volume_jobs import is_volume_job
 from .params import string_list
 from .trainers.report import plot_learning_curve
 from .uploads import check_quota, remove_upload, save_upload

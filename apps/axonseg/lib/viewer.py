@@ -32,7 +32,7 @@ from monailabel.interfaces.utils.app import app_instance
 from .datastore import check_image_id
 from .errors import NotFound
 from .identifiers import log_safe
-from .jobs.volume import output_folder
+from .jobs.volume_jobs import output_folder
 from .transforms.intensity import IntensityStats
 from .volumes.outputs import OUTPUTS
 

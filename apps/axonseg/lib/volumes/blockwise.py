@@ -8,7 +8,7 @@
 
 :class:`BlockPlan` says which blocks there are; :class:`Postprocess` what step 1 computes for the
 structure's post-processing. :func:`segment_volume` runs all four in one process (tests, benchmarks);
-``lib.jobs.volume`` runs them on the queue.
+``lib.jobs.volume_steps`` runs them on the queue.
 
 A whole-volume request (:class:`VolumeRequest`, checked before anything is planned or queued) takes the
 post-processing options (``lib.infers.postprocessing``, no ``skeleton``), ``tta`` 1 only, ``device``, and:
