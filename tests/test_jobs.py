@@ -501,9 +501,9 @@ def test_batch_infer_runs_on_the_train_queue_and_stores_versioned_labels(server,
 
 def test_worker_runtime_keeps_models_loaded_and_reloads_changed_weights(tmp_path):
     """What a worker keeps between jobs: one network per model, reloaded only when its weights file changes."""
-    from lib.jobs import tasks
+    from lib.jobs.runtime import configure
 
-    runtime = tasks.configure(str(tmp_path / "datastore"), str(tmp_path / "work"))
+    runtime = configure(str(tmp_path / "datastore"), str(tmp_path / "work"))
     runtime.warm_up("cpu")
     weights = runtime.infer_task("axon").weights
     first, _, shipped = weights.load("cpu")

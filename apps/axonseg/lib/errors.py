@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class AxonSegError(Exception):
     """Base class: ``str(error)`` is shown to the user, ``status_code`` is the HTTP reply."""
@@ -83,11 +85,34 @@ class JobTimeout(AxonSegError):
     status_code = 504
 
 
+# Errors cross the queue as plain data (JSON): a worker returns :func:`error_result`, the API raises
+# :func:`error_from_result` of it. The kind travels as its HTTP status; where kinds share a status (400, 409),
+# the first one defined stands for it, so the client gets the same reply.
+def _kinds_by_status() -> dict[int, type[AxonSegError]]:
+    table: dict[int, type[AxonSegError]] = {}
+    pending = list(AxonSegError.__subclasses__())
+    while pending:
+        kind = pending.pop(0)
+        table.setdefault(kind.status_code, kind)
+        pending.extend(kind.__subclasses__())
+    return table
+
+
+ERROR_KINDS = _kinds_by_status()
+
+
+def error_result(error: AxonSegError) -> dict[str, Any]:
+    """A worker's job result for an error the request caused: a result, not a failure (retrying cannot help)."""
+    return {"error": str(error), "status_code": error.status_code}
+
+
 def error_from_status(status_code: int, message: str) -> AxonSegError:
-    """Re-create an error a worker reported as a result (errors cross the queue as plain data)."""
-    kinds = (InvalidRequest, Unauthorized, Forbidden, NotFound, Conflict, UploadTooLarge, UnsupportedMediaType)
-    kinds += (VolumeError, Busy, InsufficientStorage, ServiceUnavailable, JobTimeout)
-    for cls in kinds:
-        if cls.status_code == status_code:
-            return cls(message)
-    return JobFailed(message)
+    """The error of kind ``status_code`` again; an unknown status is a :class:`JobFailed` (500)."""
+    return ERROR_KINDS.get(status_code, JobFailed)(message)
+
+
+def error_from_result(result: Any) -> AxonSegError | None:
+    """The error a worker returned as its job's result (:func:`error_result`), or None for a real result."""
+    if not isinstance(result, dict) or "error" not in result or "status_code" not in result:
+        return None
+    return error_from_status(int(result["status_code"]), str(result["error"]))

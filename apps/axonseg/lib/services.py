@@ -34,7 +34,7 @@ from .dicomweb.series import FrameCache
 from .errors import AxonSegError, InvalidRequest, NotFound
 from .jobs.client import JobClient
 from .jobs.training import TrainingRuns
-from .jobs.volume import VolumeJobs
+from .jobs.volume_jobs import VolumeJobs
 from .settings import Settings, SettingsError
 from .trainers.task import StructureTrainer
 from .transforms.io import warm_up as warm_up_writers

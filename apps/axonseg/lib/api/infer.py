@@ -19,7 +19,7 @@ from requests_toolbelt import MultipartEncoder
 from ..auth.identity import caller
 from ..datastore import check_image_id
 from ..dicomweb.series import series_region
-from ..errors import InvalidRequest, NotFound, error_from_status
+from ..errors import InvalidRequest, NotFound
 from ..infers.postprocessing import ON_IMAGE_GRID
 from ..infers.segmentation import parse_infer_request
 from ..jobs.queues import INFER_QUEUE, TRAIN_QUEUE
@@ -91,8 +91,6 @@ async def infer(
         for path in (upload, anchors):
             if path:
                 await run_in_threadpool(remove_upload, path)
-    if "error" in result:
-        raise error_from_status(result.get("status_code", 400), result["error"])
     result["params"]["job_id"] = job.id
     return _infer_response(result, output)
 

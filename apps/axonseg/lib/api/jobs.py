@@ -16,7 +16,7 @@ from ..auth.identity import caller
 from ..errors import Forbidden, NotFound
 from ..identifiers import check_name
 from ..jobs.client import describe_worker
-from ..jobs.volume import is_volume_job
+from ..jobs.volume_jobs import is_volume_job
 from .common import Svc
 
 router = APIRouter()

@@ -31,7 +31,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response, Streamin
 from ..datastore import check_image_id
 from ..errors import NotFound
 from ..identifiers import log_safe
-from ..jobs.volume import output_folder
+from ..jobs.volume_jobs import output_folder
 from ..services import Services
 from ..transforms.intensity import IntensityStats
 from ..volumes.outputs import OUTPUTS

@@ -32,8 +32,8 @@ from .models import (
     utcnow,
 )
 
-# Saves that race for the same (image, tag, version) retry with the next number.
-_VERSION_RETRIES = 50
+_VERSION_RETRIES = 50  # saves that race for the same (image, tag, version) retry with the next number
+_UNFINISHED_RUN = ("SUBMITTED", "RUNNING")  # a training run's states before it ends; every other one is final
 
 
 def file_checksum(path: str) -> str:
@@ -517,19 +517,25 @@ class Database:
 
     # training runs --------------------------------------------------------------------------
     def add_training_run(self, job_id: str, model: str, params: dict[str, Any], status: str = "SUBMITTED") -> None:
-        with self.session() as s, s.begin():
-            s.add(TrainingRun(job_id=job_id, model=model, params=params, status=status, epochs=[]))
+        try:
+            with self.session() as s, s.begin():
+                s.add(TrainingRun(job_id=job_id, model=model, params=params, status=status, epochs=[]))
+        except IntegrityError:  # recorded already: its worker may start it before the API records it
+            if self.training_run(job_id) is None:
+                raise
 
-    def update_training_run(self, job_id: str, **values: Any) -> None:
+    def update_training_run(self, job_id: str, **values: Any) -> bool:
+        """Update a run that has not ended (False if it has): its final state is written once, never overwritten."""
+        unfinished = (TrainingRun.job_id == job_id) & TrainingRun.status.in_(_UNFINISHED_RUN)
         with self.session() as s, s.begin():
-            s.execute(update(TrainingRun).where(TrainingRun.job_id == job_id).values(**values))
+            return s.execute(update(TrainingRun).where(unfinished).values(**values)).rowcount == 1
 
     def add_training_epoch(self, job_id: str, epoch: dict[str, Any]) -> None:
         with self.session() as s, s.begin():
             run = s.scalar(select(TrainingRun).where(TrainingRun.job_id == job_id).with_for_update())
             if run is not None:
                 run.epochs = [*run.epochs, epoch]  # reassign: JSON columns do not track in-place changes
-                run.status = "RUNNING"
+                run.status = "RUNNING" if run.status in _UNFINISHED_RUN else run.status
 
     def training_run(self, job_id: str) -> TrainingRun | None:
         with self.session() as s:
@@ -592,70 +598,3 @@ class Database:
             if step is not None:
                 query = query.where(VolumeBlock.step == step)
             return list(s.scalars(query))
-
-    def start_volume_block(self, job_id: str, step: str, index: int, worker: str) -> VolumeBlock | None:
-        """Claim a block for one attempt (``attempts`` + 1); None when it is done already (skip it)."""
-
-        def claim() -> VolumeBlock | None:
-            with self.session() as s, s.begin():
-                _lock_for_write(s)
-                row = s.scalar(
-                    select(VolumeBlock)
-                    .where(VolumeBlock.job_id == job_id, VolumeBlock.step == step, VolumeBlock.index == index)
-                    .with_for_update()
-                )
-                if row is None or row.status == "DONE":
-                    return None
-                row.status, row.attempts, row.worker, row.error = "RUNNING", row.attempts + 1, worker, None
-                return row
-
-        return _retry_when_locked(claim)
-
-    def finish_volume_block(self, job_id: str, step: str, index: int, checksum: str, seconds: float) -> None:
-        with self.session() as s, s.begin():
-            s.execute(
-                update(VolumeBlock)
-                .where(VolumeBlock.job_id == job_id, VolumeBlock.step == step, VolumeBlock.index == index)
-                .values(status="DONE", checksum=checksum, seconds=seconds, finished_at=utcnow(), error=None)
-            )
-
-    def fail_volume_block(self, job_id: str, step: str, index: int, error: str, final: bool) -> None:
-        """Record a failed attempt: PENDING again for a retry, or FAILED when ``final``."""
-        with self.session() as s, s.begin():
-            s.execute(
-                update(VolumeBlock)
-                .where(VolumeBlock.job_id == job_id, VolumeBlock.step == step, VolumeBlock.index == index)
-                .values(status="FAILED" if final else "PENDING", error=error)
-            )
-
-    def advance_volume_step(self, job_id: str, step: str, next_step: str) -> bool:
-        """Move a job from ``step`` to ``next_step`` once every block of ``step`` is done. True for exactly
-        one caller (the compare-and-set on ``step``), so the next step is queued once."""
-        with self.session() as s, s.begin():
-            pending = s.scalar(
-                select(func.count())
-                .select_from(VolumeBlock)
-                .where(VolumeBlock.job_id == job_id, VolumeBlock.step == step, VolumeBlock.status != "DONE")
-            )
-            if pending:
-                return False
-            result = s.execute(
-                update(VolumeJob)
-                .where(VolumeJob.id == job_id, VolumeJob.step == step, VolumeJob.status == "RUNNING")
-                .values(step=next_step)
-            )
-            return result.rowcount == 1
-
-    def resume_volume_job(self, job_id: str) -> None:
-        """Make a failed or cancelled job runnable again: failed blocks get two fresh attempts."""
-        with self.session() as s, s.begin():
-            s.execute(
-                update(VolumeBlock)
-                .where(VolumeBlock.job_id == job_id, VolumeBlock.status.in_(["FAILED", "RUNNING"]))
-                .values(status="PENDING", attempts=0, error=None)
-            )
-            s.execute(
-                update(VolumeJob)
-                .where(VolumeJob.id == job_id)
-                .values(status="RUNNING", error=None, finished_at=None, resumed_at=utcnow())
-            )

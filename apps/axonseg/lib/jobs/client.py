@@ -18,7 +18,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from ..auth.identity import CALLER, caller
-from ..errors import JobFailed, JobStopped, JobTimeout, ServiceUnavailable
+from ..errors import JobFailed, JobStopped, JobTimeout, ServiceUnavailable, error_from_result
 from .queues import ALL_QUEUES, JOB_KINDS, SERIALIZER
 
 MONAI_STATUS = {
@@ -115,7 +115,8 @@ class JobClient:
 
     # waiting -------------------------------------------------------------------------------
     async def wait(self, job: Job, timeout_s: float, poll_s: float = 0.05) -> Any:
-        """Await ``job``'s result without blocking the event loop; raises on failure or timeout.
+        """Await ``job``'s result without blocking the event loop; raises on failure or timeout, and raises an
+        error the worker returned as the job's result with its kind (:func:`lib.errors.error_from_result`).
 
         On timeout the job is cancelled if it has not started, so a dead request leaves no work behind.
         """
@@ -127,7 +128,11 @@ class JobClient:
             last_cleanup = time.monotonic() if clean else last_cleanup
             status = await asyncio.to_thread(self.refresh_status, job, clean)
             if status == JobStatus.FINISHED:
-                return job.return_value()
+                result = job.return_value()
+                error = error_from_result(result)
+                if error is not None:
+                    raise error
+                return result
             if status in (JobStatus.STOPPED, JobStatus.CANCELED):
                 raise JobStopped(f"{job.description} was stopped (cancelled) before it finished")
             if status == JobStatus.FAILED:
@@ -183,13 +188,16 @@ class JobClient:
 
     def describe(self, job: Job) -> dict[str, Any]:
         status = self.refresh_status(job)
+        # a job that finished with an error (the request's, as its result) did not succeed: ERROR, never DONE
+        refused = error_from_result(job.return_value()) if status == JobStatus.FINISHED else None
+        error = str(refused) if refused is not None else self.error_of(job) if status == JobStatus.FAILED else None
         return {
             "id": job.id,
             "kind": job.meta.get("kind"),
             "queue": job.origin,
             "description": job.description,
             "state": str(status.value if hasattr(status, "value") else status),
-            "status": MONAI_STATUS.get(status, "ERROR"),
+            "status": "ERROR" if refused is not None else MONAI_STATUS.get(status, "ERROR"),
             "position": self.position(job) if status == JobStatus.QUEUED else None,
             "worker": worker_label(job.worker_name, caller().may("admin")),
             "enqueued_at": _ts(job.enqueued_at),
@@ -197,7 +205,7 @@ class JobClient:
             "ended_at": _ts(job.ended_at),
             "retries_left": job.retries_left,
             "progress": job.meta.get("progress"),
-            "error": self.error_of(job) if status == JobStatus.FAILED else None,
+            "error": error,
             # "unserialized": RQ's stand-in (raw bytes) for meta that is not JSON, e.g. a pickled job's
             "meta": {k: v for k, v in job.meta.items() if k not in ("kind", "progress", "unserialized")},
         }

@@ -42,7 +42,7 @@ JOB_KINDS = {
         "lib.jobs.tasks.batch_infer", TRAIN_QUEUE, timeout_s=7 * 24 * 3600, retries=0, result_ttl_s=30 * 86400
     ),
     # Active-learning scores: whole volumes, many forward passes each, so the GPU (train) queue.
-    # Whole-volume block batches (lib.jobs.volume): a killed worker's batch is retried once elsewhere.
+    # Whole-volume block batches (lib.jobs.volume_worker): a killed worker's batch is retried once elsewhere.
     "volume": JobKind("lib.jobs.tasks.volume_step", TRAIN_QUEUE, timeout_s=24 * 3600, retries=1, result_ttl_s=86400),
     "score": JobKind("lib.jobs.tasks.score", TRAIN_QUEUE, timeout_s=24 * 3600, retries=0, result_ttl_s=86400),
 }

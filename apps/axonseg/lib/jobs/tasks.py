@@ -1,7 +1,8 @@
-"""The job functions workers run. Arguments and results are plain data; models stay loaded between jobs.
+"""The job functions workers run (the queue's entry points, :data:`lib.jobs.queues.JOB_KINDS`). Arguments
+and results are plain data; models stay loaded between jobs in the worker's :mod:`lib.jobs.runtime`.
 
-A worker calls :func:`configure` once at start-up; the :class:`Runtime` it builds keeps one
-``SegmentationInfer`` per model, whose weights are cached and reloaded only when the weights file changes.
+An error the request caused is the job's result (:func:`lib.errors.error_result`), raised again with its kind
+on the API side; a training run's final state is written here, once, before the job ends.
 """
 
 from __future__ import annotations
@@ -9,23 +10,16 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from rq import get_current_job
 
 from ..activelearning.scoring import dice_score, encoder_features, mc_dropout_uncertainty, scoring_params, tta_score
-from ..configs.registry import init_task_configs, init_trainers
 from ..configs.spec import StructureSpec
-from ..configs.task_config import StructureTaskConfig
 from ..datastore import MicroscopyDatastore
-from ..db.engine import database_url
 from ..db.models import utcnow
-from ..db.store import Database, file_checksum
-from ..errors import AxonSegError, NotFound
+from ..errors import AxonSegError, error_result
 from ..infers.postprocessing import structure_label
 from ..infers.predict import voxel_size_nm
 from ..infers.segmentation import (
@@ -36,75 +30,11 @@ from ..infers.segmentation import (
     write_label_file,
 )
 from ..machine import default_device
-from ..networks import load_weights
 from ..trainers.supervised import EpochStats, TrainingStopped
-from ..trainers.task import StructureTrainer
+from .runtime import runtime
+from .volume_worker import run_step
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Runtime:
-    """What a worker keeps between jobs."""
-
-    studies: str
-    workdir: str
-    configs: dict[str, StructureTaskConfig]
-    trainers: dict[str, StructureTrainer]
-    db: Database
-    # Set by the worker when the API asks to stop the running job; polled by long jobs.
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    # Networks of archived weights files (volume jobs name the exact version they started with).
-    networks: dict[tuple[str, str], torch.nn.Module] = field(default_factory=dict)
-
-    def datastore(self) -> MicroscopyDatastore:
-        """The datastore over the shared database and volume store (cheap: it holds no state of its own)."""
-        return MicroscopyDatastore(
-            self.studies, self.workdir, self.db, {name: config.spec for name, config in self.configs.items()}
-        )
-
-    def infer_task(self, model: str) -> SegmentationInfer:
-        """The model's infer task; tasks of one model share its cached network (``config.weights``)."""
-        if model not in self.configs:
-            raise NotFound(f"unknown model '{model}'; available models: {', '.join(self.configs)}")
-        return self.configs[model].infer()
-
-    def network(self, path: str, checksum: str, device: str) -> torch.nn.Module:
-        """The network of the weights file ``path``, loaded once per worker; NotFound if the file is gone or
-        is no longer the version a job started with (``checksum``)."""
-        key = (path, device)
-        if key not in self.networks:
-            if not os.path.isfile(path) or file_checksum(path) != checksum:
-                raise NotFound(f"the weights this job started with ({os.path.basename(path)}) are gone or changed")
-            self.networks[key] = load_weights(path, device)[0]
-        return self.networks[key]
-
-    def warm_up(self, device: str) -> None:
-        for model in self.configs:
-            self.infer_task(model).weights.load(device)
-
-
-_runtime: Runtime | None = None
-
-
-def configure(studies: str, workdir: str) -> Runtime:
-    global _runtime
-    configs = init_task_configs(workdir)
-    _runtime = Runtime(
-        studies, workdir, configs, init_trainers(configs, workdir, studies), Database(database_url(workdir))
-    )
-    return _runtime
-
-
-def runtime() -> Runtime:
-    if _runtime is None:
-        raise RuntimeError("lib.jobs.tasks.configure() was not called: jobs run inside `python -m lib.jobs.worker`")
-    return _runtime
-
-
-def _user_error(error: AxonSegError) -> dict[str, Any]:
-    """Errors the request caused are results, not failures: retrying them cannot help."""
-    return {"error": str(error), "status_code": error.status_code}
 
 
 def _progress(**values: Any) -> None:
@@ -162,7 +92,7 @@ def infer(
             result_path, result_params = task({**params, "model": model, "image": image_path, "label": anchors_path})
             label = None
     except AxonSegError as e:
-        return _user_error(e)
+        return error_result(e)
     version = rt.db.active_model_version(model)
     result_params["model_version"] = version.id if version else None
     try:
@@ -191,6 +121,7 @@ def train(model: str, params: dict[str, Any]) -> dict[str, Any]:
     rt = runtime()
     job = get_current_job()
     job_id = job.id if job else "local"
+    rt.db.add_training_run(job_id, model, params, status="RUNNING")  # if the API has not recorded it yet
     rt.db.update_training_run(job_id, status="RUNNING")
     trainer = rt.trainers[model]  # the API accepted only known trainers
 
@@ -208,7 +139,7 @@ def train(model: str, params: dict[str, Any]) -> dict[str, Any]:
         raise
     except AxonSegError as e:
         rt.db.update_training_run(job_id, status="ERROR", error=str(e), finished_at=utcnow())
-        return _user_error(e)
+        return error_result(e)
     except Exception as e:
         rt.db.update_training_run(job_id, status="ERROR", error=f"{type(e).__name__}: {e}", finished_at=utcnow())
         raise
@@ -258,7 +189,7 @@ def score(model: str, method: str, image_ids: list[str], params: dict[str, Any])
     try:
         checked = scoring_params(method, params)  # the API checked them; a job queued otherwise fails here
     except AxonSegError as e:
-        return _user_error(e)
+        return error_result(e)
     config = rt.configs[model]
     datastore = rt.datastore()
     version = rt.db.active_model_version(model)  # read before the weights: a newer file only makes the score fresher
@@ -312,7 +243,5 @@ def score(model: str, method: str, image_ids: list[str], params: dict[str, Any])
 
 
 def volume_step(volume_job: str, step: str, indices: list[int]) -> dict[str, Any]:
-    """A batch of a whole-volume job's blocks (``lib.jobs.volume``)."""
-    from .volume import run_step
-
+    """A batch of a whole-volume job's units (``lib.jobs.volume_worker``)."""
     return run_step(runtime(), volume_job, step, indices)

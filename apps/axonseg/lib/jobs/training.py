@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from rq.job import Job, JobStatus
+
 from ..db.models import TrainingRun, utcnow
 from ..db.store import Database
 from ..errors import Busy, InvalidRequest, NotFound
 from ..trainers.task import StructureTrainer
-from .client import MONAI_STATUS, JobClient
+from .client import JobClient
 from .queues import TRAIN_QUEUE
 
 FINAL = ("DONE", "ERROR", "STOPPED")
@@ -27,30 +29,37 @@ class TrainingRuns:
         self.trainers = trainers
 
     def sync(self, run: TrainingRun) -> TrainingRun:
-        """Bring an unfinished run's status up to date with its queue job (which outlives API restarts)."""
+        """The run as it stands. Its worker writes its final state before the job ends (``lib.jobs.tasks.train``);
+        the API writes one only where no worker will: the job was taken off its queue before it started, its
+        worker died, or Redis lost it. Both write through the same once-only update, so a run that failed can
+        never read DONE."""
         if run.status in FINAL:
             return run
         job = self.jobs.job(run.job_id)
         if job is None:
-            status, error = "ERROR", "the job is no longer in the queue (Redis lost it); start training again"
+            ended = "ERROR", "the job is no longer in the queue (Redis lost it); start training again"
         else:
-            status = MONAI_STATUS.get(self.jobs.refresh_status(job), "ERROR")
-            error = self.jobs.error_of(job) if status == "ERROR" else None
-            if status == "ERROR" and error and "AbandonedJobError" in error:
+            ended = self._ended_without_worker(job)
+        if ended is None:
+            return self.db.training_run(run.job_id) or run
+        status, error = ended
+        self.db.update_training_run(run.job_id, status=status, error=error, finished_at=utcnow())
+        return self.db.training_run(run.job_id) or run
+
+    def _ended_without_worker(self, job: Job) -> tuple[str, str | None] | None:
+        """``(status, error)`` of a job that ended with no worker to write it; None while it runs, or when it
+        ended in its worker (which wrote the run's final state first)."""
+        status = self.jobs.refresh_status(job)
+        if status in (JobStatus.STOPPED, JobStatus.CANCELED):
+            return "STOPPED", None
+        if status == JobStatus.FAILED:
+            error = self.jobs.error_of(job)
+            if error and "AbandonedJobError" in error:
                 error = f"the worker running this job died ({job.worker_name}); nothing was published"
-        # The worker writes its own final status before its job ends: once the queue says the job ended, the
-        # row read again holds that status (an ERROR of a run that found nothing to train is a finished job).
-        if status in FINAL:
-            current = self.db.training_run(run.job_id)
-            if current is not None and current.status in FINAL:
-                return current
-        if status != run.status:
-            values: dict[str, Any] = {"status": status}
-            if status in FINAL:
-                values.update(error=run.error or error, finished_at=utcnow())
-            self.db.update_training_run(run.job_id, **values)
-            run = self.db.training_run(run.job_id)
-        return run
+            return "ERROR", error
+        if status == JobStatus.FINISHED:  # the worker wrote how it ended; if not, it cannot have succeeded
+            return "ERROR", "the job ended without recording its outcome"
+        return None
 
     def active(self) -> list[TrainingRun]:
         """Submitted or running runs, running ones first."""
@@ -84,18 +93,19 @@ class TrainingRuns:
             if busy and not enqueue:
                 running = ", ".join(f"'{r.model}' ({r.status.lower()})" for r in busy)
                 raise Busy(f"training is busy: {running}; wait, stop it, or send enqueue=true to queue this run")
-            runs = []
-            for model in models:
-                job = self.jobs.submit(
-                    "train",
-                    description=f"training '{model}'",
-                    meta={"client_id": requests[model].get("client_id")},
-                    model=model,
-                    params=requests[model],
-                )
-                self.db.add_training_run(job.id, model, requests[model])
-                runs.append(self.db.training_run(job.id))
-        return runs
+            return [self._submit(model, requests[model]) for model in models]
+
+    def _submit(self, model: str, params: dict[str, Any]) -> TrainingRun:
+        job = self.jobs.submit(
+            "train",
+            description=f"training '{model}'",
+            meta={"client_id": params.get("client_id")},
+            model=model,
+            params=params,
+        )
+        # the worker may have started it and recorded the run first: then this keeps the worker's row
+        self.db.add_training_run(job.id, model, params)
+        return self.db.training_run(job.id)  # type: ignore[return-value]
 
     def submit_all(self, models: list[str], params: dict[str, Any]) -> list[TrainingRun]:
         """``POST /train/``: a run of each of ``models``, queued one after another. ``params``: options for

@@ -28,8 +28,8 @@ from rq.worker.base import WorkerStatus
 from ..infers.predict import before_each_forward
 from ..machine import default_device
 from ..trainers.supervised import TrainingStopped
-from . import tasks
 from .queues import ALL_QUEUES, SERIALIZER
+from .runtime import Runtime, configure
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 class WarmWorker(SimpleWorker):
     heartbeat_s = 5
 
-    def __init__(self, *args, runtime: tasks.Runtime, **kwargs):
+    def __init__(self, *args, runtime: Runtime, **kwargs):
         kwargs.setdefault("job_monitoring_interval", self.heartbeat_s)
         super().__init__(*args, **kwargs)
         self.runtime = runtime
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
 
-    runtime = tasks.configure(args.studies, args.workdir)
+    runtime = configure(args.studies, args.workdir)
     device = default_device()
     runtime.warm_up(device)
     connection = Redis.from_url(args.redis_url, health_check_interval=10)

@@ -6,7 +6,7 @@
 3. :func:`relabel_block` (one per write block): write the block's labels and instance ids.
 4. :func:`build_pyramid` (one per output): its downsampled levels, for viewers.
 
-:func:`segment_volume` runs all four in one process (tests, benchmarks); ``lib.jobs.volume`` runs them on
+:func:`segment_volume` runs all four in one process (tests, benchmarks); ``lib.jobs.volume_steps`` runs them on
 the queue. What they run on is planned in :mod:`.plan`.
 """
 
