@@ -27,7 +27,8 @@ from conftest import PASSWORD, ROOT, login, wait_for_job
 
 HOME_CACHE = Path.home() / ".cache" / "monailabel"
 # What other processes of the machine leave in /tmp: tempfile's names, browsers' profiles, bytecode.
-_NOISE = re.compile(r"__pycache__|/tmp\w{8}(/|$)|/\.org\.chromium|/playwright|/\.com\.google")
+# Files others write meanwhile: caches, browsers, temporary names, a shell's own job files.
+_NOISE = re.compile(r"__pycache__|/tmp\w{8}(/|$)|/\.org\.chromium|/playwright|/\.com\.google|/bash_jobs\.|/bash_tool_")
 
 
 def _walk(root: Path, depth: int, skip: tuple[Path, ...]) -> set[str]:
