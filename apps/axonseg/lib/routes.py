@@ -56,7 +56,7 @@ from .dicomweb.routes import uids_of, viewer_image
 from .errors import Forbidden, InvalidRequest, NotFound, error_from_status
 from .identifiers import check_name, check_version
 from .infers.postprocessing import ON_IMAGE_GRID
-from .infers.segmentation import parse_infer_request
+from .infers.request import parse_infer_request
 from .jobs.client import describe_worker
 from .jobs.queues import INFER_QUEUE, TRAIN_QUEUE
 from .jobs.training import FINAL
@@ -135,14 +135,12 @@ async def infer(
             description=f"inference '{model}' on '{name}'",
             meta={"image": image or None},
             model=model,
-            params={
-                **request,
-                "client_id": caller().client_id(request.get("client_id")),
-                "max_voxels_in_memory": app.datastore().max_voxels_in_memory,
-            },
+            request=parsed.to_dict(),
+            client_id=caller().client_id(request.get("client_id")),
             image_id=None if upload else image,
             image_path=image_path,
             anchors_path=anchors,
+            max_voxels_in_memory=app.datastore().max_voxels_in_memory,
         )
         result = await jobs.wait(job, app.infer_timeout_s)
     finally:
@@ -162,7 +160,7 @@ def _save_upload(app: AxonSegApp, file: UploadFile) -> str:
 def _infer_response(result: dict[str, Any], output: str | None) -> Any:
     if output == "json":
         return result["params"]
-    label = base64.b64decode(result["label"])  # the label file, base64 in the job's JSON result
+    label = base64.b64decode(result["label"])  # the reply's NRRD file, base64 in the job's JSON result
     if output == "image":
         return Response(label, media_type="application/octet-stream")
     encoder = MultipartEncoder(
@@ -386,7 +384,7 @@ async def batch_infer(model: str, params: dict | None = None):
     params = dict(params or {})
     images = params.pop("images", None)
     images = None if images is None else string_list("images", images)  # "abc" is no list of three images
-    parse_infer_request(app.task_config(model).spec, params)  # bounds: 400 before anything is read or queued
+    parsed = parse_infer_request(app.task_config(model).spec, params)  # bounds: 400 before anything is read or queued
     datastore = app.datastore()
     images = images or await run_in_threadpool(datastore.get_unlabeled_images, structure=model)
     known = set(await run_in_threadpool(datastore.list_images))
@@ -401,7 +399,7 @@ async def batch_infer(model: str, params: dict | None = None):
         description=f"batch inference '{model}' on {len(images)} images",
         model=model,
         image_ids=list(images),
-        params=params,
+        request=parsed.to_dict(),
     )
     return await run_in_threadpool(app.jobs.describe, job)
 
