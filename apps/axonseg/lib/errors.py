@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 
 class AxonSegError(Exception):
     """Base class: ``str(error)`` is shown to the user, ``status_code`` is the HTTP reply."""
@@ -91,3 +93,10 @@ def error_from_status(status_code: int, message: str) -> AxonSegError:
         if cls.status_code == status_code:
             return cls(message)
     return JobFailed(message)
+
+
+def check_model(model: str, models: Collection[str]) -> str:
+    """``model`` when it is one of ``models`` (a mapping's keys count); NotFound naming those there are."""
+    if model not in models:
+        raise NotFound(f"unknown model '{model}'; available models: {', '.join(models)}")
+    return model
