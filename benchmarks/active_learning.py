@@ -44,7 +44,7 @@ from lib.activelearning.strategies import k_center_greedy  # noqa: E402
 from lib.configs.registry import MODEL_DIR, SPECS  # noqa: E402
 from lib.configs.spec import DataSource, StructureSpec  # noqa: E402
 from lib.db.store import file_checksum  # noqa: E402
-from lib.infers.predict import model_grid_image, model_grid_label  # noqa: E402
+from lib.infers.predict import Predictor, model_grid_image, model_grid_label  # noqa: E402
 from lib.machine import default_device, describe_machine  # noqa: E402
 from lib.networks import load_weights  # noqa: E402
 from lib.protocol import evaluate_source, voxel_size_nm  # noqa: E402
@@ -158,10 +158,9 @@ def uncertainty(adaptation: Adaptation, pool: Pool, i: int, weights: str, args, 
     def compute():
         network, _ = load_weights(weights, device)
         spec, raw = adaptation.spec, pool.raw[i]
-        scores = mc_dropout_uncertainty(
-            network, raw, spec, device, args.samples, stats=pool.stats, voxel_size_nm=pool.voxel_size_nm
-        )
-        features = encoder_features(network, raw, spec, device, pool.stats, pool.voxel_size_nm)
+        predictor = Predictor(network, spec, device, pool.stats, pool.voxel_size_nm)
+        scores = mc_dropout_uncertainty(predictor, raw, args.samples)
+        features = encoder_features(predictor, raw)
         return {**scores, "features": np.asarray(features)}
 
     return cache.get(("uncertainty", adaptation.model, file_checksum(weights), i, args.samples), compute)

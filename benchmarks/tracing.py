@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "apps" / "axonseg"))
 
 from lib.configs.registry import MODEL_DIR, SPECS  # noqa: E402
-from lib.infers.predict import predict_probabilities  # noqa: E402
+from lib.infers.predict import Predictor  # noqa: E402
 from lib.infers.tracing import link_sections, name_tracks, section_segments, trace  # noqa: E402
 from lib.machine import describe_machine  # noqa: E402
 from lib.metrics import segmentation_scores  # noqa: E402
@@ -165,7 +165,7 @@ def membrane_maps(data_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     boundary = read_volume(str(path), "labels/boundary").array
     spec = SPECS["membrane"]
     network, _ = load_weights(str(Path(MODEL_DIR) / "membrane.pt"), "cpu")
-    model = predict_probabilities(network, raw, spec, "cpu", 1, intensity_stats(raw), VOXEL_NM)
+    model = Predictor(network, spec, "cpu", intensity_stats(raw), VOXEL_NM).probabilities(raw)
     oracle = ndimage.gaussian_filter(boundary.astype(np.float32), 1.0)
     oracle /= max(float(oracle.max()), 1e-6)
     return truth, {"raw": raw, "model": model, "truth": oracle}

@@ -18,7 +18,8 @@ from lib.activelearning.scoring import MC_DROPOUT, scoring_params
 from lib.configs.registry import SPECS
 from lib.errors import InvalidRequest
 from lib.infers.postprocessing import METHODS, OPTION_CHOICES, OPTION_RANGES, default_options, resolve
-from lib.infers.segmentation import ModelWeights, SegmentationInfer, parse_infer_request
+from lib.infers.request import parse_infer_request
+from lib.infers.segmentation import ModelWeights, SegmentationInfer
 from lib.jobs.training import TrainingRuns
 from lib.params import MAX_LIST_ITEMS, Range, boolean, string_list, text
 from lib.trainers.pretrain_task import PRETRAIN_TRAINER, PretrainTrainer

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lib.configs.registry import SPECS
-from lib.infers.predict import predict_probabilities
+from lib.infers.predict import Predictor
 
 
 class PositionDependent(torch.nn.Module):
@@ -23,8 +23,8 @@ def test_tta_variants_are_inverted_exactly(tta):
     rng = np.random.default_rng(0)
     volume = rng.random((8, 40, 40)).astype(np.float32)
     volume[:, :10, :5] += 3  # an asymmetric bright corner
-    plain = predict_probabilities(PositionDependent(), volume, spec, tta=1)
-    augmented = predict_probabilities(PositionDependent(), volume, spec, tta=tta)
+    plain = Predictor(PositionDependent(), spec).probabilities(volume, tta=1)
+    augmented = Predictor(PositionDependent(), spec).probabilities(volume, tta=tta)
     # a pointwise network commutes with flips/rotations, so correct inverses reproduce the plain output
     np.testing.assert_allclose(augmented, plain, atol=1e-5)
 
@@ -43,15 +43,15 @@ def test_a_check_before_each_forward_pass_stops_a_prediction_midway():
 
     volume = np.zeros((8, 200, 200), np.float32)  # 9 windows of mitochondria's, 2 per forward pass
     with before_each_forward(check), pytest.raises(TrainingStopped):
-        predict_probabilities(PositionDependent(), volume, SPECS["mitochondria"], tta=8)
+        Predictor(PositionDependent(), SPECS["mitochondria"]).probabilities(volume, tta=8)
     assert len(calls) == 3
-    predict_probabilities(PositionDependent(), volume, SPECS["mitochondria"])  # outside the block: no check
+    Predictor(PositionDependent(), SPECS["mitochondria"]).probabilities(volume)  # outside the block: no check
     assert len(calls) == 3
 
 
 def test_tta_rejects_other_counts():
     with pytest.raises(ValueError, match="tta"):
-        predict_probabilities(PositionDependent(), np.zeros((4, 8, 8), np.float32), SPECS["axon"], tta=4)
+        Predictor(PositionDependent(), SPECS["axon"]).probabilities(np.zeros((4, 8, 8), np.float32), tta=4)
 
 
 def test_a_region_predicts_the_same_however_the_volume_was_cut(tmp_path):
@@ -63,7 +63,6 @@ def test_a_region_predicts_the_same_however_the_volume_was_cut(tmp_path):
     from lib.datastore import MicroscopyDatastore
     from lib.db.engine import upgrade
     from lib.db.store import Database
-    from lib.infers.predict import segment
     from lib.networks import load_weights
     from lib.transforms.intensity import intensity_stats
     from lib.transforms.io import read_volume
@@ -80,9 +79,9 @@ def test_a_region_predicts_the_same_however_the_volume_was_cut(tmp_path):
     network, _ = load_weights(str(APP_DIR / "model" / "axon.pt"), "cpu")
     data = ds.read_region("chunk_block_z32_y64_x0", tuple(p // 2 for p in spec.patch_size))
     assert data.read_roi.shape != data.region_roi.shape and data.read_roi.shape != whole.shape
-    served = segment(network, data.array, spec, stats=data.stats, inner=data.inner)
-    cut = segment(network, whole[data.read_roi.slices], spec, stats=intensity_stats(whole), inner=data.inner)
+    served = Predictor(network, spec, stats=data.stats).segment(data.array, inner=data.inner)
+    cut = Predictor(network, spec, stats=intensity_stats(whole)).segment(whole[data.read_roi.slices], inner=data.inner)
     assert served.sum() > 100
     np.testing.assert_array_equal(served, cut)
-    alone = segment(network, data.array[data.inner], spec)  # the region normalised by itself
+    alone = Predictor(network, spec).segment(data.array[data.inner])  # the region normalised by itself
     assert (alone != served).mean() > 0.01

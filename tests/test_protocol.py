@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lib.configs.registry import SPECS
-from lib.infers.predict import UNKNOWN_VOXEL_SIZE_NM, predict_probabilities, resampling_zoom
+from lib.infers.predict import UNKNOWN_VOXEL_SIZE_NM, Predictor, resampling_zoom
 from lib.protocol import dense_facts, region_text
 
 
@@ -75,6 +75,6 @@ def test_resampled_prediction_comes_back_on_the_image_grid():
     rng = np.random.default_rng(0)
     volume = (rng.random((4, 40, 50)) > 0.5).astype(np.float32)
     volume[:, :20] = 0
-    out = predict_probabilities(Identity(), volume, SPECS["mitochondria"], voxel_size_nm=(50.0, 4.0, 4.0))
+    out = Predictor(Identity(), SPECS["mitochondria"], voxel_size_nm=(50.0, 4.0, 4.0)).probabilities(volume)
     assert out.shape == volume.shape
     assert out[:, :18].max() < 0.05 and out[:, 22:].mean() > 0.3  # where the signal was, not smeared

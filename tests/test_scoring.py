@@ -15,6 +15,7 @@ from lib.activelearning.scoring import (
     with_dropout,
 )
 from lib.configs.registry import SPECS
+from lib.infers.predict import Predictor
 from lib.networks import build_network
 
 SPEC = SPECS["membrane"]
@@ -49,7 +50,7 @@ def test_binary_entropy_is_one_bit_at_one_half_and_zero_when_sure():
 
 def test_tta_score_is_zero_for_an_equivariant_network_and_grows_with_disagreement():
     image = np.random.default_rng(0).random((8, 32, 32)).astype(np.float32)
-    scores = [tta_score(Ramp(s), image, SPEC) for s in (0.0, 1.0, 3.0)]
+    scores = [tta_score(Predictor(Ramp(s), SPEC), image) for s in (0.0, 1.0, 3.0)]
     assert scores[0] == pytest.approx(0.0, abs=1e-10)
     assert 0 < scores[1] < scores[2]
 
@@ -62,14 +63,14 @@ def test_mc_dropout_samples_dropout_and_bald_is_zero_without_it():
     dropouts = [m for m in sampler.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
     assert dropouts and all(m.training for m in dropouts)
     assert not any(m.training for m in sampler.modules() if isinstance(m, torch.nn.InstanceNorm3d))
-    certain = mc_dropout_uncertainty(network, image, SPEC, samples=3, rate=0.0)
-    again = mc_dropout_uncertainty(network, image, SPEC, samples=1, rate=0.0)
+    certain = mc_dropout_uncertainty(Predictor(network, SPEC), image, samples=3, rate=0.0)
+    again = mc_dropout_uncertainty(Predictor(network, SPEC), image, samples=1, rate=0.0)
     # no dropout: every pass is the same prediction, so the weights tell nothing (BALD 0), the entropy stays
     assert certain["epistemic"] == pytest.approx(0.0, abs=1e-6)
     assert certain["entropy"] == pytest.approx(again["entropy"], rel=1e-5) and certain["entropy"] > 0.01
-    noisy = [mc_dropout_uncertainty(network, image, SPEC, samples=3, rate=0.5, seed=s) for s in (0, 1)]
+    noisy = [mc_dropout_uncertainty(Predictor(network, SPEC), image, samples=3, rate=0.5, seed=s) for s in (0, 1)]
     assert noisy[0] != noisy[1] and noisy[0]["epistemic"] > 0  # dropout is really on during sampling
-    assert mc_dropout_uncertainty(network, image, SPEC, samples=3, rate=0.5, seed=0) == noisy[0]  # seeded
+    assert mc_dropout_uncertainty(Predictor(network, SPEC), image, samples=3, rate=0.5, seed=0) == noisy[0]  # seeded
     assert all(n["epistemic"] <= n["entropy"] for n in noisy)  # mutual information never exceeds total entropy
 
 
@@ -91,14 +92,14 @@ def test_bald_separates_what_the_model_does_not_know_from_ambiguous_voxels(monke
 
     image = np.random.default_rng(2).random((8, 32, 32)).astype(np.float32)
     monkeypatch.setattr(scoring, "with_dropout", lambda network, spec, rate: Coin())
-    disagree = mc_dropout_uncertainty(torch.nn.Identity(), image, SPEC, samples=16)
+    disagree = mc_dropout_uncertainty(Predictor(torch.nn.Identity(), SPEC), image, samples=16)
 
     class Flat(torch.nn.Module):
         def forward(self, x):
             return torch.zeros_like(x)
 
     monkeypatch.setattr(scoring, "with_dropout", lambda network, spec, rate: Flat())
-    ambiguous = mc_dropout_uncertainty(torch.nn.Identity(), image, SPEC, samples=16)
+    ambiguous = mc_dropout_uncertainty(Predictor(torch.nn.Identity(), SPEC), image, samples=16)
     # both are uncertain in total (near 1 bit), but only the coin's uncertainty is about the weights
     assert disagree["entropy"] > 0.8 and ambiguous["entropy"] > 0.99
     assert disagree["epistemic"] > 0.95 * disagree["entropy"] and ambiguous["epistemic"] < 1e-6
@@ -123,8 +124,8 @@ def test_scores_are_taken_on_the_model_grid():
     network = build_network(**spec.network_args())
     image = np.random.default_rng(3).random((4, 48, 48)).astype(np.float32)
     native, resampled = WindowCounter(network), WindowCounter(network)
-    tta_score(native, image, spec, tta=8)
-    tta_score(resampled, image, spec, tta=8, voxel_size_nm=(50.0, 5.0, 5.0))
+    tta_score(Predictor(native, spec), image, tta=8)
+    tta_score(Predictor(resampled, spec, voxel_size_nm=(50.0, 5.0, 5.0)), image, tta=8)
     assert resampled.windows == 2 * native.windows == 16
-    features = encoder_features(network, image, spec, voxel_size_nm=(50.0, 5.0, 5.0))
+    features = encoder_features(Predictor(network, spec, voxel_size_nm=(50.0, 5.0, 5.0)), image)
     assert len(features) == spec.filters[-1] and all(np.isfinite(features))

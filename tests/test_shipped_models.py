@@ -13,7 +13,7 @@ from conftest import APP_DIR, shared_file
 from lib.configs.registry import SPECS
 from lib.configs.spec import DataSource
 from lib.infers.postprocessing import postprocess
-from lib.infers.predict import predict_probabilities, sliding_window_probabilities
+from lib.infers.predict import Predictor, sliding_window_probabilities
 from lib.metrics import voxel_scores
 from lib.networks import load_weights
 from lib.trainers.data import load_source
@@ -90,7 +90,7 @@ def test_quality_on_the_test_split(name):
 
 def _chunk_fraction(network, raw, whole) -> tuple[float, np.ndarray]:
     prediction = postprocess(
-        predict_probabilities(network, raw, SPECS["axon"], stats=intensity_stats(whole)), SPECS["axon"]
+        Predictor(network, SPECS["axon"], stats=intensity_stats(whole)).probabilities(raw), SPECS["axon"]
     ).astype(bool)
     return float(prediction.mean()), prediction
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 
@@ -116,3 +117,10 @@ def error_from_result(result: Any) -> AxonSegError | None:
     if not isinstance(result, dict) or "error" not in result or "status_code" not in result:
         return None
     return error_from_status(int(result["status_code"]), str(result["error"]))
+
+
+def check_model(model: str, models: Collection[str]) -> str:
+    """``model`` when it is one of ``models`` (a mapping's keys count); NotFound naming those there are."""
+    if model not in models:
+        raise NotFound(f"unknown model '{model}'; available models: {', '.join(models)}")
+    return model

@@ -28,13 +28,7 @@ from scipy import ndimage
 
 from .configs.spec import DataSource, ForegroundCheck, StructureSpec
 from .infers.postprocessing import postprocess, structure_mask
-from .infers.predict import (
-    predict,
-    predict_probabilities,
-    resampling_zoom,
-    sliding_window_probabilities,
-    voxel_size_nm,
-)
+from .infers.predict import Predictor, resampling_zoom, sliding_window_probabilities, voxel_size_nm
 from .metrics import detection_scores, instance_scores, roc_auc, segmentation_scores, skeleton_scores, voxel_scores
 from .transforms.intensity import intensity_stats
 from .transforms.io import read_volume
@@ -148,9 +142,8 @@ def evaluate_region(
         raise ValueError(f"object id shape {object_ids.shape} differs from image shape {image.shape}")
     raw = np.ascontiguousarray(image[crop])
     target, mask = map_labels(np.asarray(label[crop]), spec.label_map)
-    probabilities, ids = predict(
-        network, raw, spec, device, tta, intensity_stats(image), voxel_size_nm, method, **(options or {})
-    )
+    predictor = Predictor(network, spec, device, intensity_stats(image), voxel_size_nm)
+    probabilities, ids = predictor.predict(raw, tta, method, **(options or {}))
     prediction = structure_mask(ids, method or spec.postprocessing)
     spacing_um = tuple(v / 1000.0 for v in voxel_size_nm) if voxel_size_nm else (1.0, 1.0, 1.0)
     metrics = score(spec, probabilities, prediction, target, mask, spacing_um)
@@ -198,9 +191,7 @@ def foreground_check(
     volume = read_volume(path, check.dataset)
     image = volume.array
     crop = np.ascontiguousarray(image[region_slices(check.region)])
-    _, prediction = predict(
-        network, crop, spec, device, stats=intensity_stats(image), voxel_size_nm=voxel_size_nm(volume)
-    )
+    _, prediction = Predictor(network, spec, device, intensity_stats(image), voxel_size_nm(volume)).predict(crop)
     fraction = float(prediction.astype(bool).mean())
     low, high = check.plausible
     row = {
@@ -381,9 +372,8 @@ def sweep(
         voxel_size = voxel_size_nm(volume, source.voxel_size_nm)
         if resampling_zoom(spec, voxel_size) is not None:
             raise ValueError(f"sweep {source.file}: select sources must be at the model's voxel size")
-        probabilities = predict_probabilities(
-            network, np.ascontiguousarray(image[crop]), spec, device, stats=intensity_stats(image)
-        )
+        predictor = Predictor(network, spec, device, intensity_stats(image))
+        probabilities = predictor.probabilities(np.ascontiguousarray(image[crop]))
         spacing_um = tuple(v / 1000.0 for v in voxel_size) if voxel_size else (1.0, 1.0, 1.0)
         cached.append((probabilities, target, mask, spacing_um))
     rows = []

@@ -31,7 +31,7 @@ from .datastore import MicroscopyDatastore
 from .db.engine import upgrade
 from .db.store import Database
 from .dicomweb.series import FrameCache
-from .errors import AxonSegError, InvalidRequest, NotFound
+from .errors import AxonSegError, InvalidRequest, check_model
 from .jobs.client import JobClient
 from .jobs.training import TrainingRuns
 from .jobs.volume_jobs import VolumeJobs
@@ -108,9 +108,7 @@ class Services:
 
     def task_config(self, model: str) -> StructureTaskConfig:
         """The model's task config; 404 naming the models there are."""
-        if model not in self.task_configs:
-            raise NotFound(f"unknown model '{model}'; available models: {', '.join(self.task_configs)}")
-        return self.task_configs[model]
+        return self.task_configs[check_model(model, self.task_configs)]
 
     def next_sample(self, strategy_name: str, request: dict[str, Any]) -> dict[str, Any]:
         """The strategy's pick among images no other annotator holds a live lease on, leased to the caller, with

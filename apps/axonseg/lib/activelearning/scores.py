@@ -12,7 +12,7 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 
 from ..db.store import Database
-from ..errors import NotFound
+from ..errors import NotFound, check_model
 from ..jobs.client import JobClient
 from ..params import refuse_unknown, string_list
 from .scoring import SCORING_METHODS, scoring_params
@@ -26,8 +26,7 @@ class Scores:
         self.models = models
 
     def _check(self, model: str, method: str) -> None:
-        if model not in self.models:
-            raise NotFound(f"unknown model '{model}'; available models: {', '.join(self.models)}")
+        check_model(model, self.models)
         if method not in SCORING_METHODS:
             raise NotFound(f"unknown scoring method '{method}'; available: {', '.join(SCORING_METHODS)}")
 

@@ -25,16 +25,16 @@ the dropout probability, in [0, 1) (default 0.2; 0 makes every pass alike, 1 wou
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..configs.spec import StructureSpec
-from ..infers.predict import model_grid_image, resize, sliding_window_probabilities, tta_probabilities
+from ..infers.predict import Predictor, resize
 from ..networks import build_network
 from ..params import Range
-from ..transforms.intensity import IntensityStats
 
 SCORING_METHODS = ("epistemic", "entropy", "tta", "dice")
 _EPS = 1e-6
@@ -83,31 +83,25 @@ def _region_mean(voxel_map: np.ndarray, shape: tuple[int, ...], inner: tuple[sli
 
 
 def mc_dropout_uncertainty(
-    network: torch.nn.Module,
+    predictor: Predictor,
     array: np.ndarray,
-    spec: StructureSpec,
-    device: str | torch.device = "cpu",
     samples: int = 8,
     rate: float = 0.2,
     seed: int = 0,
-    stats: IntensityStats | None = None,
     inner: tuple[slice, slice, slice] | None = None,
-    voxel_size_nm: tuple[float, ...] | None = None,
 ) -> dict[str, float]:
     """``{"epistemic": BALD, "entropy": predictive entropy}`` (bits per voxel) of a raw (z, y, x) volume
-    from ``samples`` MC-dropout passes.
+    from ``samples`` MC-dropout passes, on the model's grid.
 
-    ``stats``: its image's intensity statistics (None: ``array`` is the whole image); ``inner``: the
-    region to average over when ``array`` holds it with context; ``voxel_size_nm``: the image's, for
-    scoring on the model's grid.
+    ``inner``: the region to average over when ``array`` holds it with context.
     """
-    image = model_grid_image(array, spec, stats, voxel_size_nm)
-    sampler = with_dropout(network, spec, rate)
+    image = predictor.grid_image(array)
+    sampler = replace(predictor, network=with_dropout(predictor.network, predictor.spec, rate))
     torch.manual_seed(seed)
     total = np.zeros(image.shape, dtype=np.float32)
     pass_entropy = np.zeros(image.shape, dtype=np.float32)
     for _ in range(samples):
-        probabilities = sliding_window_probabilities(sampler, image, spec, device, eval_mode=False)
+        probabilities = sampler.window_probabilities(image, eval_mode=False)
         total += probabilities
         pass_entropy += binary_entropy(probabilities)
     predictive = binary_entropy(total / samples)
@@ -119,40 +113,26 @@ def mc_dropout_uncertainty(
 
 
 @torch.no_grad()
-def encoder_features(
-    network: torch.nn.Module,
-    array: np.ndarray,
-    spec: StructureSpec,
-    device: str | torch.device = "cpu",
-    stats: IntensityStats | None = None,
-    voxel_size_nm: tuple[float, ...] | None = None,
-) -> list[float]:
+def encoder_features(predictor: Predictor, array: np.ndarray) -> list[float]:
     """The U-Net bottleneck's channels averaged over a raw volume (on the model's grid): where the region
     lies in the model's own feature space, so nearby regions can be told apart from distant ones."""
     from ..trainers.encoder import encode
 
-    image = model_grid_image(array, spec, stats, voxel_size_nm)
-    network.eval()
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
-    return [float(v) for v in encode(network, tensor).mean(dim=(2, 3, 4))[0].cpu()]
+    image = predictor.grid_image(array)
+    predictor.network.eval()
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(predictor.device)
+    return [float(v) for v in encode(predictor.network, tensor).mean(dim=(2, 3, 4))[0].cpu()]
 
 
 def tta_score(
-    network: torch.nn.Module,
-    array: np.ndarray,
-    spec: StructureSpec,
-    device: str | torch.device = "cpu",
-    tta: int = 8,
-    stats: IntensityStats | None = None,
-    inner: tuple[slice, slice, slice] | None = None,
-    voxel_size_nm: tuple[float, ...] | None = None,
+    predictor: Predictor, array: np.ndarray, tta: int = 8, inner: tuple[slice, slice, slice] | None = None
 ) -> float:
-    """Mean voxel variance of the ``tta`` test-time variants' probabilities (``stats``, ``inner`` and
-    ``voxel_size_nm`` as in :func:`mc_dropout_uncertainty`)."""
-    image = model_grid_image(array, spec, stats, voxel_size_nm)
+    """Mean voxel variance of the ``tta`` test-time variants' probabilities (``inner`` as in
+    :func:`mc_dropout_uncertainty`)."""
+    image = predictor.grid_image(array)
     total = np.zeros(image.shape, dtype=np.float64)
     squares = np.zeros(image.shape, dtype=np.float64)
-    for probabilities in tta_probabilities(network, image, spec, device, tta):
+    for probabilities in predictor.tta_variants(image, tta):
         total += probabilities
         squares += probabilities.astype(np.float64) ** 2
     mean = total / tta

@@ -21,7 +21,7 @@ from ..datastore import check_image_id
 from ..dicomweb.series import series_region
 from ..errors import InvalidRequest, NotFound
 from ..infers.postprocessing import ON_IMAGE_GRID
-from ..infers.segmentation import parse_infer_request
+from ..infers.request import parse_infer_request
 from ..jobs.queues import INFER_QUEUE, TRAIN_QUEUE
 from ..params import string_list
 from ..uploads import remove_upload
@@ -77,14 +77,12 @@ async def infer(
             description=f"inference '{model}' on '{name}'",
             meta={"image": image or None},
             model=model,
-            params={
-                **request,
-                "client_id": caller().client_id(request.get("client_id")),
-                "max_voxels_in_memory": max_voxels,
-            },
+            request=parsed.to_dict(),  # parsed once, here: the worker rebuilds it unchecked
+            client_id=caller().client_id(request.get("client_id")),
             image_id=None if upload else image,
             image_path=image_path,
             anchors_path=anchors,
+            max_voxels_in_memory=max_voxels,
         )
         result = await svc.jobs.wait(job, svc.settings.infer_timeout_s)
     finally:
@@ -98,7 +96,7 @@ async def infer(
 def _infer_response(result: dict[str, Any], output: str | None) -> Any:
     if output == "json":
         return result["params"]
-    label = base64.b64decode(result["label"])  # the label file, base64 in the job's JSON result
+    label = base64.b64decode(result["label"])  # the reply's NRRD file, base64 in the job's JSON result
     if output == "image":
         return Response(label, media_type="application/octet-stream")
     encoder = MultipartEncoder(
@@ -115,7 +113,7 @@ async def batch_infer(svc: Svc, model: str, params: dict | None = None):
     params = dict(params or {})
     raw = params.pop("images", None)
     named = None if raw is None else string_list("images", raw)  # "abc" is no list of three images
-    parse_infer_request(svc.task_config(model).spec, params)  # bounds: 400 before anything is read or queued
+    parsed = parse_infer_request(svc.task_config(model).spec, params)  # 400 before anything is read or queued
     datastore = svc.datastore
     images = named
     if not images:
@@ -132,6 +130,6 @@ async def batch_infer(svc: Svc, model: str, params: dict | None = None):
         description=f"batch inference '{model}' on {len(images)} images",
         model=model,
         image_ids=list(images),
-        params=params,
+        request=parsed.to_dict(),
     )
     return await run_in_threadpool(svc.jobs.describe, job)

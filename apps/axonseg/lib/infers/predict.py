@@ -1,4 +1,5 @@
-"""Whole-volume prediction as plain functions (no MONAI Label objects), used by infer and training."""
+"""Whole-volume prediction (no MONAI Label objects): a :class:`Predictor` per image, used by infer, scoring and
+training alike."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import itertools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -101,103 +103,114 @@ def model_grid_label(label: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return resized.round().astype(label.dtype)
 
 
-def predict_probabilities(
-    network: torch.nn.Module,
-    array: np.ndarray,
-    spec: StructureSpec,
-    device: str | torch.device = "cpu",
-    tta: int = 1,
-    stats: IntensityStats | None = None,
-    voxel_size_nm: tuple[float, float, float] | None = None,
-) -> np.ndarray:
-    """Foreground probability for every voxel of a raw (z, y, x) volume, as float32.
+@dataclass(frozen=True)
+class Predictor:
+    """A network that predicts raw (z, y, x) volumes of one image: what inference, scoring, test-time
+    augmentation and encoder features share.
 
-    ``tta``: 1 (none), 8 (every combination of z, y and x flips) or 16 (the 8 flips, with and
-    without an in-plane 90° rotation); the inverse-transformed probabilities are averaged.
-    ``stats``: the intensity statistics of the image ``array`` was cut from (datastore regions);
-    None means ``array`` is the whole image and is normalised by its own.
-    ``voxel_size_nm``: the image's (z, y, x) voxel size; an image far from the model's
-    (:func:`resampling_zoom`) is resampled (trilinear) onto the model's grid, predicted there, and
-    its probabilities resampled back, e.g. 50 nm ssTEM sections for a 5 nm isotropic FIB-SEM model.
+    ``stats``: the intensity statistics of the image the volumes are cut from (datastore regions); None
+    means each volume is a whole image, normalised by its own. ``voxel_size_nm``: the image's (z, y, x)
+    voxel size; an image far from the model's (:func:`resampling_zoom`) is resampled (trilinear) onto the
+    model's grid and predicted there, e.g. 50 nm ssTEM sections for a 5 nm isotropic FIB-SEM model.
     """
-    probabilities = model_grid_probabilities(network, array, spec, device, tta, stats, voxel_size_nm)
-    return probabilities if probabilities.shape == array.shape else resize(probabilities, array.shape)
 
+    network: torch.nn.Module
+    spec: StructureSpec
+    device: str | torch.device = "cpu"
+    stats: IntensityStats | None = None
+    voxel_size_nm: tuple[float, ...] | None = None
 
-def model_grid_probabilities(
-    network: torch.nn.Module,
-    array: np.ndarray,
-    spec: StructureSpec,
-    device: str | torch.device = "cpu",
-    tta: int = 1,
-    stats: IntensityStats | None = None,
-    voxel_size_nm: tuple[float, float, float] | None = None,
-) -> np.ndarray:
-    """:func:`predict_probabilities` left on the model's voxel grid (the image's when not resampled)."""
-    image = model_grid_image(array, spec, stats, voxel_size_nm)
-    if tta == 1:
-        return sliding_window_probabilities(network, image, spec, device)
-    probabilities = np.zeros(image.shape, dtype=np.float32)
-    for variant in tta_probabilities(network, image, spec, device, tta):
-        probabilities += variant
-    return probabilities / tta
+    def grid_image(self, array: np.ndarray) -> np.ndarray:
+        """``array`` as the network sees it (:func:`model_grid_image`)."""
+        return model_grid_image(array, self.spec, self.stats, self.voxel_size_nm)
 
+    def window_probabilities(self, image: np.ndarray, eval_mode: bool = True) -> np.ndarray:
+        """:func:`sliding_window_probabilities` of an image already on the model's grid."""
+        return sliding_window_probabilities(self.network, image, self.spec, self.device, eval_mode=eval_mode)
 
-def predict(
-    network: torch.nn.Module,
-    array: np.ndarray,
-    spec: StructureSpec,
-    device: str | torch.device = "cpu",
-    tta: int = 1,
-    stats: IntensityStats | None = None,
-    voxel_size_nm: tuple[float, float, float] | None = None,
-    postprocessing: str | None = None,
-    anchors: np.ndarray | None = None,
-    **options,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and label of a raw volume, both on its grid (arguments as in :func:`predict_probabilities`;
-    ``postprocessing``, ``anchors`` (on ``array``'s grid) and ``options`` as in
-    ``lib.infers.postprocessing.postprocess``).
+    def probabilities(self, array: np.ndarray, tta: int = 1) -> np.ndarray:
+        """Foreground probability for every voxel of ``array``, as float32, on its grid.
 
-    Post-processing runs on the model's voxel grid, so sizes and distances (``min_size``,
-    ``min_distance``) mean the same whatever the image's voxel size; the label comes back by nearest
-    neighbour. Methods of ``ON_IMAGE_GRID`` (``trace``) run on the image's grid at its voxel size.
-    """
-    probabilities = model_grid_probabilities(network, array, spec, device, tta, stats, voxel_size_nm)
-    if (postprocessing or spec.postprocessing) in ON_IMAGE_GRID:
+        ``tta``: 1 (none), 8 (every combination of z, y and x flips) or 16 (the 8 flips, with and
+        without an in-plane 90° rotation); the inverse-transformed probabilities are averaged.
+        """
+        probabilities = self.grid_probabilities(array, tta)
+        return probabilities if probabilities.shape == array.shape else resize(probabilities, array.shape)
+
+    def grid_probabilities(self, array: np.ndarray, tta: int = 1) -> np.ndarray:
+        """:meth:`probabilities` left on the model's voxel grid (the image's when not resampled)."""
+        image = self.grid_image(array)
+        if tta == 1:
+            return self.window_probabilities(image)
+        probabilities = np.zeros(image.shape, dtype=np.float32)
+        for variant in self.tta_variants(image, tta):
+            probabilities += variant
+        return probabilities / tta
+
+    def tta_variants(self, image: np.ndarray, tta: int = 8) -> Iterator[np.ndarray]:
+        """Each test-time variant's probabilities for an image on the model's grid, mapped back onto it."""
+        if tta not in TTA_VARIANTS:
+            raise ValueError(f"tta must be one of {TTA_VARIANTS}, not {tta}")
+        for rotate in (False, True)[: max(tta // 8, 1)]:
+            for flips in itertools.product((False, True), repeat=3 if tta > 1 else 0):
+                axes = tuple(axis for axis, flip in enumerate(flips) if flip)
+                variant = np.flip(image, axes) if axes else image
+                if rotate:
+                    variant = np.rot90(variant, 1, axes=(1, 2))
+                probabilities = self.window_probabilities(variant)
+                if rotate:
+                    probabilities = np.rot90(probabilities, -1, axes=(1, 2))
+                yield np.ascontiguousarray(np.flip(probabilities, axes) if axes else probabilities)
+
+    def predict(
+        self,
+        array: np.ndarray,
+        tta: int = 1,
+        postprocessing: str | None = None,
+        anchors: np.ndarray | None = None,
+        **options: Any,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and label of a raw volume, both on its grid (``postprocessing``, ``anchors`` (on
+        ``array``'s grid) and ``options`` as in ``lib.infers.postprocessing.postprocess``).
+
+        Post-processing runs on the model's voxel grid, so sizes and distances (``min_size``,
+        ``min_distance``) mean the same whatever the image's voxel size; the label comes back by nearest
+        neighbour. Methods of ``ON_IMAGE_GRID`` (``trace``) run on the image's grid at its voxel size.
+        """
+        spec = self.spec
+        probabilities = self.grid_probabilities(array, tta)
+        if (postprocessing or spec.postprocessing) in ON_IMAGE_GRID:
+            if probabilities.shape != array.shape:
+                probabilities = resize(probabilities, array.shape)
+            label = postprocess(
+                probabilities, spec, postprocessing, voxel_size_nm=self.voxel_size_nm, anchors=anchors, **options
+            )
+            return probabilities, label
+        label = postprocess(probabilities, spec, postprocessing, anchors=anchors, **options)
         if probabilities.shape != array.shape:
             probabilities = resize(probabilities, array.shape)
-        label = postprocess(
-            probabilities, spec, postprocessing, voxel_size_nm=voxel_size_nm, anchors=anchors, **options
-        )
+            label = model_grid_label(label, array.shape)
         return probabilities, label
-    label = postprocess(probabilities, spec, postprocessing, anchors=anchors, **options)
-    if probabilities.shape != array.shape:
-        probabilities = resize(probabilities, array.shape)
-        label = model_grid_label(label, array.shape)
-    return probabilities, label
 
-
-def tta_probabilities(
-    network: torch.nn.Module,
-    image: np.ndarray,
-    spec: StructureSpec,
-    device: str | torch.device = "cpu",
-    tta: int = 8,
-) -> Iterator[np.ndarray]:
-    """Each test-time variant's probabilities for a normalised volume, mapped back onto the original grid."""
-    if tta not in TTA_VARIANTS:
-        raise ValueError(f"tta must be one of {TTA_VARIANTS}, not {tta}")
-    for rotate in (False, True)[: max(tta // 8, 1)]:
-        for flips in itertools.product((False, True), repeat=3 if tta > 1 else 0):
-            axes = tuple(axis for axis, flip in enumerate(flips) if flip)
-            variant = np.flip(image, axes) if axes else image
-            if rotate:
-                variant = np.rot90(variant, 1, axes=(1, 2))
-            probabilities = sliding_window_probabilities(network, variant, spec, device)
-            if rotate:
-                probabilities = np.rot90(probabilities, -1, axes=(1, 2))
-            yield np.ascontiguousarray(np.flip(probabilities, axes) if axes else probabilities)
+    def segment(
+        self,
+        array: np.ndarray,
+        tta: int = 1,
+        postprocessing: str | None = None,
+        inner: tuple[slice, slice, slice] | None = None,
+        anchors: np.ndarray | None = None,
+        **options: Any,
+    ) -> np.ndarray:
+        """Label volume for a raw (z, y, x) volume (:meth:`predict`): the spec's post-processing, or
+        ``postprocessing`` with ``options`` overriding its defaults. ``inner``: the part of ``array`` to
+        return (a region inside its context); post-processing sees the whole context, so objects crossing
+        the region's border keep their size. ``anchors``: on the returned part's grid (the region's)."""
+        if anchors is not None and inner is not None:
+            placed = np.zeros(array.shape, anchors.dtype)
+            placed[inner] = anchors
+            anchors = placed
+        _, label = self.predict(array, tta, postprocessing, anchors, **options)
+        return np.ascontiguousarray(label[inner]) if inner is not None else label
 
 
 @torch.no_grad()
@@ -239,28 +252,3 @@ def _checked(network: torch.nn.Module, check: Callable[[], None]) -> Callable[[t
         return network(windows)
 
     return predictor
-
-
-def segment(
-    network: torch.nn.Module,
-    array: np.ndarray,
-    spec: StructureSpec,
-    device: str | torch.device = "cpu",
-    tta: int = 1,
-    postprocessing: str | None = None,
-    stats: IntensityStats | None = None,
-    inner: tuple[slice, slice, slice] | None = None,
-    voxel_size_nm: tuple[float, float, float] | None = None,
-    anchors: np.ndarray | None = None,
-    **options,
-) -> np.ndarray:
-    """Label volume for a raw (z, y, x) volume (:func:`predict`): the spec's post-processing, or
-    ``postprocessing`` with ``options`` overriding its defaults. ``inner``: the part of ``array`` to return
-    (a region inside its context); post-processing sees the whole context, so objects crossing the
-    region's border keep their size. ``anchors``: on the returned part's grid (the region's)."""
-    if anchors is not None and inner is not None:
-        placed = np.zeros(array.shape, anchors.dtype)
-        placed[inner] = anchors
-        anchors = placed
-    _, label = predict(network, array, spec, device, tta, stats, voxel_size_nm, postprocessing, anchors, **options)
-    return np.ascontiguousarray(label[inner]) if inner is not None else label

@@ -18,83 +18,28 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ..configs.spec import StructureSpec
 from ..errors import InvalidRequest
-from ..machine import check_device, default_device
+from ..machine import default_device
 from ..networks import load_weights
-from ..params import boolean, choice, refuse_unknown
 from ..transforms.intensity import IntensityStats
 from ..transforms.io import Volume, copy_atomic, read_volume, write_volume
-from .postprocessing import default_options, resolve, structure_mask
-from .predict import check_tta, segment, voxel_size_nm
+from .postprocessing import structure_mask
+from .predict import Predictor, voxel_size_nm
+from .request import InferRequest, infer_config, parse_infer_request
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class InferRequest:
-    """An infer request's options, checked: ``tta``, ``device`` (``auto`` or a torch device), the
-    post-processing ``method`` with its complete ``options``, ``save_label`` (keep the prediction of a
-    datastore region as its ``original`` label), and the form of the reply's label: ``label_values``
-    (``ids``: what the method produced, object ids for instance methods; ``classes``: every object as
-    the structure's label value, what a viewer's segment list shows) and ``result_dtype`` (MONAI Label's
-    name; default uint32 for ids, uint8 for classes) and ``result_compress`` (gzip the NRRD)."""
+class InferInput:
+    """What one infer request segments: ``volume``, the voxels the network sees (a datastore region with
+    its context, or a whole uploaded image); ``reply``, the voxels and geometry the reply's label covers
+    (the region itself); ``stats``, the intensity statistics of their image (None: ``volume`` is the whole
+    image); ``inner``, where ``reply`` lies inside ``volume`` (None: all of it)."""
 
-    tta: int
-    device: str
-    method: str
-    options: dict[str, Any]
-    save_label: bool = True
-    label_values: str = "ids"
-    result_dtype: str | None = None
-    result_compress: bool = True
-
-
-def infer_config(spec: StructureSpec) -> dict[str, Any]:
-    """What a client may override per request, at its defaults: the model's ``config`` in ``/info/`` (Slicer
-    shows it under the model's options and sends all of it back with every request)."""
-    return {"tta": 1, "device": "auto", "postprocessing": spec.postprocessing, **default_options(spec)}
-
-
-# Options of a request besides the advertised ones (infer_config) and the requested post-processing's.
-REPLY_OPTIONS = ("save_label", "label_values", "result_dtype", "result_compress")
-# Keys of a request that are no option, let through: ``client_id`` (every MONAI Label client adds it);
-# ``result_extension`` (Slicer and OHIF; the reply is NRRD, what both ask for), ``restore_label_idx`` (OHIF),
-# ``label_info`` (Slicer); ``images`` (batch infer); ``model``, ``image``, ``label`` (MONAI Label's infer task
-# request, lib.jobs.tasks.infer) and ``max_voxels_in_memory`` (the API's, added before queueing).
-REQUEST_KEYS = (
-    "client_id", "result_extension", "restore_label_idx", "label_info", "images", "model", "image", "label",
-    "max_voxels_in_memory",
-)  # fmt: skip
-
-
-def parse_infer_request(spec: StructureSpec, request: dict[str, Any]) -> InferRequest:
-    """The options of an infer or batch-infer request against their bounds (``check_tta``, ``check_device``,
-    ``postprocessing.resolve``); InvalidRequest names the first one out, and every key that is neither an
-    option nor one of :data:`REQUEST_KEYS`. The API calls it before queueing and :meth:`SegmentationInfer.run`
-    again (whoever queued the job)."""
-    requested = request.get("postprocessing") or spec.postprocessing
-    taken = default_options(spec, requested)  # the requested method's options (an unknown method: 400 here)
-    advertised = infer_config(spec)  # sent back by Slicer even when another method is requested
-    options = (*advertised, *(k for k in taken if k not in advertised), *REPLY_OPTIONS)
-    hint = f"options of '{spec.name}' with '{requested}' post-processing are: {', '.join(options)}"
-    refuse_unknown(request, (*options, *REQUEST_KEYS), "infer option", hint)
-    tta = check_tta(request.get("tta", 1))
-    device = check_device(request.get("device", "auto"))
-    given = {name: request[name] for name in taken if name in request}
-    method, options = resolve(spec, requested, **given)
-    # the default method's options a request carries besides (echoed, not run): still inside their bounds
-    echoed = {k: request[k] for k in default_options(spec) if k in request and k not in taken}
-    if echoed:
-        resolve(spec, spec.postprocessing, **echoed)
-    save = boolean("save_label", request.get("save_label", True))
-    values = choice("label_values", request.get("label_values", "ids"), LABEL_VALUES)
-    dtype = request.get("result_dtype")
-    dtype = None if dtype in (None, "") else choice("result_dtype", dtype, RESULT_DTYPES)
-    compress = boolean("result_compress", request.get("result_compress", True))
-    return InferRequest(tta, device, method, options, save, values, dtype, compress)
-
-
-LABEL_VALUES = ("ids", "classes")
-RESULT_DTYPES = ("uint8", "uint16", "uint32")
+    volume: Volume
+    reply: Volume
+    stats: IntensityStats | None = None
+    inner: tuple[slice, slice, slice] | None = None
 
 
 def read_anchors(path: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -215,30 +160,20 @@ class SegmentationInfer(InferTask):
         }
 
     def run(
-        self,
-        volume: Volume,
-        request: dict[str, Any],
-        stats: IntensityStats | None = None,
-        inner: tuple[slice, slice, slice] | None = None,
-        anchors: np.ndarray | None = None,
+        self, source: InferInput, request: InferRequest, anchors_path: str | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Plain function form: segment ``volume``; returns the label array and result params.
-
-        ``stats``: the intensity statistics of the image ``volume`` was read from (None: ``volume`` is a
-        whole image); ``inner``: the region to return when ``volume`` holds it with context; ``anchors``:
-        a ``trace`` request's, on the returned label's grid (:func:`read_anchors`).
+        """Segment ``source``; returns the label on its reply grid (what the server keeps) and result params.
+        ``anchors_path``: the label file sent with a ``trace`` request, on the reply's grid (:func:`read_anchors`).
         """
-        parsed = parse_infer_request(self.spec, request)
-        tta, method, options = parsed.tta, parsed.method, parsed.options
-        device = default_device() if parsed.device == "auto" else parsed.device
+        anchors = read_anchors(anchors_path, source.reply.array.shape) if anchors_path else None
+        device = default_device() if request.device == "auto" else request.device
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise InvalidRequest(f"device '{device}' requested, but this server has no CUDA GPU")
         network, meta, path = self.weights.load(device)
         start = time.time()
-        voxel_size = voxel_size_nm(volume)
-        label = segment(
-            network, volume.array, self.spec, device, tta, method, stats, inner, voxel_size, anchors, **options
-        )
+        predictor = Predictor(network, self.spec, device, source.stats, voxel_size_nm(source.volume))
+        method, options = request.method, request.options
+        label = predictor.segment(source.volume.array, request.tta, method, source.inner, anchors, **options)
         elapsed = time.time() - start
         params = {
             "model": self.spec.name,
@@ -246,9 +181,9 @@ class SegmentationInfer(InferTask):
             "weights": os.path.basename(path),
             "weights_epoch": meta.get("epoch"),
             "shape": list(label.shape),
-            "spacing_um": list(volume.spacing),
+            "spacing_um": list(source.volume.spacing),
             "foreground_voxels": int(np.count_nonzero(structure_mask(label, method))),
-            "tta": tta,
+            "tta": request.tta,
             "postprocessing": {"method": method, **options},
             "latencies": {
                 "infer": round(elapsed, 3),
@@ -258,19 +193,28 @@ class SegmentationInfer(InferTask):
         return label, params
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """MONAI Label's form: ``request["image"]`` is a file holding a whole image (an upload); a
-        ``request["label"]`` file (MONAI Label's name for a label sent with an infer request) holds anchors."""
-        volume = read_volume(request["image"], max_voxels_in_memory=request.get("max_voxels_in_memory"))
-        anchors = read_anchors(request["label"], volume.array.shape) if request.get("label") else None
-        label, params = self.run(volume, request, anchors=anchors)
+        """MONAI Label's form (its interface; the benchmarks): ``request["image"]`` is a file holding a whole
+        image; a ``request["label"]`` file (MONAI Label's name for a label sent with an infer request) holds
+        anchors. Returns a temporary NRRD of the reply label, which the caller removes."""
         parsed = parse_infer_request(self.spec, request)
-        reply = reply_label(label, parsed, self.spec)
-        return write_label_file(reply, volume, self.spec.name, parsed.result_compress), params
+        volume = read_volume(request["image"], max_voxels_in_memory=request.get("max_voxels_in_memory"))
+        label, params = self.run(InferInput(volume, volume), parsed, request.get("label"))
+        return write_label_file(reply_label(label, parsed, self.spec), volume, parsed.result_compress), params
 
 
-def write_label_file(label: np.ndarray, volume: Volume, prefix: str, compress: bool = True) -> str:
-    """A temporary NRRD of ``label`` with ``volume``'s spacing, origin and direction (what the client was served)."""
-    fd, result = tempfile.mkstemp(suffix=".nrrd", prefix=f"{prefix}_")
+def write_label_file(label: np.ndarray, geometry: Volume, compress: bool = True) -> str:
+    """A temporary NRRD of ``label`` with ``geometry``'s spacing, origin and direction (what the client was served)."""
+    fd, path = tempfile.mkstemp(suffix=".nrrd", prefix="label_")
     os.close(fd)
-    write_volume(result, Volume(label, volume.spacing, volume.origin, volume.direction), compress=compress)
-    return result
+    write_volume(path, Volume(label, geometry.spacing, geometry.origin, geometry.direction), compress=compress)
+    return path
+
+
+def encode_label(label: np.ndarray, geometry: Volume, compress: bool = True) -> bytes:
+    """The NRRD bytes of :func:`write_label_file`: the one form a label takes from the worker to the client."""
+    path = write_label_file(label, geometry, compress)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.remove(path)

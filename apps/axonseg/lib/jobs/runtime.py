@@ -17,7 +17,7 @@ from ..configs.task_config import StructureTaskConfig
 from ..datastore import MicroscopyDatastore
 from ..db.engine import database_url
 from ..db.store import Database, file_checksum
-from ..errors import NotFound
+from ..errors import NotFound, check_model
 from ..infers.segmentation import SegmentationInfer
 from ..networks import load_weights
 from ..trainers.task import StructureTrainer
@@ -45,9 +45,7 @@ class Runtime:
 
     def infer_task(self, model: str) -> SegmentationInfer:
         """The model's infer task; tasks of one model share its cached network (``config.weights``)."""
-        if model not in self.configs:
-            raise NotFound(f"unknown model '{model}'; available models: {', '.join(self.configs)}")
-        return self.configs[model].infer()
+        return self.configs[check_model(model, self.configs)].infer()
 
     def network(self, path: str, checksum: str, device: str) -> torch.nn.Module:
         """The network of the weights file ``path``, loaded once per worker; NotFound if the file is gone or

@@ -9,28 +9,22 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 from typing import Any
 
-import numpy as np
 from rq import get_current_job
 
 from ..activelearning.scoring import dice_score, encoder_features, mc_dropout_uncertainty, scoring_params, tta_score
 from ..configs.spec import StructureSpec
 from ..datastore import MicroscopyDatastore
 from ..db.models import utcnow
-from ..errors import AxonSegError, error_result
+from ..errors import AxonSegError, InvalidRequest, error_result
 from ..infers.postprocessing import structure_label
-from ..infers.predict import voxel_size_nm
-from ..infers.segmentation import (
-    SegmentationInfer,
-    parse_infer_request,
-    read_anchors,
-    reply_label,
-    write_label_file,
-)
+from ..infers.predict import Predictor, voxel_size_nm
+from ..infers.request import InferRequest
+from ..infers.segmentation import InferInput, SegmentationInfer, encode_label, reply_label
 from ..machine import default_device
 from ..trainers.supervised import EpochStats, TrainingStopped
+from ..transforms.io import read_volume
 from .runtime import runtime
 from .volume_worker import run_step
 
@@ -50,69 +44,58 @@ def _context(spec: StructureSpec) -> tuple[int, int, int]:
     return tuple(p // 2 for p in spec.patch_size)  # type: ignore[return-value]
 
 
-def segment_region(
-    task: SegmentationInfer,
-    datastore: MicroscopyDatastore,
-    image_id: str,
-    params: dict[str, Any],
-    anchors_path: str | None = None,
-) -> tuple[np.ndarray, dict[str, Any], Any]:
-    """Predict a datastore region (or small image) with context, normalised by its image's statistics."""
+def region_input(task: SegmentationInfer, datastore: MicroscopyDatastore, image_id: str) -> InferInput:
+    """A datastore region (or small image) read with context, normalised by its image's statistics."""
     data = datastore.read_region(image_id, _context(task.spec))
-    anchors = read_anchors(anchors_path, data.region_volume.array.shape) if anchors_path else None
-    label, result_params = task.run(data.volume, params, data.stats, data.inner, anchors)
-    return label, result_params, data.region_volume
+    return InferInput(data.volume, data.region_volume, data.stats, data.inner)
 
 
 def infer(
     model: str,
-    params: dict[str, Any],
+    request: dict[str, Any],
+    client_id: str | None = None,
     image_id: str | None = None,
     image_path: str | None = None,
     anchors_path: str | None = None,
+    max_voxels_in_memory: int | None = None,
 ) -> dict[str, Any]:
-    """Segment a datastore region (``image_id``) or an uploaded file (``image_path``); returns the label
-    file's bytes (NRRD on the region's or file's geometry) and result params. ``anchors_path``: the label
-    file sent with the request, a ``trace`` request's anchors on the region's or file's grid.
+    """Segment a datastore region (``image_id``) or an uploaded file (``image_path``, read whole up to
+    ``max_voxels_in_memory``) as ``request`` (:meth:`InferRequest.to_dict`, checked by the API) asks; returns
+    the reply's label (NRRD on the region's or file's geometry, base64: results are JSON, queues.SERIALIZER)
+    and result params. ``anchors_path``: the label file sent with the request, a ``trace`` request's anchors
+    on the region's or file's grid.
 
     For a datastore region, the prediction is also kept as its ``original`` label of the model's
     structure (what the ``dice`` score compares the annotator's final label with) unless ``save_label``
     is false.
     """
     rt = runtime()
+    parsed = InferRequest.from_dict(request)
     try:
         task = rt.infer_task(model)
+        datastore = rt.datastore()
         if image_id:
-            datastore = rt.datastore()
-            label, result_params, geometry = segment_region(task, datastore, image_id, params, anchors_path)
-            parsed = parse_infer_request(task.spec, params)
-            reply = reply_label(label, parsed, task.spec)
-            result_path = write_label_file(reply, geometry, model, parsed.result_compress)
+            source = region_input(task, datastore, image_id)
+        elif image_path:
+            volume = read_volume(image_path, max_voxels_in_memory=max_voxels_in_memory)
+            source = InferInput(volume, volume)
         else:
-            result_path, result_params = task({**params, "model": model, "image": image_path, "label": anchors_path})
-            label = None
+            raise InvalidRequest("an infer job segments a datastore image or an uploaded file; it was given neither")
+        label, result_params = task.run(source, parsed, anchors_path)
+        reply = encode_label(reply_label(label, parsed, task.spec), source.reply, parsed.result_compress)
     except AxonSegError as e:
         return error_result(e)
     version = rt.db.active_model_version(model)
     result_params["model_version"] = version.id if version else None
-    try:
-        # an image split into regions, predicted whole, is no region to keep a label of
-        save = parse_infer_request(task.spec, params).save_label  # "false" as text is false
-        if label is not None and save and datastore.is_region(image_id):
-            region, image = datastore.region_and_image(image_id)
-            info = {
-                "model": model,
-                "model_version": result_params["model_version"],
-                "client_id": params.get("client_id"),
-            }
-            if model in (image.structures or []):
-                original = structure_label(label, parsed.method)  # trace: its membranes, not its ids
-                datastore.write_label(region, image, model, "original", original, info)
-        with open(result_path, "rb") as f:
-            data = base64.b64encode(f.read()).decode("ascii")  # results are JSON (queues.SERIALIZER)
-    finally:
-        os.remove(result_path)
-    return {"label": data, "filename": os.path.basename(result_path), "params": result_params}
+    # an image split into regions, predicted whole, is no region to keep a label of
+    if image_id and parsed.save_label and datastore.is_region(image_id):
+        region, image = datastore.region_and_image(image_id)
+        info = {"model": model, "model_version": result_params["model_version"], "client_id": client_id}
+        if model in (image.structures or []):
+            original = structure_label(label, parsed.method)  # trace: its membranes, not its ids
+            datastore.write_label(region, image, model, "original", original, info)
+    label_file = base64.b64encode(reply).decode("ascii")
+    return {"label": label_file, "filename": f"{model}.nrrd", "params": result_params}
 
 
 def train(model: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -154,21 +137,21 @@ def train(model: str, params: dict[str, Any]) -> dict[str, Any]:
     return {**result, **recorded}
 
 
-def batch_infer(model: str, image_ids: list[str], params: dict[str, Any]) -> dict[str, Any]:
+def batch_infer(model: str, image_ids: list[str], request: dict[str, Any]) -> dict[str, Any]:
     """Segment several datastore regions and store each result as the model's ``original`` label."""
     rt = runtime()
     datastore = rt.datastore()
     task = rt.infer_task(model)
     done, failed = [], {}
-    method = parse_infer_request(task.spec, params).method  # the API checked the request
+    parsed = InferRequest.from_dict(request)  # the API checked it
     for index, image_id in enumerate(image_ids):
         if rt.stop_event.is_set():
             raise TrainingStopped(f"stopped after {index} of {len(image_ids)} images")
         _progress(done=index, total=len(image_ids), image=image_id)
         try:
-            label, _, _ = segment_region(task, datastore, image_id, params)
+            label, _ = task.run(region_input(task, datastore, image_id), parsed)
             region, image = datastore.region_and_image(image_id)
-            original = structure_label(label, method)
+            original = structure_label(label, parsed.method)
             info = {"model": model, "client_id": "batch_infer"}
             datastore.write_label(region, image, model, "original", original, info)
             done.append(image_id)
@@ -211,23 +194,16 @@ def score(model: str, method: str, image_ids: list[str], params: dict[str, Any])
                 value = dice_score(original, final)
             else:
                 data = datastore.read_region(image_id, _context(config.spec))
-                geometry = {
-                    "stats": data.stats,
-                    "inner": data.inner,
-                    "voxel_size_nm": voxel_size_nm(data.volume),
-                }
+                predictor = Predictor(network, config.spec, device, data.stats, voxel_size_nm(data.volume))
                 if method in ("epistemic", "entropy"):
-                    samples, rate = checked["samples"], checked["rate"]
-                    value = mc_dropout_uncertainty(network, data.array, config.spec, device, samples, rate, **geometry)[
-                        method
-                    ]
+                    uncertainty = mc_dropout_uncertainty(
+                        predictor, data.array, checked["samples"], checked["rate"], inner=data.inner
+                    )
+                    value = uncertainty[method]
                     if method == "epistemic":  # what diversity-aware sampling compares regions by
-                        region = data.array[data.inner]
-                        features = encoder_features(
-                            network, region, config.spec, device, data.stats, geometry["voxel_size_nm"]
-                        )
+                        features = encoder_features(predictor, data.array[data.inner])
                 else:
-                    value = tta_score(network, data.array, config.spec, device, **geometry)
+                    value = tta_score(predictor, data.array, inner=data.inner)
         except (AxonSegError, OSError, ValueError) as e:
             skipped[image_id] = str(e)
             continue

@@ -30,7 +30,7 @@ from rq.job import Job
 from ..configs.spec import StructureSpec
 from ..db.models import Image, VolumeJob, utcnow
 from ..db.store import Database
-from ..errors import InvalidRequest, NotFound
+from ..errors import InvalidRequest, NotFound, check_model
 from ..infers.predict import resampling_zoom
 from ..volumes.blocks.plan import BlockPlan, VolumeRequest
 from ..volumes.outputs import VolumeOutput
@@ -64,9 +64,7 @@ class VolumeJobs:
     def submit(self, image_id: str, model: str, request: dict[str, Any], owner: str | None = None) -> VolumeJob:
         """Plan and queue ``model`` over ``image_id`` (or resume the job that computes the same; its first
         submitter stays its ``owner``)."""
-        spec = self.specs.get(model)
-        if spec is None:
-            raise NotFound(f"unknown model '{model}'; available models: {', '.join(self.specs)}")
+        spec = self.specs[check_model(model, self.specs)]
         image = self.db.image(image_id)
         if image is None or not image.storage_uri:
             raise NotFound(f"image '{image_id}' is not in the volume store")
