@@ -1,7 +1,6 @@
 """Axons in light-sheet / expansion microscopy (TRAILMAP-style sparse annotation)."""
 
 from .spec import Augmentation, DataSource, FineTune, ForegroundCheck, Recipe, StructureSpec
-from .task_config import StructureTaskConfig
 
 _CUBES = "trailmap_cubes_training.h5"
 
@@ -77,7 +76,3 @@ SPEC = StructureSpec(
         ),
     ),
 )
-
-
-class AxonConfig(StructureTaskConfig):
-    spec = SPEC

@@ -1,7 +1,6 @@
 """Neuromuscular-junction and neuron membranes in anisotropic ssTEM (Drosophila VNC + ISBI 2012)."""
 
 from .spec import Augmentation, DataSource, Recipe, StructureSpec
-from .task_config import StructureTaskConfig
 
 _VNC = "drosophila_vnc_stack1_xlt512.h5"
 _ISBI = "isbi2012_sstem.h5"
@@ -43,7 +42,3 @@ SPEC = StructureSpec(
         augmentation=Augmentation(section_defects=True),
     ),
 )
-
-
-class MembraneConfig(StructureTaskConfig):
-    spec = SPEC

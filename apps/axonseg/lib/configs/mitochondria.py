@@ -1,7 +1,6 @@
 """Mitochondria in isotropic FIB-SEM (Lucchi++)."""
 
 from .spec import Augmentation, DataSource, Recipe, StructureSpec
-from .task_config import StructureTaskConfig
 
 _LUCCHI = "lucchi_pp_train.h5"
 
@@ -44,7 +43,3 @@ SPEC = StructureSpec(
         augmentation=Augmentation(),  # isotropic FIB-SEM: 3D elastic, all flips, intensity
     ),
 )
-
-
-class MitochondriaConfig(StructureTaskConfig):
-    spec = SPEC

@@ -1,7 +1,6 @@
 """Synapses in anisotropic ssTEM (Drosophila VNC)."""
 
 from .spec import Augmentation, DataSource, Recipe, StructureSpec
-from .task_config import StructureTaskConfig
 
 _VNC = "drosophila_vnc_stack1_xlt512.h5"
 
@@ -37,7 +36,3 @@ SPEC = StructureSpec(
         augmentation=Augmentation(section_defects=True),
     ),
 )
-
-
-class SynapseConfig(StructureTaskConfig):
-    spec = SPEC

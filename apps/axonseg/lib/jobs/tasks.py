@@ -18,9 +18,7 @@ import torch
 from rq import get_current_job
 
 from ..activelearning.scoring import dice_score, encoder_features, mc_dropout_uncertainty, scoring_params, tta_score
-from ..configs.registry import init_task_configs, init_trainers
 from ..configs.spec import StructureSpec
-from ..configs.task_config import StructureTaskConfig
 from ..datastore import MicroscopyDatastore
 from ..db.engine import database_url
 from ..db.models import utcnow
@@ -39,6 +37,7 @@ from ..machine import default_device
 from ..networks import load_weights
 from ..trainers.supervised import EpochStats, TrainingStopped
 from ..trainers.task import StructureTrainer
+from ..wiring import StructureTaskConfig, init_task_configs, init_trainers
 
 logger = logging.getLogger(__name__)
 
