@@ -18,9 +18,10 @@ import sys
 import torch
 
 from ..configs.registry import SPECS
+from ..figures import plot_panel
 from ..machine import default_device, describe_machine
 from ..networks import load_weights
-from ..protocol import plot_panel, run_protocol
+from ..protocol import run_protocol
 from .augmentation import describe, recipe_augmentation
 from .data import load_source
 from .report import plot_learning_curve, write_history, write_model_card

@@ -9,7 +9,8 @@ from typing import IO
 import h5py
 
 from ..configs.spec import StructureSpec
-from ..protocol import BACKGROUND_TILE, metric_table, region_text
+from ..figures import metric_table
+from ..protocol import BACKGROUND_TILE, region_text
 
 
 def write_history(path: str, history: list[dict]) -> None:
