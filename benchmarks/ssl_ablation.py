@@ -49,7 +49,7 @@ from lib.trainers.augmentation import training_transforms  # noqa: E402
 from lib.trainers.data import TrainingVolume, load_source  # noqa: E402
 from lib.trainers.pretext import PRETEXT_TASKS, make_pretext_task  # noqa: E402
 from lib.trainers.pretrain import pretrain_encoder  # noqa: E402
-from lib.trainers.supervised import train_segmentation  # noqa: E402
+from lib.trainers.supervised import TrainingPlan, train_segmentation  # noqa: E402
 from lib.transforms.intensity import normalize_percentiles  # noqa: E402
 from lib.transforms.io import read_volume  # noqa: E402
 from lib.volumes.regions import grid, region_id  # noqa: E402
@@ -129,16 +129,18 @@ def fine_tune(args, structure, cubes, held_out, encoder: Path | None, seed: int,
             cubes,
             [],  # nothing to select on: the last epoch is scored
             weights,
-            epochs=args.epochs,
-            iterations_per_epoch=args.iterations,
-            batch_size=spec.recipe.batch_size,
-            learning_rate=args.learning_rate,
-            foreground_fraction=spec.recipe.foreground_fraction,
-            seed=seed,
-            pretrained_encoder=str(encoder) if encoder else None,
-            freeze_encoder_epochs=args.freeze_epochs if encoder else 0,
-            transforms=training_transforms(spec),
-            device=device,
+            TrainingPlan(
+                epochs=args.epochs,
+                iterations_per_epoch=args.iterations,
+                batch_size=spec.recipe.batch_size,
+                learning_rate=args.learning_rate,
+                foreground_fraction=spec.recipe.foreground_fraction,
+                seed=seed,
+                pretrained_encoder=str(encoder) if encoder else None,
+                freeze_encoder_epochs=args.freeze_epochs if encoder else 0,
+                transforms=training_transforms(spec),
+                device=device,
+            ),
         )
         seconds = time.time() - started
         network, _ = load_weights(weights, device)
