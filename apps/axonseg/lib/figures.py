@@ -20,7 +20,7 @@ def plot_panel(path: str, evaluations: list[Evaluation], title: str, slices: int
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = []
+    panels: list[tuple[Evaluation, int | None]] = []
     for e in evaluations:
         if e.mask is None:
             panels.append((e, None))
