@@ -98,7 +98,7 @@ def run_stock(model: str, image: str, device: str) -> dict:
 def run_ours(model: str, image: str, device: str) -> dict:
     import numpy as np
 
-    from lib.configs.registry import init_task_configs
+    from lib.wiring import init_task_configs
 
     task = init_task_configs(tempfile.mkdtemp())[model].infer()
     start = time.perf_counter()

@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "apps" / "axonseg"))
 
 from lib.configs.registry import MODEL_DIR, SPECS  # noqa: E402
+from lib.figures import metric_table  # noqa: E402
 from lib.machine import default_device, describe_machine  # noqa: E402
 from lib.networks import load_weights  # noqa: E402
-from lib.protocol import metric_table, run_protocol  # noqa: E402
+from lib.protocol import run_protocol  # noqa: E402
 
 # The goals, each judged on the pooled test split (metric, threshold).
 GOALS = {

@@ -44,11 +44,12 @@ from lib.configs.registry import SPECS  # noqa: E402
 from lib.configs.spec import DataSource  # noqa: E402
 from lib.machine import default_device, describe_machine  # noqa: E402
 from lib.networks import load_weights  # noqa: E402
+from lib.protocol import score_volumes  # noqa: E402
 from lib.trainers.augmentation import training_transforms  # noqa: E402
 from lib.trainers.data import TrainingVolume, load_source  # noqa: E402
 from lib.trainers.pretext import PRETEXT_TASKS, make_pretext_task  # noqa: E402
 from lib.trainers.pretrain import pretrain_encoder  # noqa: E402
-from lib.trainers.supervised import train_segmentation, validate  # noqa: E402
+from lib.trainers.supervised import TrainingPlan, train_segmentation  # noqa: E402
 from lib.transforms.intensity import normalize_percentiles  # noqa: E402
 from lib.transforms.io import read_volume  # noqa: E402
 from lib.volumes.regions import grid, region_id  # noqa: E402
@@ -128,20 +129,22 @@ def fine_tune(args, structure, cubes, held_out, encoder: Path | None, seed: int,
             cubes,
             [],  # nothing to select on: the last epoch is scored
             weights,
-            epochs=args.epochs,
-            iterations_per_epoch=args.iterations,
-            batch_size=spec.recipe.batch_size,
-            learning_rate=args.learning_rate,
-            foreground_fraction=spec.recipe.foreground_fraction,
-            seed=seed,
-            pretrained_encoder=str(encoder) if encoder else None,
-            freeze_encoder_epochs=args.freeze_epochs if encoder else 0,
-            transforms=training_transforms(spec),
-            device=device,
+            TrainingPlan(
+                epochs=args.epochs,
+                iterations_per_epoch=args.iterations,
+                batch_size=spec.recipe.batch_size,
+                learning_rate=args.learning_rate,
+                foreground_fraction=spec.recipe.foreground_fraction,
+                seed=seed,
+                pretrained_encoder=str(encoder) if encoder else None,
+                freeze_encoder_epochs=args.freeze_epochs if encoder else 0,
+                transforms=training_transforms(spec),
+                device=device,
+            ),
         )
         seconds = time.time() - started
         network, _ = load_weights(weights, device)
-    scores = validate(network, held_out, spec, device)
+    scores = score_volumes(network, held_out, spec, device)
     return {"f1": scores["f1"], "foreground_iou": scores["foreground_iou"], "seconds": seconds}
 
 

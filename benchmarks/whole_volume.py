@@ -96,7 +96,7 @@ def stored_stats(path: Path):
 
 
 def _axon(workdir: str, device: str = "cpu"):
-    from lib.configs.registry import init_task_configs
+    from lib.wiring import init_task_configs
 
     config = init_task_configs(workdir)["axon"]
     network, _, _ = config.weights.load(device)

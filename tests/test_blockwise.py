@@ -10,7 +10,6 @@ from conftest import shared_file
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
-from lib.configs.registry import init_task_configs
 from lib.infers.postprocessing import postprocess
 from lib.infers.predict import sliding_window_probabilities
 from lib.transforms.intensity import intensity_stats, normalize
@@ -19,6 +18,7 @@ from lib.volumes.blocks.steps import segment_volume
 from lib.volumes.blocks.windows import WindowLattice, block_logits, probabilities, read_padded
 from lib.volumes.outputs import VolumeOutput
 from lib.volumes.regions import Roi, grid
+from lib.wiring import init_task_configs
 
 
 @pytest.fixture(scope="module")

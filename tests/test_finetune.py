@@ -22,7 +22,7 @@ from lib.trainers.finetune import (
     iterations_for,
     split_hold_out,
 )
-from lib.trainers.supervised import train_segmentation
+from lib.trainers.supervised import TrainingPlan, train_segmentation
 
 MITO = SPECS["mitochondria"]
 
@@ -99,7 +99,7 @@ def test_batch_norm_statistics_stay_those_of_the_recipe_while_fine_tuning(tmp_pa
     common = dict(epochs=1, iterations_per_epoch=2, batch_size=2, learning_rate=1e-3, init_weights=served)
     for keep in (True, False):
         out = str(tmp_path / f"kept-{keep}.pt")
-        train_segmentation(spec, [volume], [], out, keep_norm_statistics=keep, **common)
+        train_segmentation(spec, [volume], [], out, TrainingPlan(keep_norm_statistics=keep, **common))
         after = torch.load(out, weights_only=True)["state_dict"]
         same = all(torch.equal(before[k], after[k]) for k in before)
         assert same is keep

@@ -87,10 +87,10 @@ def test_wide_and_float_voxels_map_onto_uint16_with_a_rescale_that_gives_them_ba
 
 
 def test_reply_labels_as_classes_or_ids_that_fit_the_asked_dtype(tmp_path):
-    from lib.configs.registry import init_task_configs
     from lib.errors import InvalidRequest
     from lib.infers.request import parse_infer_request
     from lib.infers.segmentation import reply_label
+    from lib.wiring import init_task_configs
 
     spec = init_task_configs(str(tmp_path))["mitochondria"].spec
     ids = np.array([[[0, 1, 300]]], np.uint32)

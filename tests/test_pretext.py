@@ -29,7 +29,7 @@ from lib.trainers.pretext import (
     max_hamming_permutations,
 )
 from lib.trainers.pretrain import pretrain_encoder, random_crops
-from lib.trainers.supervised import train_segmentation
+from lib.trainers.supervised import TrainingPlan, train_segmentation
 from lib.transforms.intensity import normalize_percentiles
 from lib.transforms.io import read_volume
 
@@ -168,8 +168,9 @@ def test_frozen_encoder_does_not_move_while_the_decoder_learns(tmp_path):
     save_encoder(str(encoder), pretrained, spec.network_args(), {})
     out = tmp_path / "fine_tuned.pt"
     train_segmentation(
-        spec, [crop], [], str(out), epochs=2, iterations_per_epoch=2, batch_size=1, learning_rate=1e-2,
-        pretrained_encoder=str(encoder), freeze_encoder_epochs=2,
+        spec, [crop], [], str(out),
+        TrainingPlan(epochs=2, iterations_per_epoch=2, batch_size=1, learning_rate=1e-2,
+                     pretrained_encoder=str(encoder), freeze_encoder_epochs=2),
     )  # fmt: skip
     tuned, _ = load_weights(str(out))
     for part, module in encoder_modules(tuned).items():
@@ -178,8 +179,9 @@ def test_frozen_encoder_does_not_move_while_the_decoder_learns(tmp_path):
     assert not torch.equal(tuned.output_block.conv.conv.weight, pretrained.output_block.conv.conv.weight)
     # Unfrozen after the first epoch: now the encoder moves too.
     train_segmentation(
-        spec, [crop], [], str(out), epochs=2, iterations_per_epoch=2, batch_size=1, learning_rate=1e-2,
-        pretrained_encoder=str(encoder), freeze_encoder_epochs=1,
+        spec, [crop], [], str(out),
+        TrainingPlan(epochs=2, iterations_per_epoch=2, batch_size=1, learning_rate=1e-2,
+                     pretrained_encoder=str(encoder), freeze_encoder_epochs=1),
     )  # fmt: skip
     tuned, _ = load_weights(str(out))
     moved = tuned.input_block.conv1.conv.weight

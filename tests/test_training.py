@@ -13,7 +13,7 @@ from lib.networks import load_weights
 from lib.trainers.augmentation import training_transforms
 from lib.trainers.data import PatchSampler, TrainingVolume, load_source
 from lib.trainers.losses import masked_bce_dice
-from lib.trainers.supervised import TrainingStopped, train_segmentation
+from lib.trainers.supervised import TrainingPlan, TrainingStopped, train_segmentation
 from lib.transforms.labels import map_labels
 
 
@@ -65,7 +65,8 @@ def test_training_learns_and_keeps_best_weights(tmp_path, membrane_crop):
     history = []
     out = tmp_path / "membrane.pt"
     final = train_segmentation(
-        spec, [train], [val], str(out), epochs=3, iterations_per_epoch=8, batch_size=2, learning_rate=3e-3,
+        spec, [train], [val], str(out),
+        TrainingPlan(epochs=3, iterations_per_epoch=8, batch_size=2, learning_rate=3e-3),
         on_epoch=lambda s: history.append(s),
     )  # fmt: skip
     assert [s.epoch for s in history] == [1, 2, 3]
@@ -80,8 +81,9 @@ def test_training_can_be_stopped(tmp_path, membrane_crop):
     spec, train, val = membrane_crop
     calls = iter(range(100))
     with pytest.raises(TrainingStopped):
-        train_segmentation(spec, [train], [val], str(tmp_path / "m.pt"), epochs=5, iterations_per_epoch=4,
-                           batch_size=1, learning_rate=1e-3, should_stop=lambda: next(calls) >= 3)  # fmt: skip
+        train_segmentation(spec, [train], [val], str(tmp_path / "m.pt"),
+                           TrainingPlan(epochs=5, iterations_per_epoch=4, batch_size=1, learning_rate=1e-3),
+                           should_stop=lambda: next(calls) >= 3)  # fmt: skip
     assert not (tmp_path / "m.pt").exists()  # stopped before any validation: nothing published
 
 

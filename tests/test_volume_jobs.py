@@ -23,11 +23,11 @@ import torch
 import zarr
 from conftest import APP_DIR, _free_port, shared_file, wait_for, wait_for_job
 
-from lib.configs.registry import init_task_configs
 from lib.db.store import Database
 from lib.infers.postprocessing import postprocess
 from lib.infers.predict import sliding_window_probabilities
 from lib.transforms.intensity import IntensityStats, normalize
+from lib.wiring import init_task_configs
 
 CHROMIUM_LOCAL = Path(__file__).resolve().parents[2] / "shared" / "tools" / "chromium-local.sh"
 

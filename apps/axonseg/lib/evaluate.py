@@ -26,12 +26,13 @@ import time
 from typing import Any
 
 from .configs.registry import MODEL_DIR, SPECS
+from .figures import plot_panel
 from .infers.postprocessing import resolve
 from .infers.predict import TTA_VARIANTS
 from .infers.predict import voxel_size_nm as image_voxel_size
 from .machine import default_device, describe_machine
 from .networks import load_weights
-from .protocol import Evaluation, evaluate_region, parse_region, plot_panel
+from .protocol import Evaluation, evaluate_region, parse_region
 from .transforms.io import read_volume
 
 

@@ -14,10 +14,14 @@ metrics each row carries two dense facts:
 
 and each model's ``unlabelled`` checks give the foreground fraction it predicts on volumes without
 labels, against a range its spec justifies.
+
+Panels and tables of these evaluations: ``lib.figures``; the post-processing sweep's command line:
+``python -m lib.sweep``.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +31,7 @@ import torch
 from scipy import ndimage
 
 from .configs.spec import DataSource, ForegroundCheck, StructureSpec
-from .infers.postprocessing import postprocess, structure_mask
+from .infers.postprocessing import postprocess, resolve, structure_mask
 from .infers.predict import Predictor, resampling_zoom, sliding_window_probabilities, voxel_size_nm
 from .metrics import detection_scores, instance_scores, roc_auc, segmentation_scores, skeleton_scores, voxel_scores
 from .transforms.intensity import intensity_stats
@@ -275,76 +279,6 @@ def parse_region(text: str | None) -> tuple[slice, ...]:
     return tuple(slice(*(int(v) if v else None for v in part.split(":"))) for part in parts)
 
 
-def plot_panel(path: str, evaluations: list[Evaluation], title: str, slices: int = 3) -> None:
-    """Raw, label and prediction side by side on the ``slices`` labelled z-slices of each evaluated region
-    that hold the most foreground (unlabelled voxels grey); for an unlabelled check, a thin slab's
-    maximum-intensity projections of raw and prediction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = []
-    for e in evaluations:
-        if e.mask is None:
-            panels.append((e, None))
-            continue
-        labelled = [z for z in range(e.mask.shape[0]) if e.mask[z].any()]
-        # the labelled slices with the most foreground (dense labels: the structure is in view)
-        busiest = sorted(labelled, key=lambda z: -int((e.target[z] & e.mask[z]).sum()))[:slices]
-        panels += [(e, z) for z in sorted(busiest)]
-    fig, axes = plt.subplots(len(panels), 3, figsize=(9, 3.1 * len(panels) + 0.6), squeeze=False)
-    for row, (e, z) in enumerate(panels):
-        if z is None:
-            fraction = 100 * e.row["foreground_fraction"]
-            middle = e.raw.shape[0] // 2
-            slab = slice(max(middle - 8, 0), middle + 8)  # a thin slab: a whole-volume MIP saturates
-            raw_mip = e.raw[slab].max(0)
-            images = [
-                (raw_mip, "gray", None, float(np.percentile(raw_mip, 99.5)), f"z {slab.start}-{slab.stop}: MIP"),
-                (e.raw[middle], "gray", None, float(np.percentile(e.raw[middle], 99.5)), f"raw z={middle}"),
-                (e.prediction[slab].max(0) > 0, "magma", 0, 1, f"prediction MIP (volume: {fraction:.1f} % marked)"),
-            ]
-            _draw(axes[row], images)
-            continue
-        label = np.where(e.mask[z], e.target[z].astype(float), 0.5)
-        name = f"{e.row.get('split', '')} {e.row.get('file', '')} z={z}"
-        images = [(e.raw[z], "gray", None, None, name), (label, "magma", 0, 1, "label (grey: unlabelled)")]
-        images.append((e.prediction[z] > 0, "magma", 0, 1, f"prediction (F1 {e.row['metrics']['f1']:.2f})"))
-        _draw(axes[row], images)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=70)
-    plt.close(fig)
-
-
-def _draw(axes, images) -> None:
-    for ax, (image, cmap, vmin, vmax, text) in zip(axes, images):
-        ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax)
-        ax.set_title(text, fontsize=8)
-        ax.axis("off")
-
-
-def metric_table(spec: StructureSpec, rows: list[dict[str, Any]]) -> list[str]:
-    """Markdown rows ``| split | region | shape | metrics... |`` for report rows of one model."""
-    columns = HEADLINE_METRICS.get(spec.name, ("f1", "precision", "recall"))
-    lines = ["| split | file: label [z,y,x] | shape | " + " | ".join(columns) + " |"]
-    lines.append("|---" * (len(columns) + 3) + "|")
-    for r in rows:
-        values = " | ".join(_cell(r["metrics"].get(c)) for c in columns)
-        where = f"{r['file']}: {r['label']} [{r['region']}]"
-        lines.append(f"| {r['split']} | {where} | {'x'.join(map(str, r['shape']))} | {values} |")
-    return lines
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    return "nan" if value != value else f"{value:.3f}"
-
-
 def sweep(
     spec: StructureSpec,
     network: torch.nn.Module,
@@ -356,10 +290,6 @@ def sweep(
     """Score every combination of post-processing options in ``grid`` on the **select** split only (so
     the choice never sees a test region); probabilities are computed once per source. Rows sorted
     best first by the structure's ``SWEEP_METRIC``."""
-    import itertools
-
-    from .infers.postprocessing import resolve
-
     key = SWEEP_METRIC.get(spec.name, "f1")
     cached = []
     for source in spec.recipe.select:
@@ -386,28 +316,3 @@ def sweep(
         mean = {m: float(np.mean([s[m] for s in scores])) for m in HEADLINE_METRICS.get(spec.name, ("f1",))}
         rows.append({"method": chosen, "options": options, **mean})
     return sorted(rows, key=lambda r: -r[key])
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m lib.protocol sweep MODEL METHOD NAME=V1,V2 ...``: a post-processing sweep on the select split."""
-    import argparse
-    import json
-
-    from .configs.registry import MODEL_DIR, SPECS
-    from .networks import load_weights
-
-    parser = argparse.ArgumentParser(prog="python -m lib.protocol", description=main.__doc__)
-    parser.add_argument("command", choices=["sweep"])
-    parser.add_argument("model", choices=sorted(SPECS))
-    parser.add_argument("method")
-    parser.add_argument("grid", nargs="*", help="option=v1,v2,... (numbers)")
-    parser.add_argument("--data-dir", default=os.path.join("..", "shared", "data"))
-    args = parser.parse_args(argv)
-    grid = {name: [float(v) for v in values.split(",")] for name, values in (g.split("=", 1) for g in args.grid)}
-    network, _ = load_weights(os.path.join(MODEL_DIR, f"{args.model}.pt"))
-    for row in sweep(SPECS[args.model], network, args.data_dir, args.method, grid):
-        print(json.dumps(row))
-
-
-if __name__ == "__main__":
-    main()

@@ -25,8 +25,6 @@ from .auth.guard import Authenticator
 from .auth.identity import caller
 from .auth.throttle import LoginThrottle
 from .auth.tokens import TokenIssuer, load_secret
-from .configs.registry import init_task_configs, init_trainers
-from .configs.task_config import StructureTaskConfig
 from .datastore import MicroscopyDatastore
 from .db.engine import upgrade
 from .db.store import Database
@@ -39,6 +37,7 @@ from .settings import Settings, SettingsError
 from .trainers.task import StructureTrainer
 from .transforms.io import warm_up as warm_up_writers
 from .volumes.upgrade import upgrade_workdir
+from .wiring import StructureTaskConfig, init_task_configs, init_trainers
 
 logger = logging.getLogger(__name__)
 

@@ -1,1 +1,2 @@
-"""One module per structure; each defines SPEC (what the model is) and its TaskConfig."""
+"""The structures axonseg serves, as plain data: one module per structure defines its SPEC; ``registry``
+lists them. Nothing here imports trainers or infers (``lib.wiring`` builds those from the specs)."""

@@ -1,7 +1,6 @@
 """Axons in light-sheet / expansion microscopy (TRAILMAP-style sparse annotation)."""
 
 from .spec import Augmentation, DataSource, FineTune, ForegroundCheck, Recipe, StructureSpec
-from .task_config import StructureTaskConfig
 
 _CUBES = "trailmap_cubes_training.h5"
 
@@ -38,7 +37,7 @@ SPEC = StructureSpec(
     intensity_ceiling=20.0,
     norm="batch",
     structure_metrics=("skeleton",),
-    # Chosen on the select split (`python -m lib.protocol sweep axon threshold ...`): voxel F1 0.883 at
+    # Chosen on the select split (`python -m lib.sweep axon threshold ...`): voxel F1 0.883 at
     # 0.3, 0.883 at 0.35, 0.882 at 0.4, 0.872 at 0.5; the highest threshold within 0.001 of the best
     # (fewer false positives at equal F1). ExLLSM's hysteresis (per request, postprocessing=hysteresis)
     # reached 0.882 at best (high 0.7, low 0.3) on the same split, so the plain threshold stays.
@@ -77,7 +76,3 @@ SPEC = StructureSpec(
         ),
     ),
 )
-
-
-class AxonConfig(StructureTaskConfig):
-    spec = SPEC

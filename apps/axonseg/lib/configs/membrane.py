@@ -1,7 +1,6 @@
 """Neuromuscular-junction and neuron membranes in anisotropic ssTEM (Drosophila VNC + ISBI 2012)."""
 
 from .spec import Augmentation, DataSource, Recipe, StructureSpec
-from .task_config import StructureTaskConfig
 
 _VNC = "drosophila_vnc_stack1_xlt512.h5"
 _ISBI = "isbi2012_sstem.h5"
@@ -22,7 +21,7 @@ SPEC = StructureSpec(
     filters=(8, 16, 32, 64),
     voxel_size_nm=(50.0, 4.6, 4.6),
     patch_size=(8, 160, 160),
-    # Chosen on the select split (`python -m lib.protocol sweep membrane bilateral|threshold ...`): F1 0.764
+    # Chosen on the select split (`python -m lib.sweep membrane bilateral|threshold ...`): F1 0.764
     # at threshold 0.4 with or without seed 003's bilateral filter (0.763 with its erosion/dilation,
     # 0.759 at 0.5), so the plain threshold; `postprocessing=bilateral` stays available per request.
     threshold=0.4,
@@ -43,7 +42,3 @@ SPEC = StructureSpec(
         augmentation=Augmentation(section_defects=True),
     ),
 )
-
-
-class MembraneConfig(StructureTaskConfig):
-    spec = SPEC

@@ -1,7 +1,6 @@
 """Mitochondria in isotropic FIB-SEM (Lucchi++)."""
 
 from .spec import Augmentation, DataSource, Recipe, StructureSpec
-from .task_config import StructureTaskConfig
 
 _LUCCHI = "lucchi_pp_train.h5"
 
@@ -16,7 +15,7 @@ SPEC = StructureSpec(
     filters=(8, 16, 32, 64),
     voxel_size_nm=(5.0, 5.0, 5.0),
     patch_size=(32, 96, 96),
-    # Chosen on the select split (`python -m lib.protocol sweep mitochondria watershed threshold=0.3,0.4,0.5,0.6
+    # Chosen on the select split (`python -m lib.sweep mitochondria watershed threshold=0.3,0.4,0.5,0.6
     # min_size=100,...,1600 min_distance=5,10`): foreground IoU 0.772 at 0.4 / 1600 voxels (0.0002 µm³; a
     # 200 nm mitochondrion is ~30,000) / 5, 0.763 at the old 0.5 / 200; instance F1 0.69 vs 0.50.
     threshold=0.4,
@@ -44,7 +43,3 @@ SPEC = StructureSpec(
         augmentation=Augmentation(),  # isotropic FIB-SEM: 3D elastic, all flips, intensity
     ),
 )
-
-
-class MitochondriaConfig(StructureTaskConfig):
-    spec = SPEC

@@ -1,7 +1,6 @@
 """Synapses in anisotropic ssTEM (Drosophila VNC)."""
 
 from .spec import Augmentation, DataSource, Recipe, StructureSpec
-from .task_config import StructureTaskConfig
 
 _VNC = "drosophila_vnc_stack1_xlt512.h5"
 
@@ -17,7 +16,7 @@ SPEC = StructureSpec(
     filters=(8, 16, 32, 64),
     voxel_size_nm=(50.0, 4.6, 4.6),
     patch_size=(8, 160, 160),
-    # Chosen on the select split (`python -m lib.protocol sweep synapse threshold threshold=0.5,0.7,0.8,0.9
+    # Chosen on the select split (`python -m lib.sweep synapse threshold threshold=0.5,0.7,0.8,0.9
     # min_size=50,200,400,800`): objects found / true 5/5 from 400 voxels (0.0004 µm³ at 50x4.6x4.6 nm),
     # 7-8/5 at 200, at any threshold; the smallest size with the best detection F1. The select slab holds
     # only 5 synapses, so the choice is coarse.
@@ -37,7 +36,3 @@ SPEC = StructureSpec(
         augmentation=Augmentation(section_defects=True),
     ),
 )
-
-
-class SynapseConfig(StructureTaskConfig):
-    spec = SPEC

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..configs.registry import init_task_configs, init_trainers
-from ..configs.task_config import StructureTaskConfig
 from ..datastore import MicroscopyDatastore
 from ..db.engine import database_url
 from ..db.store import Database, file_checksum
@@ -21,6 +19,7 @@ from ..errors import NotFound, check_model
 from ..infers.segmentation import SegmentationInfer
 from ..networks import load_weights
 from ..trainers.task import StructureTrainer
+from ..wiring import StructureTaskConfig, init_task_configs, init_trainers
 
 
 @dataclass

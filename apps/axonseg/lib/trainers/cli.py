@@ -14,20 +14,92 @@ import json
 import os
 import shlex
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..configs.registry import SPECS
+from ..configs.spec import StructureSpec
+from ..figures import plot_panel
 from ..machine import default_device, describe_machine
 from ..networks import load_weights
-from ..protocol import plot_panel, run_protocol
+from ..protocol import run_protocol
 from .augmentation import describe, recipe_augmentation
-from .data import load_source
+from .data import TrainingVolume, load_source
 from .report import plot_learning_curve, write_history, write_model_card
-from .supervised import train_segmentation
+from .supervised import EpochStats, TrainingPlan, train_segmentation
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The files one model's run writes into the model folder."""
+
+    model_dir: str
+    name: str
+
+    def path(self, suffix: str) -> str:
+        return os.path.join(self.model_dir, f"{self.name}{suffix}")
+
+    @property
+    def weights(self) -> str:
+        return self.path(".pt")
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    spec = SPECS[args.model]
+    outputs = Outputs(args.model_dir, spec.name)
+    iterations = args.iterations or spec.recipe.iterations_per_epoch
+    transforms, artifacts = recipe_augmentation(spec, args.data_dir)
+    augmentation = describe(transforms, spec, artifacts)
+    if args.card_only or args.evaluate_only:
+        _, meta = load_weights(outputs.weights)
+        protocol = _judge(args, spec, outputs) if args.evaluate_only else _read_json(outputs.path(".protocol.json"))
+        history = _read_json(outputs.path(".history.json"))
+        machine = meta.get("machine") or describe_machine(args.device)
+        _write_reports(args, spec, outputs, history, meta["command"], machine, iterations, augmentation, protocol)
+        return
+    train = [load_source(args.data_dir, s, spec) for s in spec.recipe.train]
+    val = [load_source(args.data_dir, s, spec) for s in spec.recipe.select]
+    print(
+        f"{spec.name}: {len(train)} training volumes, {len(val)} validation volumes, "
+        f"{len(artifacts)} artifact cubes; augmentation: {', '.join(augmentation)}",
+        flush=True,
+    )
+    os.makedirs(args.model_dir, exist_ok=True)
+    machine = describe_machine(args.device)
+    command = "PYTHONPATH=apps/axonseg .venv/bin/python -m lib.trainers.cli " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    plan = TrainingPlan(
+        epochs=args.epochs or spec.recipe.epochs,
+        iterations_per_epoch=iterations,
+        batch_size=spec.recipe.batch_size,
+        learning_rate=spec.recipe.learning_rate,
+        foreground_fraction=spec.recipe.foreground_fraction,
+        seed=spec.recipe.seed,
+        val_every=args.val_every or spec.recipe.val_every,
+        pretrained_encoder=args.pretrained_encoder,
+        freeze_encoder_epochs=args.freeze_encoder_epochs,
+        transforms=transforms,
+        device=args.device,
+        meta={
+            "name": spec.name,
+            "recipe": "reference",
+            "command": command,
+            "machine": machine,
+            "pretrained_encoder": args.pretrained_encoder,
+        },
+    )
+    history = _train(spec, train, val, outputs, plan)
+    protocol = _judge(args, spec, outputs)
+    _write_reports(args, spec, outputs, history, command, machine, iterations, augmentation, protocol)
+    print(json.dumps({"pooled": protocol["pooled"], "unlabelled": protocol["unlabelled"]}, indent=1))
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=sorted(SPECS))
     parser.add_argument("--data-dir", default=os.path.join("..", "shared", "data"))
@@ -45,71 +117,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--evaluate-only", action="store_true", help="run the protocol on the weights there, then write the card"
     )
-    args = parser.parse_args(argv)
+    return parser
 
-    torch.set_num_threads(args.threads)
-    spec = SPECS[args.model]
-    recipe = spec.recipe
-    epochs = args.epochs or recipe.epochs
-    iterations = args.iterations or recipe.iterations_per_epoch
-    weights = os.path.join(args.model_dir, f"{spec.name}.pt")
-    history_path = os.path.join(args.model_dir, f"{spec.name}.history.json")
-    card = os.path.join(args.model_dir, f"{spec.name}.md")
 
-    transforms, artifacts = recipe_augmentation(spec, args.data_dir)
-    augmentation = describe(transforms, spec, artifacts)
+def _read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
 
-    protocol_path = os.path.join(args.model_dir, f"{spec.name}.protocol.json")
 
-    def judge() -> dict:
-        """The protocol on the weights at ``weights``: report JSON and the test panel PNG."""
-        network, _ = load_weights(weights, args.device)
-        report, evaluations = run_protocol(spec, network, args.data_dir, device=args.device)
-        report["machine"] = describe_machine(args.device)
-        with open(protocol_path, "w") as f:
-            json.dump(report, f, indent=1)
-        shown = [e for e in evaluations if e.row["split"] in ("test", "cross", "unlabelled")]
-        pooled = report["pooled"].get("test", {})
-        plot_panel(
-            os.path.join(args.model_dir, f"{spec.name}.test_panel.png"),
-            shown,
-            f"{spec.name}: test and cross-microscope regions (pooled test F1 {pooled.get('f1', float('nan')):.3f})",
-            slices=2,
-        )
-        return report
-
-    def write_reports(history: list[dict], command: str, machine: str, protocol: dict) -> None:
-        write_history(history_path, history)
-        plot = os.path.join(args.model_dir, f"{spec.name}.learning_curve.png")
-        plot_learning_curve(plot, history, f"{spec.name}: training on {args.device}")
-        write_model_card(
-            card, spec, args.data_dir, history, command, weights, iterations, machine, augmentation, protocol
-        )
-
-    if args.card_only or args.evaluate_only:
-        _, meta = load_weights(weights)
-        if args.evaluate_only:
-            protocol = judge()
-        else:
-            with open(protocol_path) as f:
-                protocol = json.load(f)
-        with open(history_path) as f:
-            history = json.load(f)
-        write_reports(history, meta["command"], meta.get("machine") or describe_machine(args.device), protocol)
-        return
-    train = [load_source(args.data_dir, s, spec) for s in recipe.train]
-    val = [load_source(args.data_dir, s, spec) for s in recipe.select]
-    print(
-        f"{spec.name}: {len(train)} training volumes, {len(val)} validation volumes, "
-        f"{len(artifacts)} artifact cubes; augmentation: {', '.join(augmentation)}",
-        flush=True,
-    )
-
-    os.makedirs(args.model_dir, exist_ok=True)
+def _train(
+    spec: StructureSpec, train: list[TrainingVolume], val: list[TrainingVolume], outputs: Outputs, plan: TrainingPlan
+) -> list[dict]:
+    """The recipe's run, printing each epoch; its history."""
     history: list[dict] = []
-    machine = describe_machine(args.device)
 
-    def on_epoch(stats) -> None:
+    def on_epoch(stats: EpochStats) -> None:
         history.append(stats.to_dict())
         val_text = f" val F1 {stats.validation['f1']:.3f}" if stats.validation else ""
         print(
@@ -117,38 +139,48 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
 
-    command = "PYTHONPATH=apps/axonseg .venv/bin/python -m lib.trainers.cli " + shlex.join(
-        sys.argv[1:] if argv is None else argv
+    train_segmentation(spec, train, val, outputs.weights, plan, on_epoch=on_epoch)
+    size_mb = os.path.getsize(outputs.weights) / 1e6
+    print(f"wrote {outputs.weights} ({size_mb:.1f} MB); judging it on the test split", flush=True)
+    return history
+
+
+def _judge(args: argparse.Namespace, spec: StructureSpec, outputs: Outputs) -> dict:
+    """The protocol on the weights in the model folder: report JSON and the test panel PNG."""
+    network, _ = load_weights(outputs.weights, args.device)
+    report, evaluations = run_protocol(spec, network, args.data_dir, device=args.device)
+    report["machine"] = describe_machine(args.device)
+    with open(outputs.path(".protocol.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    shown = [e for e in evaluations if e.row["split"] in ("test", "cross", "unlabelled")]
+    pooled = report["pooled"].get("test", {})
+    plot_panel(
+        outputs.path(".test_panel.png"),
+        shown,
+        f"{spec.name}: test and cross-microscope regions (pooled test F1 {pooled.get('f1', float('nan')):.3f})",
+        slices=2,
     )
-    train_segmentation(
-        spec,
-        train,
-        val,
-        weights,
-        epochs=epochs,
-        iterations_per_epoch=iterations,
-        batch_size=recipe.batch_size,
-        learning_rate=recipe.learning_rate,
-        foreground_fraction=recipe.foreground_fraction,
-        seed=recipe.seed,
-        val_every=args.val_every or recipe.val_every,
-        transforms=transforms,
-        pretrained_encoder=args.pretrained_encoder,
-        freeze_encoder_epochs=args.freeze_encoder_epochs,
-        device=args.device,
-        meta={
-            "name": spec.name,
-            "recipe": "reference",
-            "command": command,
-            "machine": machine,
-            "pretrained_encoder": args.pretrained_encoder,
-        },
-        on_epoch=on_epoch,
-    )
-    print(f"wrote {weights} ({os.path.getsize(weights) / 1e6:.1f} MB); judging it on the test split", flush=True)
-    protocol = judge()
-    write_reports(history, command, machine, protocol)
-    print(json.dumps({"pooled": protocol["pooled"], "unlabelled": protocol["unlabelled"]}, indent=1))
+    return report
+
+
+def _write_reports(
+    args: argparse.Namespace,
+    spec: StructureSpec,
+    outputs: Outputs,
+    history: list[dict],
+    command: str,
+    machine: str,
+    iterations: int,
+    augmentation: list[str],
+    protocol: dict,
+) -> None:
+    """History JSON, learning curve PNG and model card."""
+    write_history(outputs.path(".history.json"), history)
+    plot_learning_curve(outputs.path(".learning_curve.png"), history, f"{spec.name}: training on {args.device}")
+    write_model_card(
+        outputs.path(".md"), spec, args.data_dir, history, command, outputs.weights, iterations, machine,
+        augmentation, protocol,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

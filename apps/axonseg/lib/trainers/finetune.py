@@ -28,7 +28,7 @@ from ..networks import load_weights
 from ..protocol import evaluate_source, pooled_scores, score_volumes
 from .augmentation import recipe_augmentation
 from .data import TrainingVolume, load_source
-from .supervised import EpochStats, train_segmentation
+from .supervised import EpochStats, TrainingPlan, train_segmentation
 
 
 class TooFewLabels(ValueError):
@@ -209,12 +209,7 @@ def fine_tune(
         TooFewLabels: too few labelled voxels to hold a part out.
     """
     recipe = spec.recipe.fine_tune
-    labelled = sum(v.labelled_voxels for v in volumes)
-    if labelled < recipe.min_labelled_voxels:
-        raise TooFewLabels(
-            f"{labelled:,} labelled {spec.name} voxels (on the model's grid) are too few to hold a part out for "
-            f"validation; label at least {recipe.min_labelled_voxels:,}"
-        )
+    _require_enough_labels(spec, volumes)
     train, held_out = split_hold_out(volumes, recipe)
     served, _ = load_weights(served_path, device)
     baseline = score_volumes(served, held_out, spec, device)[GATE_METRIC]
@@ -224,11 +219,7 @@ def fine_tune(
     trained_voxels = sum(v.labelled_voxels for v in train)
     iterations = iterations or iterations_for(trained_voxels, spec)
     epochs = epochs or recipe.validations
-    final = train_segmentation(
-        spec,
-        train,
-        held_out,
-        candidate_path,
+    plan = TrainingPlan(
         epochs=epochs,
         iterations_per_epoch=max(1, math.ceil(iterations / epochs)),
         batch_size=batch_size or spec.recipe.batch_size,
@@ -245,19 +236,42 @@ def fine_tune(
         keep_norm_statistics=not pretrained_encoder,
         device=device,
         meta={**(meta or {}), "recipe": "fine-tune", "held_out": [v.name for v in held_out]},
-        on_epoch=on_epoch,
-        should_stop=should_stop,
     )
+    final = train_segmentation(spec, train, held_out, candidate_path, plan, on_epoch=on_epoch, should_stop=should_stop)
+    gate = _gate(spec, final, baseline, candidate_path, data_dir, device, original_baseline)
+    return FineTuneRun(final, gate, iterations, trained_voxels, [v.name for v in held_out])
+
+
+def _require_enough_labels(spec: StructureSpec, volumes: list[TrainingVolume]) -> None:
+    minimum = spec.recipe.fine_tune.min_labelled_voxels
+    labelled = sum(v.labelled_voxels for v in volumes)
+    if labelled < minimum:
+        raise TooFewLabels(
+            f"{labelled:,} labelled {spec.name} voxels (on the model's grid) are too few to hold a part out for "
+            f"validation; label at least {minimum:,}"
+        )
+
+
+def _gate(
+    spec: StructureSpec,
+    final: EpochStats,
+    baseline: float,
+    candidate_path: str,
+    data_dir: str | None,
+    device: str,
+    original_baseline: Callable[[], float | None],
+) -> GateDecision:
+    """The candidate against the served weights; the recipe's test split is scored only when the held-out
+    part improved (otherwise the gate has its answer: spare the test split's minutes)."""
     scores, served_original = None, None
-    if final.best_metric > baseline:  # otherwise the gate has its answer: spare the test split's minutes
+    if final.best_metric > baseline:
         candidate, _ = load_weights(candidate_path, device)
         scores = original_test_scores(spec, candidate, data_dir, device)
         served_original = original_baseline()
-    gate = decide(
+    return decide(
         final.best_metric,
         baseline,
         scores[GATE_METRIC] if scores else None,
         served_original,
-        recipe.original_tolerance,
+        spec.recipe.fine_tune.original_tolerance,
     )
-    return FineTuneRun(final, gate, iterations, trained_voxels, [v.name for v in held_out])

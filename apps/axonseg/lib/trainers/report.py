@@ -8,8 +8,9 @@ from typing import IO
 
 import h5py
 
-from ..configs.spec import StructureSpec
-from ..protocol import BACKGROUND_TILE, metric_table, region_text
+from ..configs.spec import DataSource, StructureSpec
+from ..figures import metric_table
+from ..protocol import BACKGROUND_TILE, region_text
 
 
 def write_history(path: str, history: list[dict]) -> None:
@@ -94,31 +95,91 @@ def write_model_card(
 ) -> None:
     """Markdown card: data and licences, splits, recipe, test metrics (selection metrics apart), dense
     checks, the test panel, machine, reproduce command. ``protocol`` is ``lib.protocol.run_protocol``'s report."""
+    sections = [
+        f"# Model card: `{spec.name}`\n\n{spec.description}. Output label: `{spec.label_name}` = 1, background = 0.\n",
+        _data_section(spec, data_dir),
+        _splits_section(spec),
+        _recipe_section(spec, history, iterations_per_epoch, augmentation),
+        _test_section(spec, protocol),
+        _checks_section(spec, protocol),
+        _selection_section(spec, history, protocol, machine, weights_path),
+        f"## Reproduce\n```\n{command}\n```\n",
+    ]
+    with open(path, "w") as f:
+        f.write("\n".join(sections))
+
+
+def _data_section(spec: StructureSpec, data_dir: str) -> str:
     recipe = spec.recipe
-    best = max(
-        (h for h in history if h.get("validation")),
-        key=lambda h: h["validation"]["f1"],
-        default=None,
-    )
     files = {s.file for s in recipe.train + recipe.select + recipe.test + recipe.cross}
     files |= {c.file for c in recipe.unlabelled}
     rows = "\n".join(f"| `{n}` | {w} | {lic} |" for n, w, lic in _licences(data_dir, files))
+    return f"""## Training data and licences
+| file | what | licence |
+|---|---|---|
+{rows}
+"""
 
-    def regions(sources):
-        if not sources:
-            return "- none"
-        return "\n".join(f"- `{s.file}` `{s.label}` z,y,x `{region_text(s.region)}`" for s in sources)
 
-    selection = "not measured"
-    if best:
-        v = best["validation"]
-        selection = (
-            f"Best epoch {best['epoch']} of {len(history)} by voxel F1 on the select split: precision "
-            f"{v['precision']:.3f}, recall {v['recall']:.3f}, F1 {v['f1']:.3f}, foreground IoU "
-            f"{v['foreground_iou']:.3f} ({v['voxels']:,} voxels), with the post-processing of the training run; "
-            "the table scores the current one."
-        )
-    by_split = {split: [r for r in protocol["rows"] if r["split"] == split] for split in ("test", "cross", "select")}
+def _regions(sources: tuple[DataSource, ...]) -> str:
+    if not sources:
+        return "- none"
+    return "\n".join(f"- `{s.file}` `{s.label}` z,y,x `{region_text(s.region)}`" for s in sources)
+
+
+def _splits_section(spec: StructureSpec) -> str:
+    recipe = spec.recipe
+    return f"""## Splits (`lib/protocol.py`)
+Train (teaches):
+{_regions(recipe.train)}
+
+Select (chooses the epoch, threshold and post-processing; never reported as the result):
+{_regions(recipe.select)}
+
+Test (reported only; chose nothing):
+{_regions(recipe.test)}
+
+Cross-microscope (reported only):
+{_regions(recipe.cross)}
+
+Label mapping (raw value → target; values not listed are neither trained nor scored): `{spec.label_map}`
+"""
+
+
+def _recipe_section(
+    spec: StructureSpec, history: list[dict], iterations_per_epoch: int, augmentation: list[str]
+) -> str:
+    recipe = spec.recipe
+    post = f"`{spec.postprocessing}`" + (f" {spec.postprocessing_options}" if spec.postprocessing_options else "")
+    resampled = (
+        f"; images resampled to {spec.voxel_size_nm} nm (z, y, x) when theirs differs by more than 25 %"
+        if spec.voxel_size_nm
+        else ""
+    )
+    warps = "anisotropic: in-plane warps only" if spec.anisotropic else "isotropic: 3D warps, z flips"
+    weighted = f", foreground weight {recipe.pos_weight}" if recipe.pos_weight != 1 else ""
+    removed = f", components under {spec.min_size} voxels removed" if spec.min_size else ""
+    inference = f"Inference: Gaussian-weighted sliding window, overlap {spec.overlap}."
+    return f"""## Recipe
+- Network: MONAI `DynUNet`, residual blocks, {spec.norm} norm; kernels `{[list(k) for k in spec.kernels]}`,
+  strides `{[list(s) for s in spec.strides]}`, filters `{list(spec.filters)}`.
+- Input: the image's {spec.percentiles[0]} and {spec.percentiles[1]} percentiles → 0 and 1, clipped to
+  [0, {spec.intensity_ceiling:g}], statistics of the whole image{resampled}.
+- Patches {list(spec.patch_size)} (z, y, x), {int(recipe.foreground_fraction * 100)} % centred on foreground.
+- Augmentation, in order (`lib/trainers/augmentation.py`; {warps}):
+  {", ".join(augmentation)}.
+- Loss: {_LOSS_NAMES[recipe.loss]} over labelled voxels{weighted}.
+  AdamW, lr {recipe.learning_rate}, cosine schedule, {len(history)} epochs × {iterations_per_epoch} iterations
+  × batch {recipe.batch_size}, seed {recipe.seed}; validated every {recipe.val_every} epochs on the select split.
+- Post-processing: {post}, threshold {spec.threshold}{removed}. {inference}
+"""
+
+
+def _rows_of(protocol: dict, split: str) -> list[dict]:
+    return [r for r in protocol["rows"] if r["split"] == split]
+
+
+def _test_section(spec: StructureSpec, protocol: dict) -> str:
     pooled = protocol.get("pooled", {}).get("test")
     pooled_line = (
         f"Pooled over the test split: voxel precision {pooled['precision']:.3f}, recall {pooled['recall']:.3f}, "
@@ -126,6 +187,26 @@ def write_model_card(
         if pooled
         else ""
     )
+    cross = _rows_of(protocol, "cross")
+    return f"""## Test metrics
+Post-processed prediction, labelled voxels only, no test-time augmentation. `predicted_fraction` /
+`labelled_fraction`: the share of labelled voxels marked / labelled {spec.label_name}; `background_fp_fraction`:
+share of voxels marked in fully labelled {BACKGROUND_TILE}x{BACKGROUND_TILE} tiles of a slice that hold no
+{spec.label_name} (0 is right; nan: no such tile).
+
+{chr(10).join(metric_table(spec, _rows_of(protocol, "test")))}
+
+{pooled_line}
+
+Cross-microscope:
+
+{chr(10).join(metric_table(spec, cross)) if cross else "none"}
+
+Test regions, raw / label / prediction: `{spec.name}.test_panel.png`.
+"""
+
+
+def _checks_section(spec: StructureSpec, protocol: dict) -> str:
     checks = (
         "\n".join(
             f"- `{c['file']}` ({'x'.join(map(str, c['shape']))}): **{100 * c['foreground_fraction']:.1f} %** marked "
@@ -135,87 +216,29 @@ def write_model_card(
         )
         or "- none for this structure (its test volumes are densely labelled: see the background column)"
     )
-    post = f"`{spec.postprocessing}`" + (f" {spec.postprocessing_options}" if spec.postprocessing_options else "")
+    return f"## Dense checks on unlabelled volumes\n{checks}\n"
+
+
+def _selection_section(
+    spec: StructureSpec, history: list[dict], protocol: dict, machine: str, weights_path: str
+) -> str:
+    best = max((h for h in history if h.get("validation")), key=lambda h: h["validation"]["f1"], default=None)
+    selection = "not measured"
+    if best:
+        v = best["validation"]
+        selection = (
+            f"Best epoch {best['epoch']} of {len(history)} by voxel F1 on the select split: precision "
+            f"{v['precision']:.3f}, recall {v['recall']:.3f}, F1 {v['f1']:.3f}, foreground IoU "
+            f"{v['foreground_iou']:.3f} ({v['voxels']:,} voxels), with the post-processing of the training run; "
+            "the table scores the current one."
+        )
     total = history[-1]["total_time"] if history else 0
-    text = f"""# Model card: `{spec.name}`
-
-{spec.description}. Output label: `{spec.label_name}` = 1, background = 0.
-
-## Training data and licences
-| file | what | licence |
-|---|---|---|
-{rows}
-
-## Splits (`lib/protocol.py`)
-Train (teaches):
-{regions(recipe.train)}
-
-Select (chooses the epoch, threshold and post-processing; never reported as the result):
-{regions(recipe.select)}
-
-Test (reported only; chose nothing):
-{regions(recipe.test)}
-
-Cross-microscope (reported only):
-{regions(recipe.cross)}
-
-Label mapping (raw value → target; values not listed are neither trained nor scored): `{spec.label_map}`
-
-## Recipe
-- Network: MONAI `DynUNet`, residual blocks, {spec.norm} norm; kernels `{[list(k) for k in spec.kernels]}`,
-  strides `{[list(s) for s in spec.strides]}`, filters `{list(spec.filters)}`.
-- Input: the image's {spec.percentiles[0]} and {spec.percentiles[1]} percentiles → 0 and 1, clipped to
-  [0, {spec.intensity_ceiling:g}], statistics of the whole image{
-        f"; images resampled to {spec.voxel_size_nm} nm (z, y, x) when theirs differs by more than 25 %"
-        if spec.voxel_size_nm
-        else ""
-    }.
-- Patches {list(spec.patch_size)} (z, y, x), {int(recipe.foreground_fraction * 100)} % centred on foreground.
-- Augmentation, in order (`lib/trainers/augmentation.py`; {
-        "anisotropic: in-plane warps only" if spec.anisotropic else "isotropic: 3D warps, z flips"
-    }):
-  {", ".join(augmentation)}.
-- Loss: {_LOSS_NAMES[recipe.loss]} over labelled voxels{
-        f", foreground weight {recipe.pos_weight}" if recipe.pos_weight != 1 else ""
-    }.
-  AdamW, lr {recipe.learning_rate}, cosine schedule, {len(history)} epochs × {iterations_per_epoch} iterations
-  × batch {recipe.batch_size}, seed {recipe.seed}; validated every {recipe.val_every} epochs on the select split.
-- Post-processing: {post}, threshold {spec.threshold}{
-        f", components under {spec.min_size} voxels removed" if spec.min_size else ""
-    }. Inference: Gaussian-weighted sliding window, overlap {spec.overlap}.
-
-## Test metrics
-Post-processed prediction, labelled voxels only, no test-time augmentation. `predicted_fraction` /
-`labelled_fraction`: the share of labelled voxels marked / labelled {spec.label_name}; `background_fp_fraction`:
-share of voxels marked in fully labelled {BACKGROUND_TILE}x{BACKGROUND_TILE} tiles of a slice that hold no
-{spec.label_name} (0 is right; nan: no such tile).
-
-{chr(10).join(metric_table(spec, by_split["test"]))}
-
-{pooled_line}
-
-Cross-microscope:
-
-{chr(10).join(metric_table(spec, by_split["cross"])) if by_split["cross"] else "none"}
-
-Test regions, raw / label / prediction: `{spec.name}.test_panel.png`.
-
-## Dense checks on unlabelled volumes
-{checks}
-
-## Selection metrics (chose the epoch; not a result)
+    return f"""## Selection metrics (chose the epoch; not a result)
 {selection}
 
-{chr(10).join(metric_table(spec, by_split["select"]))}
+{chr(10).join(metric_table(spec, _rows_of(protocol, "select")))}
 
 Trained on {machine} ({total / 60:.0f} min). Learning curve:
 `{os.path.basename(weights_path).replace(".pt", ".learning_curve.png")}`. Test-time augmentation and seconds
 per Mvox: `benchmarks/quality.md`.
-
-## Reproduce
-```
-{command}
-```
 """
-    with open(path, "w") as f:
-        f.write(text)

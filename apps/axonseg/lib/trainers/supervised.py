@@ -44,35 +44,11 @@ class TrainingStopped(Exception):
     before a forward pass of the job it was asked to stop (``lib.jobs.worker``)."""
 
 
-def train_segmentation(
-    spec: StructureSpec,
-    train: list[TrainingVolume],
-    val: list[TrainingVolume],
-    output_path: str,
-    *,
-    epochs: int,
-    iterations_per_epoch: int,
-    batch_size: int,
-    learning_rate: float,
-    foreground_fraction: float = 0.5,
-    seed: int = 0,
-    val_every: int = 1,
-    init_weights: str | None = None,
-    pretrained_encoder: str | None = None,
-    freeze_encoder_epochs: int = 0,
-    transforms: Compose | None = None,
-    replay: list[TrainingVolume] | None = None,
-    replay_share: float = 0.0,
-    keep_norm_statistics: bool = False,
-    device: str = "cpu",
-    meta: dict | None = None,
-    on_epoch: Callable[[EpochStats], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> EpochStats:
-    """Train ``spec``'s network and keep the weights of the best epoch by F1 on ``val`` (the recipe's
-    ``select`` split, never its ``test`` split) at ``output_path``.
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How one supervised run goes: schedule, starting point, patches and device (nnU-Net's plan, for one run).
 
-    Args:
+    Attributes:
         init_weights: start from this weights file (fine-tuning) instead of random weights.
         pretrained_encoder: an encoder file (``lib.trainers.encoder``) loaded into a fresh U-Net,
             whose decoder starts from random weights; not together with ``init_weights``.
@@ -84,83 +60,128 @@ def train_segmentation(
             (fine-tuning on a new microscope without forgetting the old one).
         keep_norm_statistics: batch norms keep their running statistics (fine-tuning on batches of a few
             patches would otherwise replace the statistics of the whole recipe with theirs).
+        meta: written into the weights file beside the epoch and its validation scores.
+    """
+
+    epochs: int
+    iterations_per_epoch: int
+    batch_size: int
+    learning_rate: float
+    foreground_fraction: float = 0.5
+    seed: int = 0
+    val_every: int = 1
+    init_weights: str | None = None
+    pretrained_encoder: str | None = None
+    freeze_encoder_epochs: int = 0
+    transforms: Compose | None = None
+    replay: list[TrainingVolume] | None = None
+    replay_share: float = 0.0
+    keep_norm_statistics: bool = False
+    device: str = "cpu"
+    meta: dict | None = None
+
+
+def train_segmentation(
+    spec: StructureSpec,
+    train: list[TrainingVolume],
+    val: list[TrainingVolume],
+    output_path: str,
+    plan: TrainingPlan,
+    *,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> EpochStats:
+    """Train ``spec``'s network as ``plan`` says and keep the weights of the best epoch by F1 on ``val`` (the
+    recipe's ``select`` split, never its ``test`` split) at ``output_path``.
+
+    Args:
         on_epoch: called after every epoch with its :class:`EpochStats` (progress reporting).
         should_stop: polled every iteration; True raises :class:`TrainingStopped` and keeps the
             best weights written so far.
     Returns:
         stats of the last epoch (``best_metric`` / ``best_epoch`` say which one was kept).
     """
-    torch.manual_seed(seed)
-    loss_fn = LOSSES[spec.recipe.loss]
-    if init_weights and pretrained_encoder:
-        raise ValueError("start from whole weights or from a pretrained encoder, not both")
-    if init_weights:
-        network, _ = load_weights(init_weights, device)
-    else:
-        network = build_network(**spec.network_args())
-        if pretrained_encoder:
-            load_encoder(network, pretrained_encoder, spec.network_args())
-        network = network.to(device)
-    transforms = transforms if transforms is not None else training_transforms(spec)
-    replay = list(replay or [])
-    weights = mixing_weights(train, replay, replay_share)
-    sampler = PatchSampler(train + replay, spec.patch_size, foreground_fraction, seed, transforms, weights)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * iterations_per_epoch)
+    torch.manual_seed(plan.seed)
+    network = _starting_network(spec, plan)
+    sampler = _patch_sampler(spec, train, plan)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=plan.learning_rate, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=plan.epochs * plan.iterations_per_epoch)
     best_metric, best_epoch, started = -1.0, 0, time.time()
-    stats = EpochStats(0, epochs, 0.0, 0.0, 0.0)
-    for epoch in range(1, epochs + 1):
-        network.train()
-        if keep_norm_statistics:
-            for module in network.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()  # running statistics stay those of the recipe's data
-        if freeze_encoder_epochs:
-            set_encoder_trainable(network, epoch > freeze_encoder_epochs)
-        epoch_start, losses = time.time(), []
-        for _ in range(iterations_per_epoch):
-            if should_stop and should_stop():
-                raise TrainingStopped(f"stopped in epoch {epoch}")
-            image, target, mask = (torch.from_numpy(a).to(device) for a in sampler.batch(batch_size))
-            loss = loss_fn(network(image), target.float(), mask, pos_weight=spec.recipe.pos_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
+    stats = EpochStats(0, plan.epochs, 0.0, 0.0, 0.0)
+    for epoch in range(1, plan.epochs + 1):
+        epoch_start = time.time()
+        _set_train_mode(network, plan, epoch)
+        losses = [
+            _step(network, spec, sampler, optimizer, scheduler, plan, should_stop, epoch)
+            for _ in range(plan.iterations_per_epoch)
+        ]
         validation: dict[str, float] = {}
-        if val and (epoch % val_every == 0 or epoch == epochs):
-            validation = score_volumes(network, val, spec, device)
+        if val and (epoch % plan.val_every == 0 or epoch == plan.epochs):
+            validation = score_volumes(network, val, spec, plan.device)
             if validation["f1"] > best_metric:
                 best_metric, best_epoch = validation["f1"], epoch
-                save_weights(
-                    output_path,
-                    network,
-                    spec.network_args(),
-                    {
-                        **(meta or {}),
-                        "epoch": epoch,
-                        "validation": validation,
-                        "trained_at": time.time(),
-                    },
-                )
+                extra = {"epoch": epoch, "validation": validation, "trained_at": time.time()}
+                save_weights(output_path, network, spec.network_args(), {**(plan.meta or {}), **extra})
+        now = time.time()
         stats = EpochStats(
-            epoch,
-            epochs,
-            float(np.mean(losses)),
-            time.time() - epoch_start,
-            time.time() - started,
-            validation,
-            best_metric,
+            epoch, plan.epochs, float(np.mean(losses)), now - epoch_start, now - started, validation, best_metric,
             best_epoch,
-        )
+        )  # fmt: skip
         if on_epoch:
             on_epoch(stats)
     if not val:  # nothing to select on: keep the last epoch
-        save_weights(
-            output_path,
-            network,
-            spec.network_args(),
-            {**(meta or {}), "epoch": epochs, "trained_at": time.time()},
-        )
+        extra = {"epoch": plan.epochs, "trained_at": time.time()}
+        save_weights(output_path, network, spec.network_args(), {**(plan.meta or {}), **extra})
     return stats
+
+
+def _starting_network(spec: StructureSpec, plan: TrainingPlan) -> torch.nn.Module:
+    """Served weights (fine-tuning), a fresh U-Net around a pretrained encoder, or a fresh U-Net."""
+    if plan.init_weights and plan.pretrained_encoder:
+        raise ValueError("start from whole weights or from a pretrained encoder, not both")
+    if plan.init_weights:
+        network, _ = load_weights(plan.init_weights, plan.device)
+        return network
+    network = build_network(**spec.network_args())
+    if plan.pretrained_encoder:
+        load_encoder(network, plan.pretrained_encoder, spec.network_args())
+    return network.to(plan.device)
+
+
+def _patch_sampler(spec: StructureSpec, train: list[TrainingVolume], plan: TrainingPlan) -> PatchSampler:
+    transforms = plan.transforms if plan.transforms is not None else training_transforms(spec)
+    replay = list(plan.replay or [])
+    weights = mixing_weights(train, replay, plan.replay_share)
+    return PatchSampler(train + replay, spec.patch_size, plan.foreground_fraction, plan.seed, transforms, weights)
+
+
+def _set_train_mode(network: torch.nn.Module, plan: TrainingPlan, epoch: int) -> None:
+    network.train()
+    if plan.keep_norm_statistics:
+        for module in network.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()  # running statistics stay those of the recipe's data
+    if plan.freeze_encoder_epochs:
+        set_encoder_trainable(network, epoch > plan.freeze_encoder_epochs)
+
+
+def _step(
+    network: torch.nn.Module,
+    spec: StructureSpec,
+    sampler: PatchSampler,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    plan: TrainingPlan,
+    should_stop: Callable[[], bool] | None,
+    epoch: int,
+) -> float:
+    """One optimiser step on a batch of patches; its loss."""
+    if should_stop and should_stop():
+        raise TrainingStopped(f"stopped in epoch {epoch}")
+    image, target, mask = (torch.from_numpy(a).to(plan.device) for a in sampler.batch(plan.batch_size))
+    loss = LOSSES[spec.recipe.loss](network(image), target.float(), mask, pos_weight=spec.recipe.pos_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return float(loss.detach())

@@ -20,7 +20,7 @@ from ..infers.segmentation import ModelWeights
 from ..machine import check_device, default_device
 from ..params import Range, choice, refuse_unknown, text
 from ..volumes.roots import reference_data_dir
-from .data import load_region
+from .data import TrainingVolume, load_region
 from .encoder import read_encoder
 from .finetune import GATE_METRIC, TooFewLabels, fine_tune, original_test_scores
 from .supervised import EpochStats
@@ -227,6 +227,21 @@ class SegmentationTrainer(StructureTrainer):
             db.add_model_version_metrics(version.id, {"original_test": value})
         return value
 
+    def _labelled_volumes(self, datastore: MicroscopyDatastore) -> tuple[list[str], list[TrainingVolume]]:
+        """This structure's labelled regions (in id order) and their volumes on the model's grid."""
+        regions = datastore.training_regions(self.spec.name)
+        if not regions:
+            raise InvalidRequest(
+                f"no submitted {self.spec.name} labels to train '{self.spec.name}' on; save a label first"
+            )
+        return regions, [load_region(datastore, region, self.spec) for region in regions]
+
+    def _fresh_candidate_path(self) -> str:
+        candidate = f"{self.weights.trained_path}.candidate"
+        if os.path.exists(candidate):  # left by a run that was stopped: never published, safe to drop
+            os.remove(candidate)
+        return candidate
+
     def __call__(
         self,
         request: dict[str, Any],
@@ -248,17 +263,10 @@ class SegmentationTrainer(StructureTrainer):
             ``weights`` (the archived file).
         """
         params = self.resolve(request)
-        regions = datastore.training_regions(self.spec.name)  # this structure's labels only, in id order
-        if not regions:
-            raise InvalidRequest(
-                f"no submitted {self.spec.name} labels to train '{self.spec.name}' on; save a label first"
-            )
-        volumes = [load_region(datastore, region, self.spec) for region in regions]
+        regions, volumes = self._labelled_volumes(datastore)
         device = params["device"] if params["device"] != "auto" else default_device()
         served, _, served_path = self.weights.load(device)
-        candidate = f"{self.weights.trained_path}.candidate"
-        if os.path.exists(candidate):  # left by a run that was stopped: never published, safe to drop
-            os.remove(candidate)
+        candidate = self._fresh_candidate_path()
         started = time.time()
         history: list[dict[str, Any]] = []  # every epoch so far: the learning curve
         try:
