@@ -474,23 +474,41 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-@pytest.fixture
-def isolated(tmp_path):
-    """A server and workers of their own (Redis db of their own, SQLite in their workdir) for scenarios
-    that break things."""
+@contextlib.contextmanager
+def _isolated_servers(root: Path):
+    """Makes servers with workers of their own under ``root``, each on a Redis database of its own (unless
+    given a ``redis_url``) and SQLite in its workdir; stops them all at the end."""
     servers: list[Server] = []
-    with claimed_redis_db() as redis_url:
+    with contextlib.ExitStack() as stack:
 
         def make(**kwargs) -> Server:
-            kwargs.setdefault("redis_url", redis_url)
-            srv = Server(tmp_path / f"srv{len(servers)}", **kwargs)
+            if "redis_url" not in kwargs:
+                kwargs["redis_url"] = stack.enter_context(claimed_redis_db())
+            srv = Server(root / f"srv{len(servers)}", **kwargs)
             servers.append(srv)
             srv.start()
             return srv
 
+        try:
+            yield make
+        finally:
+            for srv in servers:
+                srv.stop()
+
+
+@pytest.fixture
+def isolated(tmp_path):
+    """A server and workers of their own for a scenario that breaks things."""
+    with _isolated_servers(tmp_path) as make:
         yield make
-        for srv in servers:
-            srv.stop()
+
+
+@pytest.fixture(scope="module")
+def isolated_for_module(tmp_path_factory):
+    """Like :func:`isolated`, for stacks that several scenarios of one module share, in file order (each
+    scenario leaves its stack able to take the next one's work)."""
+    with _isolated_servers(tmp_path_factory.mktemp("isolated")) as make:
+        yield make
 
 
 def wait_for_job(url: str, job_id: str, timeout: float = 300, headers: dict[str, str] | None = None) -> dict:

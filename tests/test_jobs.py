@@ -1,6 +1,7 @@
 """The job queue end to end: real Redis, real worker processes, the real MONAI Label server and Slicer client.
 
-Each scenario that kills or restarts something gets a server of its own.
+The scenarios that kill or restart something run on stacks of their own: those that leave their stack able to
+take the next one's work share one per module (:func:`breakable`, :func:`workerless`), in file order.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 import requests
 from conftest import SAMPLE_DATA, Server, _free_port, shared_file, slicer_client_class, wait_for, wait_for_job
 
@@ -205,9 +207,22 @@ def test_train_runs_to_done_and_publishes_a_model_version(server, client):
     assert requests.get(f"{server.url}/train/neuron_soma/learning_curve.png", timeout=30).status_code == 404
 
 
-def test_unknown_trainer_404_and_no_workers_503(server, isolated):
+@pytest.fixture(scope="module")
+def workerless(isolated_for_module) -> Server:
+    """A server with no worker and short leases: nothing it is asked leaves work behind."""
+    return isolated_for_module(conf={"lease_s": "3"}, workers=())
+
+
+@pytest.fixture(scope="module")
+def breakable(isolated_for_module) -> Server:
+    """Two infer workers and a train worker, for the scenarios that kill one of them or restart the API; each
+    ends with a worker of every queue alive."""
+    return isolated_for_module(workers=("infer", "infer", "train"))
+
+
+def test_unknown_trainer_404_and_no_workers_503(server, workerless):
     assert requests.post(f"{server.url}/train/nope", json={}, timeout=10).status_code == 404
-    lonely = isolated(workers=())
+    lonely = workerless
     reply = requests.post(f"{lonely.url}/infer/axon?image=trailmap_chunk", timeout=30)
     assert reply.status_code == 503 and "no worker" in reply.json()["detail"]
 
@@ -233,8 +248,8 @@ def test_infer_times_out_with_504_and_leaves_no_queued_work(isolated):
     assert srv.alive()
 
 
-def test_worker_killed_mid_training_fails_the_job_and_touches_nothing(isolated):
-    srv = isolated()
+def test_worker_killed_mid_training_fails_the_job_and_touches_nothing(breakable):
+    srv = breakable
     Client, _ = slicer_client_class()
     client = Client(srv.url, tmpdir=str(srv.workdir), client_id="pytest")
     save_prediction_as_label(srv, client)
@@ -257,8 +272,8 @@ def test_worker_killed_mid_training_fails_the_job_and_touches_nothing(isolated):
     ), again
 
 
-def test_infer_worker_killed_mid_job_is_retried_once_by_another(isolated):
-    srv = isolated(workers=("infer", "infer"))
+def test_infer_worker_killed_mid_job_is_retried_once_by_another(breakable):
+    srv = breakable
     reply: list[requests.Response] = []
     thread = threading.Thread(
         target=lambda: reply.append(requests.post(f"{srv.url}/infer/mitochondria?image=gala_fibsem", timeout=120))
@@ -370,15 +385,14 @@ def test_cancelling_a_running_job_stops_it_within_seconds_and_leaves_nothing_hal
     assert all(s < STOP_WITHIN_S for s in seconds.values()), seconds
 
 
-def test_api_restart_mid_job_keeps_job_state(isolated):
-    srv = isolated()
+def test_api_restart_mid_job_keeps_job_state(breakable):
+    srv = breakable
     Client, _ = slicer_client_class()
     client = Client(srv.url, tmpdir=str(srv.workdir), client_id="pytest")
     save_prediction_as_label(srv, client)
     task = client.train_start("axon", {"max_epochs": 200, "iterations": 20, "batch_size": 1})
     wait_for(lambda: train_status(srv)["status"] == "RUNNING", 60, "training to start")
-    srv.stop_api()
-    time.sleep(2)
+    srv.stop_api()  # returns once the API process has exited
     srv.start_api()  # the job kept running in its worker meanwhile
     status = train_status(srv)
     assert status["id"] == task["id"] and status["status"] == "RUNNING"
@@ -424,8 +438,8 @@ def _pings(connection) -> bool:
         return False
 
 
-def test_leases_keep_annotators_apart_and_expire(isolated):
-    srv = isolated(conf={"lease_s": "3"}, workers=())
+def test_leases_keep_annotators_apart_and_expire(workerless):
+    srv = workerless
     Client, _ = slicer_client_class()
     picks = [Client(srv.url, tmpdir=str(srv.workdir), client_id=f"a{i}").next_sample("random", {}) for i in range(4)]
     ids = [p.get("id") for p in picks]
