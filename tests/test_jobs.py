@@ -1,7 +1,7 @@
 """The job queue end to end: real Redis, real worker processes, the real MONAI Label server and Slicer client.
 
-The scenarios that kill or restart something run on stacks of their own: those that leave their stack able to
-take the next one's work share one per module (:func:`breakable`, :func:`short_timeouts`), in file order.
+The scenarios that kill or restart something run on stacks of their own. Those that leave their stack able to
+take the next one's work share one per module, in file order (:func:`breakable`, :func:`short_timeouts`).
 """
 
 from __future__ import annotations
@@ -216,9 +216,9 @@ def short_timeouts(isolated_for_module) -> Server:
 
 @pytest.fixture(scope="module")
 def breakable(isolated_for_module) -> Server:
-    """Two infer workers and a train worker, for the scenarios that kill one of them or restart the API; each
-    ends with a worker of every queue alive."""
-    return isolated_for_module(workers=("infer", "infer", "train"))
+    """An infer and a train worker, for the scenarios that kill the train worker or restart the API; each ends
+    with a worker of every queue alive."""
+    return isolated_for_module()
 
 
 def test_unknown_trainer_404_and_no_workers_503(server, short_timeouts):
@@ -276,8 +276,8 @@ def test_worker_killed_mid_training_fails_the_job_and_touches_nothing(breakable)
     ), again
 
 
-def test_infer_worker_killed_mid_job_is_retried_once_by_another(breakable):
-    srv = breakable
+def test_infer_worker_killed_mid_job_is_retried_once_by_another(isolated):
+    srv = isolated(workers=("infer", "infer"))
     reply: list[requests.Response] = []
     thread = threading.Thread(
         target=lambda: reply.append(requests.post(f"{srv.url}/infer/mitochondria?image=gala_fibsem", timeout=120))
