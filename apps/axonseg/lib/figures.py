@@ -10,6 +10,9 @@ import numpy as np
 from .configs.spec import StructureSpec
 from .protocol import HEADLINE_METRICS, Evaluation
 
+# One picture of a panel row: the image, its colour map, the colour range (None: the image's own) and its title.
+Shown = tuple[np.ndarray, str, float | None, float | None, str]
+
 
 def plot_panel(path: str, evaluations: list[Evaluation], title: str, slices: int = 3) -> None:
     """Raw, label and prediction side by side on the ``slices`` labelled z-slices of each evaluated region
@@ -25,9 +28,10 @@ def plot_panel(path: str, evaluations: list[Evaluation], title: str, slices: int
         if e.mask is None:
             panels.append((e, None))
             continue
-        labelled = [z for z in range(e.mask.shape[0]) if e.mask[z].any()]
+        target, mask = e.labelled()
+        labelled = [z for z in range(mask.shape[0]) if mask[z].any()]
         # the labelled slices with the most foreground (dense labels: the structure is in view)
-        busiest = sorted(labelled, key=lambda z: -int((e.target[z] & e.mask[z]).sum()))[:slices]
+        busiest = sorted(labelled, key=lambda z: -int((target[z] & mask[z]).sum()))[:slices]
         panels += [(e, z) for z in sorted(busiest)]
     fig, axes = plt.subplots(len(panels), 3, figsize=(9, 3.1 * len(panels) + 0.6), squeeze=False)
     for row, (e, z) in enumerate(panels):
@@ -36,14 +40,15 @@ def plot_panel(path: str, evaluations: list[Evaluation], title: str, slices: int
             middle = e.raw.shape[0] // 2
             slab = slice(max(middle - 8, 0), middle + 8)  # a thin slab: a whole-volume MIP saturates
             raw_mip = e.raw[slab].max(0)
-            images = [
+            images: list[Shown] = [
                 (raw_mip, "gray", None, float(np.percentile(raw_mip, 99.5)), f"z {slab.start}-{slab.stop}: MIP"),
                 (e.raw[middle], "gray", None, float(np.percentile(e.raw[middle], 99.5)), f"raw z={middle}"),
                 (e.prediction[slab].max(0) > 0, "magma", 0, 1, f"prediction MIP (volume: {fraction:.1f} % marked)"),
             ]
             _draw(axes[row], images)
             continue
-        label = np.where(e.mask[z], e.target[z].astype(float), 0.5)
+        target, mask = e.labelled()
+        label = np.where(mask[z], target[z].astype(float), 0.5)
         name = f"{e.row.get('split', '')} {e.row.get('file', '')} z={z}"
         images = [(e.raw[z], "gray", None, None, name), (label, "magma", 0, 1, "label (grey: unlabelled)")]
         images.append((e.prediction[z] > 0, "magma", 0, 1, f"prediction (F1 {e.row['metrics']['f1']:.2f})"))
@@ -54,7 +59,7 @@ def plot_panel(path: str, evaluations: list[Evaluation], title: str, slices: int
     plt.close(fig)
 
 
-def _draw(axes, images) -> None:
+def _draw(axes, images: list[Shown]) -> None:
     for ax, (image, cmap, vmin, vmax, text) in zip(axes, images):
         ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax)
         ax.set_title(text, fontsize=8)

@@ -118,6 +118,12 @@ class Evaluation:
     mask: np.ndarray | None
     prediction: np.ndarray  # where the structure is predicted (the post-processing's structure mask)
 
+    def labelled(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(target, mask)`` of a labelled region (an unlabelled check has none: ValueError)."""
+        if self.target is None or self.mask is None:
+            raise ValueError(f"'{self.row.get('file', '')}' is an unlabelled check; it has no label to score against")
+        return self.target, self.mask
+
 
 def evaluate_region(
     spec: StructureSpec,
@@ -213,10 +219,12 @@ def foreground_check(
 
 def pooled_scores(evaluations: list[Evaluation]) -> dict[str, float]:
     """Voxel scores over the labelled voxels of several evaluated regions together."""
-    return voxel_scores(
-        np.concatenate([e.prediction[e.mask] for e in evaluations]),
-        np.concatenate([e.target[e.mask] for e in evaluations]),
-    )
+    predicted, expected = [], []
+    for e in evaluations:
+        target, mask = e.labelled()
+        predicted.append(e.prediction[mask])
+        expected.append(target[mask])
+    return voxel_scores(np.concatenate(predicted), np.concatenate(expected))
 
 
 def run_protocol(

@@ -116,12 +116,12 @@ def mc_dropout_uncertainty(
 def encoder_features(predictor: Predictor, array: np.ndarray) -> list[float]:
     """The U-Net bottleneck's channels averaged over a raw volume (on the model's grid): where the region
     lies in the model's own feature space, so nearby regions can be told apart from distant ones."""
-    from ..trainers.encoder import encode
+    from ..trainers.encoder import as_unet, encode
 
     image = predictor.grid_image(array)
     predictor.network.eval()
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(predictor.device)
-    return [float(v) for v in encode(predictor.network, tensor).mean(dim=(2, 3, 4))[0].cpu()]
+    return [float(v) for v in encode(as_unet(predictor.network), tensor).mean(dim=(2, 3, 4))[0].cpu()]
 
 
 def tta_score(

@@ -31,7 +31,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 from ..db.models import Image, Region
 from ..errors import NotFound
 from ..transforms.intensity import IntensityStats
-from ..volumes.regions import Roi
+from ..volumes.regions import Roi, voxel_size, zyx
 
 NAMESPACE = uuid.UUID("6f0d8d2e-54a1-4c8e-9a43-0b1f0c1d5a11")  # axonseg's: never change (UIDs would move)
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -87,19 +87,19 @@ class SeriesView:
 
     @property
     def whole(self) -> bool:
-        return tuple(self.region.shape) == tuple(self.image.shape)
+        return tuple(self.region.shape) == tuple(self.image.shape or ())
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(v) for v in self.region.shape)  # type: ignore[return-value]
+        return zyx(self.region.shape)
 
     @property
     def roi(self) -> Roi:
-        return Roi(tuple(self.region.offset), self.shape)  # type: ignore[arg-type]
+        return Roi.of(self.region)
 
     @property
     def spacing_um(self) -> tuple[float, float, float]:
-        return tuple(float(v) for v in (self.image.voxel_size_um or (1.0, 1.0, 1.0)))  # type: ignore[return-value]
+        return voxel_size(self.image.voxel_size_um) or (1.0, 1.0, 1.0)
 
     @property
     def direction(self) -> np.ndarray:

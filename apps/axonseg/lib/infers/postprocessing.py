@@ -38,6 +38,7 @@ Bounds (:data:`OPTION_RANGES`; a request outside them gets a 400 before anything
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -136,7 +137,7 @@ def bilateral(
     return binary.astype(np.uint8)
 
 
-METHODS = {
+METHODS: dict[str, Callable[..., np.ndarray]] = {
     "threshold": threshold,
     "hysteresis": hysteresis,
     "watershed": watershed,

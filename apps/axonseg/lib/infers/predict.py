@@ -243,6 +243,8 @@ def sliding_window_probabilities(
         mode="gaussian",
         padding_mode="replicate",
     )
+    if not isinstance(logits, torch.Tensor):  # MONAI passes a network's tuple or dict outputs through
+        raise TypeError(f"the network returned {type(logits).__name__}, not one tensor of logits")
     return torch.sigmoid(logits)[0, 0].float().cpu().numpy()
 
 

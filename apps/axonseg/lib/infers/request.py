@@ -67,9 +67,9 @@ def parse_infer_request(spec: StructureSpec, request: dict[str, Any]) -> InferRe
     requested = request.get("postprocessing") or spec.postprocessing
     taken = default_options(spec, requested)  # the requested method's options (an unknown method: 400 here)
     advertised = infer_config(spec)  # sent back by Slicer even when another method is requested
-    options = (*advertised, *(k for k in taken if k not in advertised), *REPLY_OPTIONS)
-    hint = f"options of '{spec.name}' with '{requested}' post-processing are: {', '.join(options)}"
-    refuse_unknown(request, (*options, *REQUEST_KEYS), "infer option", hint)
+    accepted = (*advertised, *(k for k in taken if k not in advertised), *REPLY_OPTIONS)
+    hint = f"options of '{spec.name}' with '{requested}' post-processing are: {', '.join(accepted)}"
+    refuse_unknown(request, (*accepted, *REQUEST_KEYS), "infer option", hint)
     tta = check_tta(request.get("tta", 1))
     device = check_device(request.get("device", "auto"))
     given = {name: request[name] for name in taken if name in request}

@@ -16,6 +16,7 @@ from rq import Queue, Retry, Worker
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.worker import BaseWorker
 
 from ..auth.identity import CALLER, caller
 from ..errors import JobFailed, JobStopped, JobTimeout, ServiceUnavailable, error_from_result
@@ -41,9 +42,13 @@ class JobClient:
 
     def __init__(self, redis_url: str | None = None, connection: Redis | None = None):
         """From a URL (the API), or a worker's own ``connection`` (jobs that queue further jobs)."""
-        self.connection = connection or Redis.from_url(
-            redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=10
-        )
+        if connection is None:
+            if redis_url is None:
+                raise ValueError("a JobClient needs a Redis URL or a connection")
+            connection = Redis.from_url(
+                redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=10
+            )
+        self.connection = connection
         self.queues = {name: Queue(name, connection=self.connection, serializer=SERIALIZER) for name in ALL_QUEUES}
 
     def _unavailable(self, error: Exception) -> ServiceUnavailable:
@@ -89,8 +94,8 @@ class JobClient:
         name = f"axonseg:unique:{key}"
         try:
             with self.connection.lock(f"{name}:lock", timeout=30, blocking_timeout=10):
-                job_id = self.connection.get(name)
-                job = self.job(job_id.decode()) if job_id else None
+                job_id = self.connection.get(name)  # bytes (the connection does not decode responses)
+                job = self.job(job_id.decode() if isinstance(job_id, bytes) else job_id) if job_id else None
                 if job is not None and self.refresh_status(job, clean=True) in ACTIVE:
                     return job, False
                 job = self.submit(kind, description=description, **kwargs)
@@ -99,7 +104,7 @@ class JobClient:
         except RedisError as e:
             raise self._unavailable(e) from e
 
-    def workers(self, queue: str | None = None) -> list[Worker]:
+    def workers(self, queue: str | None = None) -> list[BaseWorker]:
         try:
             workers = Worker.all(connection=self.connection, serializer=SERIALIZER)
         except RedisError as e:
@@ -269,7 +274,7 @@ def worker_label(name: str | None, machine: bool) -> str | None:
     return "worker-" + hashlib.sha1(name.encode()).hexdigest()[:10]
 
 
-def describe_worker(worker: Worker, machine: bool = False) -> dict[str, Any]:
+def describe_worker(worker: BaseWorker, machine: bool = False) -> dict[str, Any]:
     """A worker as the API shows it; ``machine``: with its host name and pid (for admins only)."""
     where = {"hostname": worker.hostname, "pid": worker.pid} if machine else {}
     return {

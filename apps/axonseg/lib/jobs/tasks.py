@@ -25,6 +25,7 @@ from ..infers.segmentation import InferInput, SegmentationInfer, encode_label, r
 from ..machine import default_device
 from ..trainers.supervised import EpochStats, TrainingStopped
 from ..transforms.io import read_volume
+from ..volumes.regions import zyx
 from .runtime import runtime
 from .volume_worker import run_step
 
@@ -41,7 +42,7 @@ def _progress(**values: Any) -> None:
 def _context(spec: StructureSpec) -> tuple[int, int, int]:
     """Context read around a region: half the network's window on each side, so every voxel of the region
     sees as much of its surroundings as in a whole-volume prediction."""
-    return tuple(p // 2 for p in spec.patch_size)  # type: ignore[return-value]
+    return zyx(p // 2 for p in spec.patch_size)
 
 
 def region_input(task: SegmentationInfer, datastore: MicroscopyDatastore, image_id: str) -> InferInput:

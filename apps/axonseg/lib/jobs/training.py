@@ -36,6 +36,7 @@ class TrainingRuns:
         if run.status in FINAL:
             return run
         job = self.jobs.job(run.job_id)
+        ended: tuple[str, str | None] | None
         if job is None:
             ended = "ERROR", "the job is no longer in the queue (Redis lost it); start training again"
         else:
@@ -105,7 +106,10 @@ class TrainingRuns:
         )
         # the worker may have started it and recorded the run first: then this keeps the worker's row
         self.db.add_training_run(job.id, model, params)
-        return self.db.training_run(job.id)  # type: ignore[return-value]
+        run = self.db.training_run(job.id)
+        if run is None:
+            raise NotFound(f"training run '{job.id}' was deleted as it was submitted")
+        return run
 
     def submit_all(self, models: list[str], params: dict[str, Any]) -> list[TrainingRun]:
         """``POST /train/``: a run of each of ``models``, queued one after another. ``params``: options for

@@ -34,6 +34,7 @@ from ..errors import InvalidRequest, NotFound, check_model
 from ..infers.predict import resampling_zoom
 from ..volumes.blocks.plan import BlockPlan, VolumeRequest
 from ..volumes.outputs import VolumeOutput
+from ..volumes.regions import voxel_size, zyx
 from ..volumes.store import chunks_for
 from .client import ACTIVE, JobClient
 from .queues import JOB_KINDS, SERIALIZER
@@ -66,19 +67,19 @@ class VolumeJobs:
         submitter stays its ``owner``)."""
         spec = self.specs[check_model(model, self.specs)]
         image = self.db.image(image_id)
-        if image is None or not image.storage_uri:
+        if image is None or not image.storage_uri or not image.shape:
             raise NotFound(f"image '{image_id}' is not in the volume store")
-        checked = VolumeRequest.parse(spec, request, tuple(image.shape))  # type: ignore[arg-type]
+        shape = zyx(image.shape)
+        checked = VolumeRequest.parse(spec, request, shape)
         if resampling_zoom(spec, _voxel_size_nm(image)) is not None:
             raise InvalidRequest(
                 f"'{image_id}' has voxels of {image.voxel_size_um} µm, far from the model's "
                 f"{[v / 1000 for v in spec.voxel_size_nm or ()]} µm; whole-volume jobs run on the image's grid, "
                 "so resample the volume first (interactive /infer/ resamples regions)"
             )
-        shape = tuple(image.shape)
-        chunks = tuple(image.chunks or chunks_for(shape))  # type: ignore[arg-type]
+        chunks = zyx(image.chunks or chunks_for(shape))
         post = checked.post
-        plan = BlockPlan.make(shape, chunks, spec.patch_size, checked.roi, checked.block)  # type: ignore[arg-type]
+        plan = BlockPlan.make(shape, chunks, spec.patch_size, checked.roi, checked.block)
         if checked.blocks_per_job > 0:
             plan = dataclasses.replace(plan, blocks_per_job=checked.blocks_per_job)
         version = self.db.active_model_version(model)
@@ -104,7 +105,7 @@ class VolumeJobs:
             id=job_id, key=key, image_id=image_id, model=model, model_version_id=version.id, params=params,
             plan=plan.to_json(), folder=folder, step=STEPS[0].name, status="RUNNING", owner=owner,
         )  # fmt: skip
-        VolumeOutput(folder).create(shape, plan.chunks, tuple(image.voxel_size_um) if image.voxel_size_um else None)  # type: ignore[arg-type]
+        VolumeOutput(folder).create(shape, plan.chunks, voxel_size(image.voxel_size_um))
         job, created = self.db.add_volume_job(candidate, unit_rows(job_id, plan))
         if not created:
             VolumeOutput(folder).remove()
@@ -113,7 +114,7 @@ class VolumeJobs:
             elif job.status == "RUNNING":
                 self.db.update_volume_job(job.id, resumed_at=utcnow())
         self.reconcile(job.id)
-        return self.db.volume_job(job.id)  # type: ignore[return-value]
+        return self.db.volume_job(job.id) or job  # as it stands now (the row read before, if it was deleted since)
 
     # keeping the queue in step with SQL ----------------------------------------------------
     def reconcile(self, job_id: str) -> None:

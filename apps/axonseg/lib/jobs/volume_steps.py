@@ -19,11 +19,11 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, Result, func, select, update
 
 from ..configs.spec import StructureSpec
 from ..db.models import VolumeBlock, VolumeJob, utcnow
@@ -31,7 +31,7 @@ from ..db.store import Database, _lock_for_write, _retry_when_locked
 from ..volumes.blocks.plan import BlockPlan, Postprocess
 from ..volumes.blocks.steps import build_pyramid, predict_block, relabel_block, stitch
 from ..volumes.outputs import OUTPUTS, VolumeOutput
-from ..volumes.regions import Roi
+from ..volumes.regions import Roi, voxel_size
 from ..volumes.store import downsample_factors
 from .client import JobClient
 
@@ -119,7 +119,7 @@ class Predict(_BlockStep):
     def read_roi(self, plan: BlockPlan, post: Postprocess, index: int) -> Roi:
         """The box whose probabilities the block needs: its write box grown by the post-processing's margin."""
         predicted = plan.in_domain(plan.blocks()[index]).grow(post.margin, plan.domain.shape)
-        return Roi(tuple(o + d for o, d in zip(predicted.offset, plan.domain.offset)), predicted.shape)  # type: ignore[arg-type]
+        return predicted.shift(plan.domain.offset)
 
     def process(self, work: StepWork, index: int) -> str:
         device, network, read_image = work.inputs
@@ -160,8 +160,8 @@ class Pyramid(Step):
 
     def process(self, work: StepWork, index: int) -> str:
         image = work.db.image(work.job.image_id)
-        voxel_size = tuple(image.voxel_size_um) if image and image.voxel_size_um else None
-        levels = build_pyramid(work.output, list(OUTPUTS)[index], downsample_factors(voxel_size), voxel_size)  # type: ignore[arg-type]
+        size = voxel_size(image.voxel_size_um) if image else None
+        levels = build_pyramid(work.output, list(OUTPUTS)[index], downsample_factors(size), size)
         return hashlib.sha256(json.dumps(levels).encode()).hexdigest()
 
 
@@ -187,6 +187,11 @@ def unit_rows(job_id: str, plan: BlockPlan) -> list[VolumeBlock]:
         for step in STEPS
         for i in range(step.units(plan))
     ]
+
+
+def _changed(result: Result[Any]) -> int:
+    """Rows an UPDATE changed (SQLAlchemy types ``Session.execute`` as a plain ``Result`` for every statement)."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def rq_job_id(job_id: str, step: Step, batch: list[int]) -> str:
@@ -257,7 +262,7 @@ class Transitions:
                 .where(VolumeJob.id == job_id, VolumeJob.step == step.name, VolumeJob.status == "RUNNING")
                 .values(step=following)
             )
-            return following if result.rowcount == 1 else None
+            return following if _changed(result) == 1 else None
 
     def end(self, job_id: str, status: str, error: str | None = None) -> bool:
         """End a running job DONE, FAILED or CANCELLED; False if it had ended (its end is written once)."""
@@ -267,7 +272,7 @@ class Transitions:
                 .where(VolumeJob.id == job_id, VolumeJob.status == "RUNNING")
                 .values(status=status, error=error, finished_at=utcnow())
             )
-            return result.rowcount == 1
+            return _changed(result) == 1
 
     def resume(self, job_id: str) -> None:
         """Make a failed or cancelled job runnable again: failed units get two fresh attempts."""

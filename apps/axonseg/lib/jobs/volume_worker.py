@@ -33,9 +33,9 @@ def run_step(rt: Runtime, volume_job: str, step_name: str, indices: list[int]) -
     worker = (current.worker_name if current else None) or f"local-{os.getpid()}"
     transitions = Transitions(rt.db)
     work = StepWork(rt.db, job, rt.configs[job.model].spec, lambda: _predict_inputs(rt, job))
-    done = []
+    done: list[int] = []
     for index in indices:
-        if rt.db.volume_job(job.id).status != "RUNNING":  # type: ignore[union-attr]
+        if (now := rt.db.volume_job(job.id)) is None or now.status != "RUNNING":
             return {"stopped": f"job {job.id} is no longer running", "done": done}
         row = transitions.claim(job.id, step, index, worker)
         if row is None:
@@ -67,9 +67,10 @@ def _move_on(rt: Runtime, transitions: Transitions, job: VolumeJob, step: Step) 
     if following == DONE:
         VolumeOutput(job.folder).drop_work()
         transitions.end(job.id, "DONE")
-    elif following is not None and (current := get_current_job()) is not None:
+        return
+    next_step = step_named(following) if following else None  # None: units remain or another worker moved it on
+    if next_step is not None and (current := get_current_job()) is not None:
         client = JobClient(connection=current.connection)
-        next_step: Step = step_named(following)  # type: ignore[assignment]
         for batch in next_step.batches(BlockPlan.from_json(job.plan)):
             enqueue(client, job, next_step, batch)
 

@@ -124,7 +124,8 @@ class PatchSampler:
         if pool is None:
             centre = tuple(int(self.rng.integers(s)) for s in volume.image.shape)
         else:
-            centre = np.unravel_index(int(pool[self.rng.integers(len(pool))]), volume.image.shape)
+            flat = int(pool[self.rng.integers(len(pool))])
+            centre = tuple(int(c) for c in np.unravel_index(flat, volume.image.shape))
         corner = self._corner(volume.image.shape, centre)
         region = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size))
         arrays = [volume.image[region], volume.target[region], volume.mask[region]]

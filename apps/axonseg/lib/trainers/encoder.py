@@ -22,6 +22,13 @@ ENCODER_PARTS = ("input_block", "downsamples", "bottleneck")
 _GEOMETRY = ("kernels", "strides", "filters", "norm")
 
 
+def as_unet(network: torch.nn.Module) -> DynUNet:
+    """``network`` as the U-Net whose encoder these functions handle (a TypeError for any other network)."""
+    if not isinstance(network, DynUNet):
+        raise TypeError(f"only a MONAI DynUNet has this encoder, not a {type(network).__name__}")
+    return network
+
+
 def encoder_modules(network: DynUNet) -> dict[str, torch.nn.Module]:
     return {part: getattr(network, part) for part in ENCODER_PARTS}
 

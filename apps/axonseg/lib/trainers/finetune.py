@@ -59,7 +59,8 @@ def split_hold_out(
         every = max(2, round(1 / recipe.hold_out_share))
         held = {i for i in range(len(volumes)) if i % every == every - 1} or {len(volumes) - 1}
         return [v for i, v in enumerate(volumes) if i not in held], [v for i, v in enumerate(volumes) if i in held]
-    train, held_out = [], []
+    train: list[TrainingVolume] = []
+    held_out: list[TrainingVolume] = []
     for volume in volumes:
         axis = int(np.argmax(volume.image.shape))
         length = volume.image.shape[axis]

@@ -152,7 +152,7 @@ class Reconstruction:
         return "masked" if self.target == "intensity" else "edges"
 
     def crop_size(self, spec: StructureSpec) -> tuple[int, int, int]:
-        return tuple(spec.patch_size)
+        return spec.patch_size
 
     def build(self, spec: StructureSpec) -> _UNetReconstruction:
         return _UNetReconstruction(spec)

@@ -20,7 +20,7 @@ from ..networks import build_network, load_weights, save_weights
 from ..protocol import score_volumes
 from .augmentation import training_transforms
 from .data import PatchSampler, TrainingVolume, mixing_weights
-from .encoder import load_encoder, set_encoder_trainable
+from .encoder import as_unet, load_encoder, set_encoder_trainable
 from .losses import LOSSES
 
 
@@ -162,7 +162,7 @@ def _set_train_mode(network: torch.nn.Module, plan: TrainingPlan, epoch: int) ->
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()  # running statistics stay those of the recipe's data
     if plan.freeze_encoder_epochs:
-        set_encoder_trainable(network, epoch > plan.freeze_encoder_epochs)
+        set_encoder_trainable(as_unet(network), epoch > plan.freeze_encoder_epochs)
 
 
 def _step(

@@ -219,8 +219,9 @@ class SegmentationTrainer(StructureTrainer):
     ) -> float | None:
         """The served weights' F1 on the recipe's test split, measured once per version and kept with it."""
         version = db.model_version_of_file(self.spec.name, served_path)
-        if version is not None and (version.metrics or {}).get("original_test") is not None:
-            return float(version.metrics["original_test"])
+        stored = (version.metrics or {}).get("original_test") if version is not None else None
+        if stored is not None:
+            return float(stored)
         scores = original_test_scores(self.spec, served, reference_data_dir(), device)
         value = scores[GATE_METRIC] if scores else None
         if version is not None and value is not None:

@@ -49,7 +49,8 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+        z, y, x = (int(s) for s in self.array.shape)
+        return (z, y, x)
 
 
 def validate(array: np.ndarray, name: str = "volume") -> np.ndarray:

@@ -22,6 +22,14 @@ def zyx(values: Iterable[Any]) -> Shape:
     return (z, y, x)
 
 
+def voxel_size(values: Iterable[Any] | None) -> tuple[float, float, float] | None:
+    """A (z, y, x) voxel size as three floats (from a database row's JSON list); None where it is unknown."""
+    if not values:
+        return None
+    z, y, x = (float(v) for v in values)
+    return (z, y, x)
+
+
 class Boxed(Protocol):
     """Anything with an offset and a shape in voxels: a region row, a label record."""
 
@@ -44,6 +52,12 @@ class Roi:
         return cls((0, 0, 0), zyx(shape))
 
     @classmethod
+    def between(cls, start: Iterable[Any], end: Iterable[Any]) -> Roi:
+        """The roi from voxel ``start`` up to (not including) ``end``."""
+        first, last = zyx(start), zyx(end)
+        return cls(first, zyx(e - s for s, e in zip(first, last)))
+
+    @classmethod
     def of(cls, box: Boxed) -> Roi:
         """The roi of a stored region (or anything else with an ``offset`` and a ``shape``)."""
         return cls(zyx(box.offset), zyx(box.shape))
@@ -61,6 +75,10 @@ class Roi:
         z, y, x = (slice(o, e) for o, e in zip(self.offset, self.end))
         return (z, y, x)
 
+    def shift(self, by: Iterable[int]) -> Roi:
+        """This roi moved by ``by`` voxels (its shape unchanged)."""
+        return Roi(zyx(o + d for o, d in zip(self.offset, by)), self.shape)
+
     def relative_to(self, outer: Roi) -> tuple[slice, slice, slice]:
         """This roi's voxels as slices into an array holding ``outer``."""
         z, y, x = (slice(o - p, e - p) for o, e, p in zip(self.offset, self.end, outer.offset))
@@ -68,9 +86,9 @@ class Roi:
 
     def grow(self, context: Shape, within: Shape) -> Roi:
         """This roi with ``context`` voxels added on every side, clipped to a volume of shape ``within``."""
-        start = tuple(max(0, o - c) for o, c in zip(self.offset, context))
-        end = tuple(min(w, e + c) for e, c, w in zip(self.end, context, within))
-        return Roi(zyx(start), zyx(e - s for s, e in zip(start, end)))
+        start = (max(0, o - c) for o, c in zip(self.offset, context))
+        end = (min(w, e + c) for e, c, w in zip(self.end, context, within))
+        return Roi.between(start, end)
 
     def contains(self, other: Roi) -> bool:
         return all(o >= s and e <= t for o, e, s, t in zip(other.offset, other.end, self.offset, self.end))
@@ -94,7 +112,7 @@ def needs_regions(shape: Shape, region_size: Shape) -> bool:
 
 def align(size: Shape, chunks: Shape) -> Shape:
     """``size`` rounded up to whole chunks."""
-    return tuple(max(c, math.ceil(s / c) * c) for s, c in zip(size, chunks))  # type: ignore[return-value]
+    return zyx(max(c, math.ceil(s / c) * c) for s, c in zip(size, chunks))
 
 
 def grid(shape: Shape, block: Shape) -> list[Roi]:

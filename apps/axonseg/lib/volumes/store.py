@@ -29,7 +29,7 @@ from numcodecs import Blosc
 from ..errors import VolumeError
 from ..transforms.intensity import IntensityStats, StatsAccumulator
 from .formats import VolumeSource
-from .regions import Roi, Shape, grid
+from .regions import Roi, Shape, grid, zyx
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class StoredImage:
 
 
 def chunks_for(shape: Shape, chunks: Shape = DEFAULT_CHUNKS) -> Shape:
-    return tuple(max(1, min(s, c)) for s, c in zip(shape, chunks))  # type: ignore[return-value]
+    return zyx(max(1, min(s, c)) for s, c in zip(shape, chunks))
 
 
 def downsample_factors(voxel_size: tuple[float, float, float] | None) -> Shape:
@@ -84,7 +84,7 @@ def ngff_multiscales(name: str, scales: list[list[float]], unit: str | None) -> 
 def tiles(shape: Shape, chunks: Shape, width: int = _TILE_YX) -> list[Roi]:
     """Chunk-aligned tiles covering ``shape``: one chunk deep, up to ``width`` wide in-plane."""
     tile = (chunks[0], *(max(c, (width // c) * c) for c in chunks[1:]))
-    return grid(shape, tile)  # type: ignore[arg-type]
+    return grid(shape, zyx(tile))
 
 
 def _mean_pool(array: np.ndarray, factors: Shape) -> np.ndarray:
@@ -132,11 +132,11 @@ def write_pyramid(group: zarr.Group, level0: zarr.Array, factors: Shape, reduce:
     levels = [list(level0.shape)]
     previous = level0
     while max(previous.shape[1:]) > _COARSEST_YX and len(levels) < 10:
-        shape = tuple(math.ceil(s / f) for s, f in zip(previous.shape, factors))
+        shape = zyx(math.ceil(s / f) for s, f in zip(previous.shape, factors))
         array = group.create_dataset(
             str(len(levels)),
             shape=shape,
-            chunks=chunks_for(shape, level0.chunks),  # type: ignore[arg-type]
+            chunks=chunks_for(shape, zyx(level0.chunks)),
             dtype=level0.dtype,
             compressor=chunk_compressor(),
             write_empty_chunks=False,
@@ -145,10 +145,10 @@ def write_pyramid(group: zarr.Group, level0: zarr.Array, factors: Shape, reduce:
         )
         # Output tiles a factor smaller in-plane, so each one reads a tile of the level above of at most
         # the ingest tile's size.
-        for roi in tiles(shape, array.chunks, _TILE_YX // max(factors)):  # type: ignore[arg-type]
+        for roi in tiles(shape, zyx(array.chunks), _TILE_YX // max(factors)):
             source_roi = Roi(
-                tuple(o * f for o, f in zip(roi.offset, factors)),  # type: ignore[arg-type]
-                tuple(min(s * f, p - o * f) for s, o, f, p in zip(roi.shape, roi.offset, factors, previous.shape)),  # type: ignore[arg-type]
+                zyx(o * f for o, f in zip(roi.offset, factors)),
+                zyx(min(s * f, p - o * f) for s, o, f, p in zip(roi.shape, roi.offset, factors, previous.shape)),
             )
             if reduce == "stride":
                 array[roi.slices] = _strided(previous[source_roi.slices], factors)

@@ -24,7 +24,7 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
-from ..errors import AxonSegError
+from ..errors import AxonSegError, VolumeError
 from .formats import open_source
 from .regions import Roi
 
@@ -44,7 +44,8 @@ def upgrade_workdir(datastore: MicroscopyDatastore, workdir: str) -> list[str]:
     with open(path) as f:
         objects = json.load(f).get("objects", {})
     logger.info(f"upgrading {len(objects)} images of {path} to the chunked store")
-    upgraded, failed = [], []
+    upgraded: list[str] = []
+    failed: list[str] = []
     hook, datastore.on_final_label = datastore.on_final_label, None  # imported labels are not new labels
     try:
         for image_id, obj in objects.items():
@@ -58,7 +59,9 @@ def upgrade_workdir(datastore: MicroscopyDatastore, workdir: str) -> list[str]:
     return upgraded
 
 
-def _upgrade_object(datastore: MicroscopyDatastore, image_id: str, obj: dict, upgraded: list, failed: list) -> None:
+def _upgrade_object(
+    datastore: MicroscopyDatastore, image_id: str, obj: dict, upgraded: list[str], failed: list[str]
+) -> None:
     image = obj.get("image", {})
     info = image.get("info", {})
     if "parent" in info:  # an ROI block: now a region row of its parent
@@ -86,6 +89,8 @@ def _upgrade_image(datastore: MicroscopyDatastore, image_id: str, image: dict, l
     if not os.path.exists(label_file):
         return
     row = datastore.db.image(image_id)
+    if row is None:  # removed while upgrading
+        raise VolumeError(f"'{image_id}' is no longer in the datastore; its final label is not imported")
     named = final.get("info", {}).get("model")
     structures = [named] if named in datastore.specs else (row.structures or [])
     if len(structures) != 1:

@@ -32,7 +32,7 @@ from scipy.sparse.csgraph import connected_components
 
 # Half of each neighbourhood (the other half is the same pairs seen from the other voxel).
 FORWARD_6 = ((1, 0, 0), (0, 1, 0), (0, 0, 1))
-FORWARD_26 = tuple(d for d in itertools.product((-1, 0, 1), repeat=3) if d > (0, 0, 0))
+FORWARD_26 = tuple((z, y, x) for z, y, x in itertools.product((-1, 0, 1), repeat=3) if (z, y, x) > (0, 0, 0))
 _BLOCK_BITS = 32  # a block may hold up to 2**32 - 1 labels
 MIN_CONTACT = 0.5
 

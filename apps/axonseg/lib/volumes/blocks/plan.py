@@ -31,7 +31,7 @@ from ...infers.predict import check_tta
 from ...infers.tracing import trace
 from ...machine import check_device
 from ...params import Range, boolean, box, shown
-from ..regions import Roi, Shape, align, grid
+from ..regions import Roi, Shape, align, grid, zyx
 from .components import BlockTable, label_block
 
 # A write block is at least this many windows along each axis, then grown to about this many voxels.
@@ -72,29 +72,26 @@ class BlockPlan:
         chosen: two windows a side at least, then doubled along the axis with fewest windows until about
         ``block_mvox``."""
         roi = roi or Roi.whole(image_shape)
-        start = tuple(o // c * c for o, c in zip(roi.offset, chunks))
-        end = tuple(min(s, math.ceil(e / c) * c) for e, c, s in zip(roi.end, chunks, image_shape))
-        domain = Roi(start, tuple(e - s for s, e in zip(start, end)))  # type: ignore[arg-type]
+        start = (o // c * c for o, c in zip(roi.offset, chunks))
+        end = (min(s, math.ceil(e / c) * c) for e, c, s in zip(roi.end, chunks, image_shape))
+        domain = Roi.between(start, end)
         if block is None:
-            size = list(align(tuple(2 * p for p in patch), chunks))  # type: ignore[arg-type]
+            size = list(align(zyx(2 * p for p in patch), chunks))
             while math.prod(size) < block_mvox * 1e6 and any(s < d for s, d in zip(size, domain.shape)):
                 growable = [a for a in range(3) if size[a] < domain.shape[a]]
                 axis = min(growable, key=lambda a: size[a] / patch[a])
                 size[axis] *= 2
-            block = tuple(size)  # type: ignore[assignment]
-        block = tuple(min(b, align((d,), (c,))[0]) for b, d, c in zip(align(block, chunks), domain.shape, chunks))  # type: ignore[assignment]
+            block = zyx(size)
+        block = zyx(min(b, d) for b, d in zip(align(block, chunks), align(domain.shape, chunks)))
         per_job = max(1, round(job_mvox * 1e6 / math.prod(block)))
-        return cls(tuple(image_shape), domain, block, tuple(chunks), per_job)  # type: ignore[arg-type]
+        return cls(zyx(image_shape), domain, block, zyx(chunks), per_job)
 
     def blocks(self) -> list[Roi]:
         """Write blocks in image coordinates, z-major."""
-        return [
-            Roi(tuple(o + d for o, d in zip(b.offset, self.domain.offset)), b.shape)  # type: ignore[arg-type]
-            for b in grid(self.domain.shape, self.block)
-        ]
+        return [b.shift(self.domain.offset) for b in grid(self.domain.shape, self.block)]
 
     def in_domain(self, roi: Roi) -> Roi:
-        return Roi(tuple(o - d for o, d in zip(roi.offset, self.domain.offset)), roi.shape)  # type: ignore[arg-type]
+        return roi.shift(-d for d in self.domain.offset)
 
     def batches(self) -> list[list[int]]:
         count = len(self.blocks())
@@ -105,10 +102,8 @@ class BlockPlan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BlockPlan:
-        domain = Roi(tuple(data["domain"]["offset"]), tuple(data["domain"]["shape"]))  # type: ignore[arg-type]
-        return cls(
-            tuple(data["image_shape"]), domain, tuple(data["block"]), tuple(data["chunks"]), data["blocks_per_job"]
-        )  # type: ignore[arg-type]
+        domain = Roi(zyx(data["domain"]["offset"]), zyx(data["domain"]["shape"]))
+        return cls(zyx(data["image_shape"]), domain, zyx(data["block"]), zyx(data["chunks"]), data["blocks_per_job"])
 
 
 @dataclass(frozen=True)
@@ -180,10 +175,10 @@ def parse_roi(value: Any, image_shape: Shape) -> Roi | None:
     if not isinstance(value, dict) or set(value) != {"offset", "shape"}:
         raise InvalidRequest(f'roi must be {{"offset": [z, y, x], "shape": [z, y, x]}} in voxels, not {shown(value)}')
     inside = f" (a box inside the image of {list(image_shape)} voxels"
-    starts = tuple(Range(0, s - 1, integer=True) for s in image_shape)
-    offset = box("roi offset", value["offset"], starts, inside + ")")  # type: ignore[arg-type]
-    sizes = tuple(Range(1, s - o, integer=True) for s, o in zip(image_shape, offset))
-    shape = box("roi shape", value["shape"], sizes, f"{inside}, from offset {list(offset)})")  # type: ignore[arg-type]
+    z, y, x = (Range(0, s - 1, integer=True) for s in image_shape)
+    offset = box("roi offset", value["offset"], (z, y, x), inside + ")")
+    z, y, x = (Range(1, s - o, integer=True) for s, o in zip(image_shape, offset))
+    shape = box("roi shape", value["shape"], (z, y, x), f"{inside}, from offset {list(offset)})")
     return Roi(offset, shape)
 
 
@@ -209,7 +204,7 @@ class VolumeRequest:
         post = Postprocess.of(
             spec, request.get("postprocessing"), **{k: v for k, v in request.items() if k not in known}
         )
-        block = None
+        block: Shape | None = None
         if request.get("block_shape") is not None:
             block = box("block_shape", request["block_shape"], Range(1, 65536, integer=True))
             voxels = math.prod(min(b, s) for b, s in zip(block, image_shape))
@@ -221,7 +216,7 @@ class VolumeRequest:
         return cls(
             post=post,
             roi=parse_roi(request.get("roi"), image_shape),
-            block=block,  # type: ignore[arg-type]
+            block=block,
             blocks_per_job=BLOCKS_PER_JOB.check("blocks_per_job", _or(request.get("blocks_per_job"), 0)),
             sw_batch_size=SW_BATCH_SIZE.check("sw_batch_size", _or(request.get("sw_batch_size"), 2)),
             amp=boolean("amp", _or(request.get("amp"), True)),

@@ -53,7 +53,7 @@ def predict_block(
     read_roi = lattice.read_roi(predicted)
 
     def read_domain(roi: Roi) -> np.ndarray:
-        return read_image(Roi(tuple(o + d for o, d in zip(roi.offset, plan.domain.offset)), roi.shape))  # type: ignore[arg-type]
+        return read_image(roi.shift(plan.domain.offset))
 
     image = read_padded(read_domain, lattice, read_roi)
     p = probabilities(block_logits(network, image, read_roi, lattice, predicted, device, batch_size, autocast))

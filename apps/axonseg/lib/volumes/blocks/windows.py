@@ -21,7 +21,7 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval, compute_importance_map
 
-from ..regions import Roi, Shape
+from ..regions import Roi, Shape, zyx
 
 # MONAI's default Gaussian width (sigma = 0.125 x window).
 SIGMA_SCALE = 0.125
@@ -38,11 +38,11 @@ class WindowLattice:
     @property
     def pad_before(self) -> Shape:
         """Replicate padding before each axis (MONAI pads only axes shorter than the window, half each side)."""
-        return tuple(max(p - s, 0) // 2 for s, p in zip(self.shape, self.patch))  # type: ignore[return-value]
+        return zyx(max(p - s, 0) // 2 for s, p in zip(self.shape, self.patch))
 
     @property
     def padded_shape(self) -> Shape:
-        return tuple(max(s, p) for s, p in zip(self.shape, self.patch))  # type: ignore[return-value]
+        return zyx(max(s, p) for s, p in zip(self.shape, self.patch))
 
     def starts(self) -> list[list[int]]:
         """Window starts per axis, in padded coordinates (MONAI's ``dense_patch_slices``)."""
@@ -53,19 +53,19 @@ class WindowLattice:
     def windows_touching(self, roi: Roi) -> list[Shape]:
         """Starts (padded coordinates) of the windows that overlap ``roi`` (domain coordinates), in MONAI's
         order (z-major)."""
-        per_axis = []
+        per_axis: list[list[int]] = []
         for axis, starts in enumerate(self.starts()):
             lo = roi.offset[axis] + self.pad_before[axis]
             hi = lo + roi.shape[axis]
             per_axis.append([s for s in starts if s < hi and s + self.patch[axis] > lo])
-        return list(itertools.product(*per_axis))  # type: ignore[arg-type]
+        return [zyx(start) for start in itertools.product(*per_axis)]
 
     def read_roi(self, roi: Roi) -> Roi:
         """The padded-coordinate box the windows touching ``roi`` cover (what a block must read)."""
         windows = self.windows_touching(roi)
-        start = tuple(min(w[a] for w in windows) for a in range(3))
-        end = tuple(max(w[a] for w in windows) + self.patch[a] for a in range(3))
-        return Roi(start, tuple(e - s for s, e in zip(start, end)))  # type: ignore[arg-type]
+        start = (min(w[a] for w in windows) for a in range(3))
+        end = (max(w[a] for w in windows) + self.patch[a] for a in range(3))
+        return Roi.between(start, end)
 
 
 def importance_map(patch: Shape, device: str | torch.device) -> torch.Tensor:
@@ -79,7 +79,7 @@ def read_padded(read: Callable[[Roi], np.ndarray], lattice: WindowLattice, padde
     end = [s + n for s, n in zip(start, padded_roi.shape)]
     lo = [max(0, s) for s in start]
     hi = [min(d, e) for d, e in zip(lattice.shape, end)]
-    array = read(Roi(tuple(lo), tuple(h - b for b, h in zip(lo, hi))))  # type: ignore[arg-type]
+    array = read(Roi.between(lo, hi))
     pad = [(b - s, e - h) for s, b, e, h in zip(start, lo, end, hi)]
     return np.pad(array, pad, mode="edge") if any(p for pair in pad for p in pair) else array
 
@@ -102,7 +102,7 @@ def block_logits(
     float32 pass).
     """
     windows = lattice.windows_touching(write_roi)
-    out_roi = Roi(tuple(o + p for o, p in zip(write_roi.offset, lattice.pad_before)), write_roi.shape)  # type: ignore[arg-type]
+    out_roi = write_roi.shift(lattice.pad_before)
     weight = importance_map(lattice.patch, device)
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
     total = torch.zeros(write_roi.shape, dtype=torch.float32, device=device)

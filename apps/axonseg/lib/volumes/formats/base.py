@@ -16,12 +16,13 @@ import math
 import operator
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
 
 from ...errors import UploadTooLarge, VolumeError
+from ..regions import zyx
 from .safety import check_path, display_name, scrub, too_large
 
 Slices = tuple[slice, slice, slice]  # (z, y, x), plain slices with explicit start/stop, step None
@@ -77,7 +78,8 @@ def volume_format(path: str | os.PathLike) -> str:
 
 def full_roi(shape: Sequence[int]) -> Slices:
     """The roi covering a whole volume of ``shape``."""
-    return tuple(slice(0, int(s)) for s in shape)  # type: ignore[return-value]
+    z, y, x = (slice(0, int(s)) for s in shape)
+    return (z, y, x)
 
 
 def _kept_axes(shape: Sequence[int], name: str, axes: str | None = None) -> tuple[int, int, int]:
@@ -101,7 +103,8 @@ def _kept_axes(shape: Sequence[int], name: str, axes: str | None = None) -> tupl
         raise VolumeError(
             f"{name} has {len(shape)} dimensions (shape {shape}); axonseg needs a single-channel 3D volume (z, y, x)"
         )
-    return tuple(keep)  # type: ignore[return-value]
+    z, y, x = keep
+    return (z, y, x)
 
 
 def check_dtype(dtype: Any, name: str) -> np.dtype:
@@ -126,10 +129,11 @@ def _check_slices(roi: Sequence[slice], shape: tuple[int, int, int]) -> Slices:
         if not 0 <= start <= stop <= size:
             raise ValueError(f"roi {axis} {start}:{stop} is outside the volume (size {size})")
         out.append(slice(start, stop))
-    return tuple(out)  # type: ignore[return-value]
+    z, y, x = out
+    return (z, y, x)
 
 
-def pick_dataset(names: Sequence[str], dataset: str | None, name: str, links: Sequence[str] = ()) -> str:
+def pick_dataset(names: Sequence[str], dataset: str | None, name: str, links: Collection[str] = ()) -> str:
     """The same selection rules for HDF5, Zarr and N5: the named one, a default name, or the only one."""
     if dataset:
         wanted = dataset.strip("/")
@@ -248,7 +252,7 @@ class VolumeSource:
     def _set_axes(self, native_shape: Sequence[int], axes: str | None = None) -> None:
         self._native_shape = tuple(int(s) for s in native_shape)
         self._keep = _kept_axes(self._native_shape, self.name, axes)
-        self.shape = tuple(self._native_shape[i] for i in self._keep)  # type: ignore[assignment]
+        self.shape = zyx(self._native_shape[i] for i in self._keep)
 
     def _native_index(self, roi: Slices) -> tuple:
         """``roi`` as an index into the native array: dropped size-1 axes are indexed with 0."""
@@ -279,7 +283,7 @@ class VolumeSource:
                 f"'{self.name}' is stored in {count:,} chunks of {native_chunks} ({voxels:,} voxels each), too small "
                 f"to read regions from (at least {MIN_CHUNK_VOXELS:,} voxels); re-save it with larger chunks"
             )
-        self.chunks = tuple(native_chunks[i] for i in self._keep)  # type: ignore[assignment]
+        self.chunks = zyx(native_chunks[i] for i in self._keep)
 
 
 class WholeImageSource(VolumeSource):

@@ -143,12 +143,13 @@ class Hdf5Source(VolumeSource):
     def _read(self, roi: Slices) -> np.ndarray:
         index = self._native_index(roi)
         if self._deflate is not None:
-            self._check_inflated(index)
+            self._check_inflated(index, self._deflate)
         return self._ds[index]
 
-    def _check_inflated(self, index: tuple) -> None:
+    def _check_inflated(self, index: tuple, deflate: int) -> None:
         """Inflate, bounded, the stored chunks ``index`` touches before HDF5 decodes them: HDF5's deflate filter
-        grows its buffer until the stream ends, so a kilobyte of compressed zeros could take a megabyte."""
+        grows its buffer until the stream ends, so a kilobyte of compressed zeros could take a megabyte.
+        ``deflate``: the deflate filter's position in the dataset's filter pipeline."""
         ds = self._ds
         limit = math.prod(ds.chunks) * ds.dtype.itemsize
         starts = [
@@ -162,7 +163,7 @@ class Hdf5Source(VolumeSource):
                 mask, data = ds.id.read_direct_chunk(offset)
             except RuntimeError:  # not stored: the fill value
                 continue
-            if not mask & (1 << self._deflate):  # the bit is set where the chunk was stored without deflate
+            if not mask & (1 << deflate):  # the bit is set where the chunk was stored without deflate
                 decompress_bounded(data, "zlib", limit, self.name)
             if len(self._inflated) >= 1_000_000:  # bounded memory; a chunk read again is checked again
                 self._inflated.clear()

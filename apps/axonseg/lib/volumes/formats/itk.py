@@ -131,18 +131,20 @@ class ItkSource(WholeImageSource):
         self._check_memory(streamable=False)
         component = io.GetComponentTypeAsString(io.GetComponentType())
         self.dtype = check_dtype(_ITK_COMPONENTS.get(component, "V"), self.name)
-        self._pixel = _ITK_READ_AS.get(self.dtype.str[1:])
-        if self._pixel is None:
+        pixel = _ITK_READ_AS.get(self.dtype.str[1:])
+        if pixel is None:
             raise VolumeError(
                 f"'{self.name}' has {self.dtype} voxels, which axonseg cannot read from {self.source_format}; "
                 "convert it to 32-bit integers or to floats"
             )
+        self._pixel: str = pixel
         if ndim >= 3:
             spacing = [float(io.GetSpacing(i)) for i in range(3)][::-1]
             self.voxel_size = valid_size(spacing) if known else None
             # A damaged header's NaN or infinite geometry says nothing (and JSON cannot store it): the defaults.
-            origin = tuple(float(io.GetOrigin(i)) for i in range(3))[::-1]
-            self.origin = origin if all(map(math.isfinite, origin)) else (0.0, 0.0, 0.0)  # type: ignore[assignment]
+            x, y, z = (float(io.GetOrigin(i)) for i in range(3))
+            origin = (z, y, x)
+            self.origin = origin if all(map(math.isfinite, origin)) else (0.0, 0.0, 0.0)
             direction = np.array([list(io.GetDirection(i))[:3] for i in range(3)], dtype=float).T
             usable = np.isfinite(direction).all() and not np.allclose(direction, np.eye(3))
             self.direction = direction if usable else None

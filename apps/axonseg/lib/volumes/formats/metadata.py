@@ -71,7 +71,7 @@ def valid_size(values: Sequence[float] | None) -> tuple[float, float, float] | N
     low, high = _VOXEL_SIZE_RANGE
     if len(out) != 3 or not all(low <= v <= high for v in out):
         return None
-    return out  # type: ignore[return-value]
+    return out
 
 
 def _pick_axes(values: Sequence[Any], keep: tuple[int, int, int], ndim: int) -> list[Any] | None:
@@ -131,9 +131,10 @@ def ngff_spacing(attrs: dict, dataset: str, keep: tuple[int, int, int], ndim: in
                     if scale is None:
                         return None
                     factors = [unit_factor(u) if u else 1.0 for u in (units or [None] * 3)]
-                    if any(f is None for f in factors):
+                    known = [f for f in factors if f is not None]
+                    if len(known) != len(factors):
                         return None
-                    return valid_size([float(s) * f for s, f in zip(scale, factors)])
+                    return valid_size([float(s) * f for s, f in zip(scale, known)])
     except (TypeError, ValueError, KeyError, AttributeError):
         return None
     return None
@@ -185,11 +186,10 @@ def tiff_voxel_size(tif, page) -> tuple[float, float, float] | None:
         size = _ome_voxel_size(tif.ome_metadata)
         if size is not None:
             return size
-    x = _tiff_pixel_size(page, "XResolution")
-    y = _tiff_pixel_size(page, "YResolution")
-    if x is None and y is None:
+    x_res, y_res = _tiff_pixel_size(page, "XResolution"), _tiff_pixel_size(page, "YResolution")
+    x, y = x_res or y_res, y_res or x_res  # one resolution tag stands for both
+    if x is None or y is None:
         return None
-    x, y = x or y, y or x
     ij = (tif.imagej_metadata or {}) if tif.is_imagej else {}
     factor = unit_factor(ij.get("unit"))
     if factor is not None:  # ImageJ calibration in a length unit

@@ -110,6 +110,8 @@ class TiffSource(WholeImageSource):
             if page is None:
                 raise VolumeError(f"TIFF file '{self.name}' is missing image plane {index}")
             keyframe = page.keyframe
+            if keyframe is None:
+                raise VolumeError(f"TIFF file '{self.name}': image plane {index} has no key frame to decode it with")
             chunked, chunks = tuple(keyframe.chunked), tuple(keyframe.chunks)
             offsets, counts = page.dataoffsets, page.databytecounts
         if len(chunked) != 2 or len(chunks) != 2 or len(offsets) != math.prod(chunked):

@@ -24,6 +24,19 @@ MAX_ZARR_ARRAYS = 10_000
 _STORE_CLASSES: dict[bool, type] = {}
 
 
+class _Guarded:
+    """Mixed into a zarr store class (before it): chunk files are read only where they resolve inside the folder."""
+
+    _real_root = ""
+    path: str
+
+    def _fromfile(self, fn: str) -> bytes:
+        if not inside(os.path.realpath(fn), self._real_root):
+            raise VolumeError(f"'{display_name(self.path)}' links to a file outside it; not accepted")
+        with open(fn, "rb") as f:
+            return f.read()
+
+
 def _guarded_store(path: str, real: str, n5: bool):
     """A zarr DirectoryStore (or N5Store) that refuses to read any file resolving outside ``real``."""
     import zarr
@@ -31,17 +44,7 @@ def _guarded_store(path: str, real: str, n5: bool):
     cls = _STORE_CLASSES.get(n5)
     if cls is None:
         base = zarr.N5Store if n5 else zarr.DirectoryStore
-
-        class GuardedStore(base):  # type: ignore[misc, valid-type]
-            _real_root = ""
-
-            def _fromfile(self, fn):
-                if not inside(os.path.realpath(fn), self._real_root):
-                    raise VolumeError(f"'{display_name(self.path)}' links to a file outside it; not accepted")
-                with open(fn, "rb") as f:
-                    return f.read()
-
-        cls = _STORE_CLASSES[n5] = GuardedStore
+        cls = _STORE_CLASSES[n5] = type("GuardedStore", (_Guarded, base), {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # zarr 2 deprecates N5Store
         store = cls(path)
