@@ -1,5 +1,6 @@
 """The server's settings: MONAI Label's ``--conf key value`` pairs, the environment and the defaults, read in one
-place into one typed object (:meth:`Settings.read`). Nothing else reads ``conf`` or the server's environment.
+place into one typed object (:meth:`Settings.read`); the API server reads them nowhere else. (A worker takes its
+own from its command line and environment: ``lib/jobs/worker.py``.)
 
 Conf keys (``--conf key value``):
     workdir          the volume store, retrained weights, training stats, region views, label versions, uploads
