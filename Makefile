@@ -28,12 +28,14 @@ serve: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check apps tests benchmarks
+	$(BIN)/mypy  # the app's types ([tool.mypy] in pyproject.toml)
 	# Two processes, a test file each at a time: most of a server test is waiting on its subprocesses.
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check apps tests benchmarks
 	$(BIN)/ruff format --check apps tests benchmarks
+	$(BIN)/mypy
 
 # Retrain the shipped weights from their recipes on ../shared/data (see apps/axonseg/model/*.md).
 weights: $(VENV)/.installed

@@ -365,7 +365,7 @@ def serve_stack(tmp_path_factory):
     stack = EmbeddedStack(
         tmp_path_factory.mktemp("serve-auth") / "work",
         {"MAX_UPLOAD_MB": str(MAX_UPLOAD_MB), "SERVE_ARGS": " ".join(f"--conf {k} {v}" for k, v in conf.items())},
-        # as the README's "Switching it on" says: the environment variable, no AUTH make variable
+        # as docs/security.md, "Switching it on", says: the environment variable, no AUTH make variable
         env={"AXONSEG_AUTH": "on", "AXONSEG_ADMIN_PASSWORD": ADMIN_PASSWORD},
     )
     stack.start()

@@ -198,3 +198,19 @@ def test_migration_0003_keeps_label_history_and_new_versions_follow_it(backend, 
         row = db.add_label_version(db.region("a"), "axon", "final", "/new", "1" * 64)  # a fresh id, no collision
         assert row.version == 1 and row.id > 2
         db.dispose()
+
+
+def test_the_database_says_not_found_and_already_exists_as_client_errors(db):
+    from lib import errors
+    from lib.db.models import Region
+
+    record_test_image(db, "a")
+    with pytest.raises(errors.InvalidRequest, match="image 'a' already exists"):
+        record_test_image(db, "a")
+    for update in (db.update_image_info, db.update_region_info, db.set_image_intensity):
+        with pytest.raises(errors.NotFound, match="'gone' is not recorded") as raised:
+            update("gone", {})
+        assert raised.value.status_code == 404 and not isinstance(raised.value, KeyError)
+    ghost = Region(id="ghost", image_id="a", offset=[0, 0, 0], shape=[1, 1, 1], whole=True)
+    with pytest.raises(errors.NotFound, match="region 'ghost'"):
+        db.add_label_version(ghost, "axon", "final", "/v", "0" * 64)

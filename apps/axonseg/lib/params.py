@@ -17,6 +17,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .errors import InvalidRequest
 
 
@@ -46,6 +48,15 @@ class Range:
         below = x < self.high if self.high_open else x <= self.high
         return above and below
 
+    def holds(self, array: np.ndarray) -> bool:
+        """Whether every element of ``array`` is finite and inside the range (whole, with ``integer``)."""
+        if array.size == 0:
+            return True
+        if not np.issubdtype(array.dtype, np.integer):
+            if not np.all(np.isfinite(array)) or (self.integer and np.any(array != np.round(array))):
+                return False
+        return bool(self.contains(array.min()) and self.contains(array.max()))
+
     def check(self, name: str, value: Any, where: str = "") -> Any:
         """``value`` as an int (``integer``) or float inside the range; ``where`` ends the message (e.g.
         " for 'bilateral' post-processing")."""
@@ -61,6 +72,11 @@ class Range:
         if not self.contains(x):
             raise error
         return x if self.integer else float(x)
+
+
+# What one voxel of a label may hold (a label value or an object id): the label arrays are uint32. Saved labels,
+# their segments' values (Slicer's label_info idx) and a trace request's anchors are all checked against it.
+LABEL_VALUE = Range(0, 2**32 - 1, integer=True)
 
 
 def _number(value: Any) -> int | float | None:

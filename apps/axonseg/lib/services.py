@@ -213,6 +213,6 @@ def _authenticator(settings: Settings, db: Database) -> Authenticator:
             "auth is on but there are no users: set AXONSEG_ADMIN_PASSWORD for the first start, or add one with "
             "`PYTHONPATH=apps/axonseg python -m lib.users add NAME --role admin`"
         )
-    issuer = TokenIssuer(load_secret(settings.workdir), settings.token_ttl_s)
+    issuer = TokenIssuer(load_secret(settings.workdir, settings.auth_secret), settings.token_ttl_s)
     logger.warning(f"auth: ON (built-in users: {len(db.users())}; every route needs a login but /auth/ and /docs)")
     return Authenticator("builtin", accounts, issuer)

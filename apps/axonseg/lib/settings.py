@@ -1,5 +1,6 @@
 """The server's settings: MONAI Label's ``--conf key value`` pairs, the environment and the defaults, read in one
-place into one typed object (:meth:`Settings.read`). Nothing else reads ``conf`` or the server's environment.
+place into one typed object (:meth:`Settings.read`); the API server reads them nowhere else. (A worker takes its
+own from its command line and environment: ``lib/jobs/worker.py``.)
 
 Conf keys (``--conf key value``):
     workdir          the volume store, retrained weights, training stats, region views, label versions, uploads
@@ -86,6 +87,7 @@ class Settings:
     auth: bool = False
     token_ttl_s: float = 12 * 3600.0
     admin_password: str | None = None
+    auth_secret: str | None = None
     volume_roots: tuple[str, ...] = ()
     dicomweb_url: str | None = None
 
@@ -126,6 +128,7 @@ class Settings:
             auth=auth_wanted(conf.get("auth"), env.get("AXONSEG_AUTH")),
             token_ttl_s=_number(conf, "token_ttl_h", 12, 0.001, 24 * 366) * 3600,
             admin_password=env.get("AXONSEG_ADMIN_PASSWORD") or None,
+            auth_secret=env.get("AXONSEG_AUTH_SECRET") or None,
             volume_roots=tuple(volume_roots()),
             dicomweb_url=conf.get("dicomweb_url") or env.get("AXONSEG_DICOMWEB_URL") or None,
         )

@@ -19,9 +19,10 @@ ISSUER = "axonseg"
 SECRET_FILE = "auth_secret"
 
 
-def load_secret(workdir: str) -> str:
-    if os.environ.get("AXONSEG_AUTH_SECRET"):
-        return os.environ["AXONSEG_AUTH_SECRET"]
+def load_secret(workdir: str, given: str | None = None) -> str:
+    """``given`` (AXONSEG_AUTH_SECRET) if set, else the secret kept in ``workdir`` (made on first use)."""
+    if given:
+        return given
     path = os.path.join(workdir, SECRET_FILE)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -20,6 +20,7 @@ from ..configs.spec import StructureSpec
 from ..errors import InvalidRequest
 from ..machine import default_device
 from ..networks import load_weights
+from ..params import LABEL_VALUE
 from ..transforms.intensity import IntensityStats
 from ..transforms.io import Volume, copy_atomic, read_volume, write_volume
 from .postprocessing import structure_mask
@@ -54,10 +55,7 @@ def read_anchors(path: str, shape: tuple[int, ...]) -> np.ndarray:
             f"the anchors (the label sent with the request) are {list(array.shape)} voxels, "
             f"the image {list(shape)}; send them on the image's grid"
         )
-    if array.size and (
-        not np.all(np.isfinite(array)) or np.any(array != np.round(array)) or array.min() < 0
-        or array.max() > np.iinfo(np.uint32).max
-    ):  # fmt: skip
+    if not LABEL_VALUE.holds(array):
         raise InvalidRequest("anchors must be whole neurite ids from 0 (no anchor) to 4294967295")
     return array.astype(np.uint32)
 

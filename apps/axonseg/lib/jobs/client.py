@@ -115,7 +115,7 @@ class JobClient:
         if not self.workers(queue):
             raise ServiceUnavailable(
                 f"no worker is serving the '{queue}' queue; start one with "
-                f"`python -m lib.jobs.worker --queues {queue}` (see README, Deployment)"
+                f"`python -m lib.jobs.worker --queues {queue}` (see docs/deployment.md)"
             )
 
     # waiting -------------------------------------------------------------------------------

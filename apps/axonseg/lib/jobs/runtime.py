@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..datastore import MicroscopyDatastore
+from ..datastore import MicroscopyDatastore, RegisteredSources
 from ..db.engine import database_url
 from ..db.store import Database, file_checksum
 from ..errors import NotFound, check_model
@@ -35,12 +35,13 @@ class Runtime:
     stop_event: threading.Event = field(default_factory=threading.Event)
     # Networks of archived weights files (volume jobs name the exact version they started with).
     networks: dict[tuple[str, str], torch.nn.Module] = field(default_factory=dict)
+    # Readers of registered Zarr/N5 volumes, opened once per worker (a datastore is built per job).
+    sources: RegisteredSources = field(default_factory=RegisteredSources)
 
     def datastore(self) -> MicroscopyDatastore:
-        """The datastore over the shared database and volume store (cheap: it holds no state of its own)."""
-        return MicroscopyDatastore(
-            self.studies, self.workdir, self.db, {name: config.spec for name, config in self.configs.items()}
-        )
+        """The datastore over the shared database and volume store (cheap: its only state is ``sources``)."""
+        specs = {name: config.spec for name, config in self.configs.items()}
+        return MicroscopyDatastore(self.studies, self.workdir, self.db, specs, sources=self.sources)
 
     def infer_task(self, model: str) -> SegmentationInfer:
         """The model's infer task; tasks of one model share its cached network (``config.weights``)."""

@@ -27,7 +27,8 @@ from sqlalchemy import CursorResult, Result, func, select, update
 
 from ..configs.spec import StructureSpec
 from ..db.models import VolumeBlock, VolumeJob, utcnow
-from ..db.store import Database, _lock_for_write, _retry_when_locked
+from ..db.store import Database
+from ..db.transactions import lock_for_write, retry_when_locked
 from ..volumes.blocks.plan import BlockPlan, Postprocess
 from ..volumes.blocks.steps import build_pyramid, predict_block, relabel_block, stitch
 from ..volumes.outputs import OUTPUTS, VolumeOutput
@@ -222,14 +223,14 @@ class Transitions:
 
         def claim() -> VolumeBlock | None:
             with self.db.session() as s, s.begin():
-                _lock_for_write(s)
+                lock_for_write(s)
                 row = s.scalar(_unit(select(VolumeBlock), job_id, step, index).with_for_update())
                 if row is None or step.check(row):
                     return None
                 row.status, row.attempts, row.worker, row.error = "RUNNING", row.attempts + 1, worker, None
                 return row
 
-        return _retry_when_locked(claim)
+        return retry_when_locked(claim)
 
     def finish(self, job_id: str, step: Step, index: int, checksum: str, seconds: float) -> None:
         with self.db.session() as s, s.begin():

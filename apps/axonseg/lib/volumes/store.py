@@ -8,7 +8,7 @@
 Images are written by streaming a :class:`~lib.volumes.formats.VolumeSource` tile by tile (bounded
 memory, whatever the volume's size) into a temporary group that is renamed into place when complete.
 Zarr/N5 volumes can instead be *registered* in place, read-only: voxels are read where they are and
-only the label arrays live here. zarr-python 2 is the library underneath (see README "Where data goes").
+only the label arrays live here. zarr-python 2 is the library underneath (see docs/deployment.md, "Where data goes").
 """
 
 from __future__ import annotations
