@@ -18,7 +18,7 @@ from ..errors import InvalidRequest, UploadTooLarge, VolumeError
 from ..identifiers import check_name
 from ..transforms.intensity import IntensityStats, StatsAccumulator
 from ..volumes.formats import VolumeSource, open_source, volume_format
-from ..volumes.regions import Roi, align, grid, needs_regions
+from ..volumes.regions import Roi, align, grid, needs_regions, zyx
 from ..volumes.regions import region_id as make_region_id
 from ..volumes.store import DEFAULT_CHUNKS, StoredImage, VolumeStore, chunks_for, tiles
 
@@ -190,8 +190,8 @@ class Ingest:
 
     def _chunks(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         """The store's chunks: no larger than a region, so regions are whole chunks."""
-        limit = tuple(min(c, r) for c, r in zip(DEFAULT_CHUNKS, self.region_size or DEFAULT_CHUNKS))
-        return chunks_for(shape, limit)  # type: ignore[arg-type]
+        limit = zyx(min(c, r) for c, r in zip(DEFAULT_CHUNKS, self.region_size or DEFAULT_CHUNKS))
+        return chunks_for(shape, limit)
 
     def _region_rois(self, shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> list[Roi]:
         if self.region_size and needs_regions(shape, self.region_size):

@@ -24,10 +24,10 @@ from ..identifiers import check_name, safe_join
 from ..params import LABEL_VALUE
 from ..transforms.io import remove_path, write_volume
 from ..volumes.formats import open_source
-from ..volumes.regions import Roi
+from ..volumes.regions import Roi, zyx
 from ..volumes.store import VolumeStore
 from .ingest import check_image_id
-from .regions import Regions, placed_volume
+from .regions import Regions, image_shape, placed_volume
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class Labels:
         os.makedirs(folder, exist_ok=True)
         kept = os.path.join(folder, f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.nrrd")
         write_volume(kept, placed_volume(image, roi, array))
-        model = info.get("model") if info.get("model") in self.specs else structure
+        model = str(info["model"]) if info.get("model") in self.specs else structure
         active = self.db.active_model_version(model)  # the weights that predicted (or were corrected)
         recorded = {k: v for k, v in info.items() if k not in ("client_id", "label_info")}
         with self._lock(image.id, structure, tag):
@@ -199,10 +199,10 @@ class Labels:
             except NotFound:  # the image was removed meanwhile
                 remove_path(kept)
                 raise
-            shape, chunks = tuple(image.shape), tuple(image.chunks)
+            shape, chunks = image_shape(image), zyx(image.chunks or ())
             name = array_name(structure, tag)
             try:
-                self.store.write_label(image.id, name, roi, array, shape, chunks, image.voxel_size_um)  # type: ignore[arg-type]
+                self.store.write_label(image.id, name, roi, array, shape, chunks, image.voxel_size_um)
             except BaseException:  # no row may name a version the label array does not hold
                 self.db.remove_label_version(row.id)
                 remove_path(kept)

@@ -12,11 +12,11 @@ import numpy as np
 
 from ..db.models import Image, Region
 from ..db.store import Database
-from ..errors import NotFound, UploadTooLarge
+from ..errors import NotFound, UploadTooLarge, VolumeError
 from ..transforms.intensity import IntensityStats
 from ..transforms.io import Volume, remove_path, write_volume
 from ..volumes.formats import VolumeSource, open_source
-from ..volumes.regions import Roi
+from ..volumes.regions import Roi, Shape, voxel_size, zyx
 from ..volumes.store import VolumeStore, chunks_for
 from .ingest import check_image_id, intensity_statistics
 
@@ -44,12 +44,19 @@ class RegionData:
 def placed_volume(image: Image, roi: Roi, array: np.ndarray) -> Volume:
     """``array`` (voxels of ``roi``) placed where ``roi`` lies: the origin moves by the offset, through
     the direction cosines, so a viewer shows the crop where it lies in the image."""
-    spacing = tuple(image.voxel_size_um or (1.0, 1.0, 1.0))
+    spacing = voxel_size(image.voxel_size_um) or (1.0, 1.0, 1.0)
     origin = np.array((image.origin_um or (0.0, 0.0, 0.0))[::-1], float)
     direction = np.eye(3) if image.direction is None else np.asarray(image.direction, float)
     offset_xyz = np.array(roi.offset[::-1], float) * np.array(spacing[::-1], float)
-    origin_zyx = tuple((origin + direction @ offset_xyz)[::-1].tolist())
-    return Volume(array, spacing, origin_zyx, None if image.direction is None else direction)  # type: ignore[arg-type]
+    x, y, z = (float(v) for v in origin + direction @ offset_xyz)
+    return Volume(array, spacing, (z, y, x), None if image.direction is None else direction)
+
+
+def image_shape(image: Image) -> Shape:
+    """The image's (z, y, x) shape (recorded when it is ingested or registered)."""
+    if not image.shape:
+        raise VolumeError(f"image '{image.id}' has no recorded shape (its ingest did not finish)")
+    return zyx(image.shape)
 
 
 class RegisteredSources:
@@ -66,6 +73,8 @@ class RegisteredSources:
         with self._lock:
             source = self._sources.get(key)
             if source is None:
+                if image.storage_uri is None:
+                    raise VolumeError(f"image '{image.id}' is not in the volume store")
                 source = self._sources[key] = open_source(image.storage_uri, image.dataset or None)
         return source
 
@@ -120,7 +129,8 @@ class Regions:
         if region is not None:
             return region, self.image(region.image_id)
         image = self.image(image_id)
-        return Region(id=image.id, image_id=image.id, offset=[0, 0, 0], shape=list(image.shape), whole=True), image
+        whole = Region(id=image.id, image_id=image.id, offset=[0, 0, 0], shape=list(image_shape(image)), whole=True)
+        return whole, image
 
     def is_region(self, image_id: str) -> bool:
         return self.db.region(check_image_id(image_id)) is not None
@@ -132,9 +142,9 @@ class Regions:
         if stats is not None and stats.has_all_percentiles():
             return stats
         logger.info("recomputing intensity statistics of '%s' (stored before this server version)", image.id)
-        shape = tuple(image.shape)
-        chunks = tuple(image.chunks or chunks_for(shape))  # type: ignore[arg-type]
-        stats = intensity_statistics(shape, chunks, lambda roi: self.read(image, roi))  # type: ignore[arg-type]
+        shape = image_shape(image)
+        chunks = zyx(image.chunks or chunks_for(shape))
+        stats = intensity_statistics(shape, chunks, lambda roi: self.read(image, roi))
         self.db.set_image_intensity(image.id, stats.to_json())
         image.intensity = stats.to_json()
         return stats
@@ -149,7 +159,7 @@ class Regions:
         """A region (or a whole image) with ``context`` voxels around it, clipped to the image."""
         region, image = self.region_or_whole(region_id)
         region_roi = Roi.of(region)
-        read_roi = region_roi.grow(context, tuple(image.shape))  # type: ignore[arg-type]
+        read_roi = region_roi.grow(context, image_shape(image))
         if read_roi.size > self.max_voxels_in_memory:
             raise UploadTooLarge(
                 f"'{region_id}' with its context is {read_roi.size / 1e6:.0f} Mvox, more than this server holds "

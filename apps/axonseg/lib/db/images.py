@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -11,6 +11,8 @@ from sqlalchemy.exc import IntegrityError
 from .errors import AlreadyExists, NotFound
 from .models import Image, LabelVersion, Lease, Region, Score
 from .transactions import Sessions, lock_for_write, retry_when_locked
+
+_WithInfo = TypeVar("_WithInfo", Image, Region)  # the tables whose rows carry client metadata (``info``)
 
 
 class ImageRecords(Sessions):
@@ -81,7 +83,7 @@ class ImageRecords(Sessions):
         """Merge ``info`` into a region's client metadata; concurrent updates are all kept."""
         return self._merge_info(Region, region_id, info)
 
-    def _merge_info(self, table: type[Image] | type[Region], key: str, info: dict[str, Any]) -> dict[str, Any]:
+    def _merge_info(self, table: type[_WithInfo], key: str, info: dict[str, Any]) -> dict[str, Any]:
         def merge() -> dict[str, Any]:
             with self.session() as s, s.begin():
                 lock_for_write(s)

@@ -105,9 +105,9 @@ class LabelRecords(Sessions):
                 newest = newest.where(LabelVersion.region_id == region_id)
             newest = newest.group_by(LabelVersion.region_id, LabelVersion.tag)
             rows = s.scalars(select(LabelVersion).where(LabelVersion.id.in_(newest.scalar_subquery())))
-            return {(row.region_id, row.tag): row for row in rows}
+            return {(row.region_id, row.tag): row for row in rows if row.region_id is not None}  # (all are)
 
-    def labelled_regions(self, tag: str = "final", structure: str | None = None) -> dict[str, list[str]]:
+    def labelled_regions(self, tag: str = "final", structure: str | None = None) -> dict[str, list[str | None]]:
         """``{region id: [structures]}`` of regions with a ``tag`` label (of ``structure``)."""
         with self.session() as s:
             query = select(LabelVersion.region_id, LabelVersion.structure).where(
@@ -115,9 +115,10 @@ class LabelRecords(Sessions):
             )
             if structure is not None:
                 query = query.where(LabelVersion.structure == structure)
-            out: dict[str, list[str]] = {}
-            for region_id, name in s.execute(query.distinct()):
-                out.setdefault(region_id, []).append(name)
+            out: dict[str, list[str | None]] = {}
+            for region_id, name in s.execute(query.distinct()).tuples():
+                if region_id is not None:  # (all are: the query asks for them)
+                    out.setdefault(region_id, []).append(name)
         return out
 
     def count_labelled_regions(self, structure: str, tag: str = "final", since: datetime | None = None) -> int:

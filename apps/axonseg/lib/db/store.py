@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from .images import ImageRecords
 from .labels import LabelRecords
 from .models import EncoderVersion, ModelVersion, Score, TrainingRun, VolumeBlock, VolumeJob, utcnow
+from .transactions import rows_changed
 from .users import UserRecords
 
 _UNFINISHED_RUN = ("SUBMITTED", "RUNNING")  # a training run's states before it ends; every other one is final
@@ -164,7 +165,7 @@ class Database(ImageRecords, LabelRecords, UserRecords):
         """Update a run that has not ended (False if it has): its final state is written once, never overwritten."""
         unfinished = (TrainingRun.job_id == job_id) & TrainingRun.status.in_(_UNFINISHED_RUN)
         with self.session() as s, s.begin():
-            return s.execute(update(TrainingRun).where(unfinished).values(**values)).rowcount == 1
+            return rows_changed(s.execute(update(TrainingRun).where(unfinished).values(**values))) == 1
 
     def add_training_epoch(self, job_id: str, epoch: dict[str, Any]) -> None:
         with self.session() as s, s.begin():

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import text
+from sqlalchemy import CursorResult, Result, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .engine import make_engine
 
 T = TypeVar("T")
+
+
+def rows_changed(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE changed (SQLAlchemy types ``Session.execute`` as a plain ``Result`` for every
+    statement; for these it is a ``CursorResult``)."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def lock_for_write(session: Session) -> None:

@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .models import Image, Lease, User, utcnow
-from .transactions import Sessions
+from .transactions import Sessions, rows_changed
 
 
 class UserRecords(Sessions):
@@ -100,7 +100,7 @@ class UserRecords(Sessions):
 
     def remove_user(self, name: str) -> bool:
         with self.session() as s, s.begin():
-            return s.execute(delete(User).where(User.name == name)).rowcount > 0
+            return rows_changed(s.execute(delete(User).where(User.name == name))) > 0
 
     def record_upload(self, image_id: str, owner: str, size: int) -> None:
         with self.session() as s, s.begin():

@@ -19,16 +19,16 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import CursorResult, Result, func, select, update
+from sqlalchemy import func, select, update
 
 from ..configs.spec import StructureSpec
 from ..db.models import VolumeBlock, VolumeJob, utcnow
 from ..db.store import Database
-from ..db.transactions import lock_for_write, retry_when_locked
+from ..db.transactions import lock_for_write, retry_when_locked, rows_changed
 from ..volumes.blocks.plan import BlockPlan, Postprocess
 from ..volumes.blocks.steps import build_pyramid, predict_block, relabel_block, stitch
 from ..volumes.outputs import OUTPUTS, VolumeOutput
@@ -190,11 +190,6 @@ def unit_rows(job_id: str, plan: BlockPlan) -> list[VolumeBlock]:
     ]
 
 
-def _changed(result: Result[Any]) -> int:
-    """Rows an UPDATE changed (SQLAlchemy types ``Session.execute`` as a plain ``Result`` for every statement)."""
-    return cast(CursorResult[Any], result).rowcount
-
-
 def rq_job_id(job_id: str, step: Step, batch: list[int]) -> str:
     return f"{job_id}-{step.name}-{batch[0]}"
 
@@ -263,7 +258,7 @@ class Transitions:
                 .where(VolumeJob.id == job_id, VolumeJob.step == step.name, VolumeJob.status == "RUNNING")
                 .values(step=following)
             )
-            return following if _changed(result) == 1 else None
+            return following if rows_changed(result) == 1 else None
 
     def end(self, job_id: str, status: str, error: str | None = None) -> bool:
         """End a running job DONE, FAILED or CANCELLED; False if it had ended (its end is written once)."""
@@ -273,7 +268,7 @@ class Transitions:
                 .where(VolumeJob.id == job_id, VolumeJob.status == "RUNNING")
                 .values(status=status, error=error, finished_at=utcnow())
             )
-            return _changed(result) == 1
+            return rows_changed(result) == 1
 
     def resume(self, job_id: str) -> None:
         """Make a failed or cancelled job runnable again: failed units get two fresh attempts."""
