@@ -80,7 +80,7 @@ class Services:
                 f"choose one of {', '.join(task_configs)}"
             )
         trainers = init_trainers(task_configs, settings.workdir, settings.studies)
-        _check_retrain_params(settings.retrain_params, trainers)
+        _check_retrain_params(settings.retrain_params, [trainers[name] for name in task_configs])
         specs = {name: config.spec for name, config in task_configs.items()}
         training = TrainingRuns(db, jobs, trainers)
         retrain = RetrainTrigger(db, training, settings.retrain_after_labels, specs, settings.retrain_params)
@@ -186,9 +186,10 @@ def _register_served_weights(db: Database, task_configs: dict[str, StructureTask
             db.register_model_version(name, path, "trained" if path == config.weights.trained_path else "shipped")
 
 
-def _check_retrain_params(params: dict[str, str], trainers: dict[str, StructureTrainer]) -> None:
-    """Every model's trainer checks ``--conf retrain_params`` now, so a bad value stops the start, not each run."""
-    for trainer in trainers.values():
+def _check_retrain_params(params: dict[str, str], trainers: list[StructureTrainer]) -> None:
+    """Every model's trainer (not the pretrainer: retraining on labels never runs it) checks ``--conf
+    retrain_params`` now, so a bad value stops the start, not each run."""
+    for trainer in trainers:
         try:
             trainer.resolve(params)
         except AxonSegError as e:
