@@ -23,8 +23,8 @@ def _finished(url: str, job_id: str) -> dict:
     )
 
 
-def test_pretrain_through_the_api_then_fine_tune_from_the_encoder(isolated, tmp_path, reference_data):
-    server = isolated(env={"AXONSEG_VOLUME_ROOTS": str(SAMPLE_DATA), "AXONSEG_REFERENCE_DATA": str(reference_data)})
+def test_pretrain_through_the_api_then_fine_tune_from_the_encoder(isolated, tmp_path):
+    server = isolated(env={"AXONSEG_VOLUME_ROOTS": str(SAMPLE_DATA)})
     MONAILabelClient, MONAILabelClientException = slicer_client_class()
     client = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="pytest-ssl")
 
