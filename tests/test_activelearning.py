@@ -308,8 +308,10 @@ def _sstem_into(studies, crop) -> tuple[np.ndarray, tuple[float, float, float]]:
     return (mito > 0).astype(np.uint8), raw.spacing
 
 
-@pytest.mark.timeout(1500)  # three fine-tuning runs on the CPU, each checked on the Lucchi++ test split
-def test_labelled_sstem_regions_adapt_the_fibsem_model_and_only_what_passes_the_gate_is_served(isolated, tmp_path):
+@pytest.mark.timeout(1500)  # three fine-tuning runs on the CPU, each checked on the Lucchi++ test split (of a crop)
+def test_labelled_sstem_regions_adapt_the_fibsem_model_and_only_what_passes_the_gate_is_served(
+    isolated, tmp_path, reference_data
+):
     """The loop on a new microscope, through the API with 3D Slicer's client: an annotator labels ssTEM
     regions for the FIB-SEM mitochondria model; the third labelled region (the same region saved twice
     counts once) queues one fine-tuning run (none while it is under way); it is scored on its held-out
@@ -322,7 +324,8 @@ def test_labelled_sstem_regions_adapt_the_fibsem_model_and_only_what_passes_the_
             "retrain_params": "iterations=16,max_epochs=2",  # the loop is tested here, not the learning
             "active_learning_model": "mitochondria",
             "region_size": "10,128,128",
-        }
+        },
+        env={"AXONSEG_REFERENCE_DATA": str(reference_data)},
     )
     client = slicer_client_class()[0](server.url)
     regions = [f"vnc_sstem_block_z0_y{y}_x0" for y in (0, 128, 256)]

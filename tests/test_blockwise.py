@@ -23,7 +23,9 @@ from lib.wiring import init_task_configs
 
 @pytest.fixture(scope="module")
 def configs(tmp_path_factory):
-    torch.set_num_threads(2)
+    # One thread: `make test` runs two test processes (and their servers) on two cores, where two threads
+    # each only contend (a sliding window pass took 16 s with two, 8-11 s with one, on the shared machine).
+    torch.set_num_threads(1)
     return init_task_configs(str(tmp_path_factory.mktemp("work")))
 
 

@@ -149,6 +149,11 @@ def _pings(connection) -> bool:
         return False
 
 
+def _train_jobs(url: str) -> dict[str, list[str]]:
+    """The train queue's job ids by state, as ``GET /jobs/`` shows them."""
+    return requests.get(f"{url}/jobs/", timeout=30).json()["queues"]["train"]["jobs"]
+
+
 def _blocks(db: Database, job_id: str, step: str = "predict"):
     return {b.index: b for b in db.volume_blocks(job_id, step)}
 
@@ -221,10 +226,11 @@ def test_volume_job_survives_a_killed_worker_a_redis_and_api_restart_and_resumes
         wait_for(lambda: any(b.status == "DONE" for b in _blocks(db, other["id"]).values()), 300, "a block")
         stopped = requests.delete(f"{srv.url}/jobs/{other['id']}", timeout=30).json()
         assert stopped["status"] == "STOPPED"
-        time.sleep(8)  # a batch that was running stops before its next block
+        # a batch that was running stops before its next block: wait until no batch of it is left started
+        wait_for(lambda: not _train_jobs(srv.url)["started"], 120, "the running batches to stop", interval=0.2)
         left = [b for b in _blocks(db, other["id"]).values() if b.status == "PENDING" and b.attempts == 0]
         assert len(left) >= 2, [(b.index, b.status) for b in _blocks(db, other["id"]).values()]
-        assert not [j for j in requests.get(f"{srv.url}/jobs/", timeout=30).json()["queues"]["train"]["jobs"]["queued"]]
+        assert not [j for j in _train_jobs(srv.url)["queued"]]
 
         # 4. a chunk that cannot be decoded: its block fails twice, the job fails naming it; fixed, it resumes
         chunk = srv.workdir / "volumes" / "brainchunk.ome.zarr" / "0" / "1" / "1" / "1"
