@@ -28,7 +28,9 @@ from conftest import PASSWORD, ROOT, login, wait_for_job
 HOME_CACHE = Path.home() / ".cache" / "monailabel"
 # What other processes of the machine leave in /tmp: tempfile's names, browsers' profiles, bytecode.
 # Files others write meanwhile: caches, browsers, temporary names, a shell's own job files.
-_NOISE = re.compile(r"__pycache__|/tmp\w{8}(/|$)|/\.org\.chromium|/playwright|/\.com\.google|/bash_jobs\.|/bash_tool_")
+_NOISE = re.compile(r"__pycache__|/tmp\w{8}(/|$)|/\.?org\.chromium|/playwright|/\.com\.google|/bash_jobs\.|/bash_tool_")
+# What the other test process may write in the checkout meanwhile: the browser test's kept screenshots.
+_SCREENSHOTS = ROOT / "work" / "test-artifacts"
 
 
 def _walk(root: Path, depth: int, skip: tuple[Path, ...]) -> set[str]:
@@ -62,6 +64,8 @@ def nothing_outside(serve_stack, tmp_path_factory):
     before = snapshot()
     yield
     new = {p for p in snapshot() - before if not _NOISE.search(p) and not p.startswith(str(ROOT / ".venv"))}
+    new -= {str(_SCREENSHOTS.parent), str(_SCREENSHOTS)}
+    new = {p for p in new if not p.startswith(f"{_SCREENSHOTS}/")}
     if new:  # a temporary file of another test process (make test runs two) is gone a moment later
         time.sleep(1)
         new = {p for p in new if os.path.exists(p)}
