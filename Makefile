@@ -41,6 +41,14 @@ lint: $(VENV)/.installed
 weights: $(VENV)/.installed
 	for m in synapse membrane axon mitochondria; do \
 		PYTHONPATH=apps/axonseg $(BIN)/python -m lib.trainers.cli $$m --data-dir ../shared/data || exit 1; done
+	# The candidate recipes trained across microscopes, each with its leave-one-microscope-out runs, then its card.
+	for m in membrane-em mitochondria-em; do \
+		PYTHONPATH=apps/axonseg $(BIN)/python -m lib.trainers.cli $$m --data-dir ../shared/data || exit 1; \
+		for x in $$(PYTHONPATH=apps/axonseg $(BIN)/python -c "from lib.configs.registry import RECIPES; \
+			print(*RECIPES['$$m'].recipe.microscopes)"); do \
+			PYTHONPATH=apps/axonseg $(BIN)/python -m lib.trainers.cli $$m --leave-out $$x --data-dir ../shared/data \
+				|| exit 1; done; \
+		PYTHONPATH=apps/axonseg $(BIN)/python -m lib.trainers.cli $$m --card-only --data-dir ../shared/data; done
 
 clean-work:
 	rm -rf "$(WORKDIR)"

@@ -1,21 +1,27 @@
-"""Neurite tracing (``postprocessing=trace``) against two baselines on dense neuron ground truth.
+"""Neurite tracing (``postprocessing=trace``) against two baselines on dense neuron ground truth, two cases.
 
-Data: ``gala_fibsem_train.h5`` (isotropic ~10 nm FIB-SEM of the Drosophila brain, 50 x 100 x 200, its
-``labels/neurons`` ids; BSD-style licence). Split along x: x 0-100 **select** (chooses every threshold and
-option, by lowest VOI), x 100-200 **test** (reports only). Two membrane maps are traced:
+- ``FIB-SEM gala``: ``gala_fibsem_train.h5`` (isotropic ~10 nm FIB-SEM of the Drosophila brain, 50 x 100 x 200,
+  its ``labels/neurons`` ids; BSD-style licence), the membrane recipe's x slabs: x 70-100 **select** (chooses
+  every threshold and option, by lowest VOI), x 100-200 **test** (reports only). Also traced on every 5th
+  section (50 nm z, 10 nm pixels), as ssTEM.
+- ``ssTEM Cardona L1``: ``trakem2_sstem_cardona.h5`` (the ISBI 2012 sections, 50 x 4 x 4 nm, with TrakEM2's 3D
+  neuron ids; seed 003's thick-section case), the recipe's y slabs: y 320-384 select, y 384-512 test.
 
-- ``model``: the shipped membrane model's probabilities (trained on ssTEM only: another microscope);
-- ``truth``: the true boundary map, smoothed (Gaussian sigma 1): what tracing does with a perfect
+Two membrane maps are traced in each:
+
+- ``model``: the membrane model's probabilities (``--recipe``: the served ``membrane``, or the candidate
+  ``membrane-em`` trained on ssTEM and FIB-SEM; neither recipe trained on either test region);
+- ``truth``: the true boundary map (id 0), smoothed (Gaussian sigma 1): what tracing does with a perfect
   membrane predictor, apart from the membrane prediction's errors.
 
 Methods, in the same run: 3D connected components of the thresholded non-membrane region;
 per-section watershed without linking; ``trace`` with ``mode=sections`` (Hungarian linking) and
 ``mode=3d``; ``trace`` with anchors from the truth every N sections (one 3 x 3 dot per neurite, at its
-deepest pixel, as an annotator's click). The ssTEM case of seed 003 is mimicked by keeping every 5th
-section (50 nm z, 10 nm pixels). Writes ``benchmarks/tracing.png`` and, under ``benchmarks/reports/``,
-``tracing_cpu.json`` and ``tracing_table.md`` (the table ``benchmarks/tracing.md`` discusses):
+deepest pixel, as an annotator's click). Writes ``benchmarks/tracing.png`` (gala) and, under
+``benchmarks/reports/``, ``tracing_cpu.json`` and ``tracing_table.md`` (the table ``benchmarks/tracing.md``
+discusses); with a candidate's ``--recipe``, the same names with ``_<recipe>`` after ``tracing``:
 
-    .venv/bin/python benchmarks/tracing.py [--data-dir ../shared/data]
+    .venv/bin/python benchmarks/tracing.py [--data-dir ../shared/data] [--recipe membrane-em]
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import itertools
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +40,7 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "apps" / "axonseg"))
 
-from lib.configs.registry import MODEL_DIR, SPECS  # noqa: E402
+from lib.configs.registry import CANDIDATE_DIR, MODEL_DIR, RECIPES, SPECS  # noqa: E402
 from lib.infers.predict import Predictor  # noqa: E402
 from lib.infers.tracing import link_sections, name_tracks, section_segments, trace  # noqa: E402
 from lib.machine import describe_machine  # noqa: E402
@@ -43,10 +49,29 @@ from lib.networks import load_weights  # noqa: E402
 from lib.transforms.intensity import intensity_stats  # noqa: E402
 from lib.transforms.io import read_volume  # noqa: E402
 
-FILE = "gala_fibsem_train.h5"
-VOXEL_NM = (10.0, 10.0, 10.0)
-SPLITS = {"select": np.s_[:, :, :100], "test": np.s_[:, :, 100:]}
-SSTEM_STEP = 5  # every 5th 10 nm section: 50 nm, as ssTEM
+
+@dataclass(frozen=True)
+class Case:
+    """A volume with dense neuron ids, its voxel size, and the select and test regions of its membrane recipe
+    (the membrane model never trained or selected its epoch on the test region)."""
+
+    name: str
+    file: str
+    voxel_nm: tuple[float, float, float]
+    select: tuple[slice, ...]
+    test: tuple[slice, ...]
+    anchor_every: tuple[int, ...]
+    ssTEM_like: bool = False  # also traced on every SSTEM_STEP-th section
+
+
+CASES = (
+    # gala: the membrane recipe's x slabs (train 0-70, select 70-100, test 100-200).
+    Case("FIB-SEM gala", "gala_fibsem_train.h5", (10.0, 10.0, 10.0), np.s_[:, :, 70:100], np.s_[:, :, 100:],
+         (25, 10, 5), ssTEM_like=True),
+    # The ISBI 2012 sections with TrakEM2's 3D neuron ids (50 nm sections, seed 003's case): the recipe's y slabs.
+    Case("ssTEM Cardona L1", "trakem2_sstem_cardona.h5", (50.0, 4.0, 4.0), np.s_[:, 320:384, :],
+         np.s_[:, 384:512, :], (5, 2)),
+)  # fmt: skip
 _SEEDS = {"threshold": (0.3, 0.5, 0.7), "min_distance": (4, 8), "sigma": (1.0, 2.0)}
 GRID = {  # options chosen on the select split
     "components": {"threshold": (0.3, 0.5, 0.7)},
@@ -55,7 +80,8 @@ GRID = {  # options chosen on the select split
     "sections": {**_SEEDS, "max_cost": (0.6, 0.8), "join_cover": (0.85, 0.95)},
     "3d": {"threshold": (0.3, 0.5, 0.7), "sigma": (1.0, 2.0), "h": (1.0, 2.0, 3.0)},
 }
-ANCHOR_EVERY = {"isotropic": (25, 10, 5), "sstem": (5, 2)}
+SSTEM_STEP = 5  # every 5th 10 nm section: 50 nm, as ssTEM
+ANCHOR_EVERY_SSTEM = (5, 2)
 
 
 def components(p: np.ndarray, spacing, anchors=None, threshold: float = 0.5) -> np.ndarray:
@@ -141,32 +167,41 @@ def choose(method: str, p: np.ndarray, truth: np.ndarray, spacing) -> dict:
     return best[1]
 
 
-def evaluate(name: str, p: np.ndarray, truth: np.ndarray, spacing, anchor_every) -> list[dict]:
+def evaluate(
+    name: str, p: np.ndarray, truth: np.ndarray, case: Case, spacing, anchor_every, step: int = 1
+) -> list[dict]:
+    """Every method on ``case``'s test region, with options chosen on its select region (every ``step``-th
+    section of both)."""
     rows = []
-    select, test = (SPLITS[s] for s in ("select", "test"))
+    select, test = case.select, case.test
+    thin = (slice(None, None, step), slice(None), slice(None))
+
+    def part(volume: np.ndarray, region: tuple[slice, ...]) -> np.ndarray:
+        return volume[region][thin]
+
     for method in METHODS:
-        options = choose(method, p[select], truth[select], spacing)
-        result = score(method, p[test], truth[test], spacing, **options)
+        options = choose(method, part(p, select), part(truth, select), spacing)
+        result = score(method, part(p, test), part(truth, test), spacing, **options)
         rows.append({"case": name, "method": method, "anchors_every": None, "options": options, **result})
         print(f"{name} {method} {options}: VOI {result['voi']:.3f} ARE {result['adapted_rand_error']:.3f}", flush=True)
     options = next(r["options"] for r in rows if r["method"] == "sections")  # as chosen without anchors
     for every in anchor_every:
-        anchors = anchors_every(truth[test], every)
-        result = score("sections", p[test], truth[test], spacing, anchors=anchors, **options)
+        anchors = anchors_every(part(truth, test), every)
+        result = score("sections", part(p, test), part(truth, test), spacing, anchors=anchors, **options)
         rows.append({"case": name, "method": "sections", "anchors_every": every, "options": options, **result})
         print(f"{name} anchors every {every}: VOI {result['voi']:.3f}", flush=True)
     return rows
 
 
-def membrane_maps(data_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    path = data_dir / FILE
+def membrane_maps(data_dir: Path, case: Case, recipe: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The case's neuron ids and its membrane maps: raw, the ``recipe``'s probabilities, smoothed truth."""
+    path = data_dir / case.file
     raw = read_volume(str(path), "raw").array
     truth = read_volume(str(path), "labels/neurons").array.astype(np.int64)
-    boundary = read_volume(str(path), "labels/boundary").array
-    spec = SPECS["membrane"]
-    network, _ = load_weights(str(Path(MODEL_DIR) / "membrane.pt"), "cpu")
-    model = Predictor(network, spec, "cpu", intensity_stats(raw), VOXEL_NM).probabilities(raw)
-    oracle = ndimage.gaussian_filter(boundary.astype(np.float32), 1.0)
+    spec = RECIPES[recipe]
+    network, _ = load_weights(str(Path(MODEL_DIR if recipe in SPECS else CANDIDATE_DIR) / f"{recipe}.pt"), "cpu")
+    model = Predictor(network, spec, "cpu", intensity_stats(raw), case.voxel_nm).probabilities(raw)
+    oracle = ndimage.gaussian_filter((truth == 0).astype(np.float32), 1.0)
     oracle /= max(float(oracle.max()), 1e-6)
     return truth, {"raw": raw, "model": model, "truth": oracle}
 
@@ -177,7 +212,7 @@ def picture(path: Path, raw: np.ndarray, truth: np.ndarray, rows: list[dict], se
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [r for r in rows if r["case"] == "isotropic, model membrane" and r["anchors_every"] in (None, 10)]
+    shown = [r for r in rows if r["case"] == "FIB-SEM gala, model membrane" and r["anchors_every"] in (None, 10)]
     columns = [("raw", raw), ("truth", truth)] + [
         (f"{r['method']}" + (f" + anchors/{r['anchors_every']}" if r["anchors_every"] else ""), r["prediction"])
         for r in shown
@@ -221,25 +256,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    parser.add_argument("--recipe", default="membrane", help="the membrane model: served, or a candidate's")
     args = parser.parse_args()
     started = time.time()
-    truth, maps = membrane_maps(args.data_dir)
+    suffix = "" if args.recipe == "membrane" else f"_{args.recipe}"  # a candidate's figures beside the served one's
     rows = []
-    for source in ("model", "truth"):
-        p = maps[source]
-        rows += evaluate(f"isotropic, {source} membrane", p, truth, VOXEL_NM, ANCHOR_EVERY["isotropic"])
-        sstem = (VOXEL_NM[0] * SSTEM_STEP, *VOXEL_NM[1:])
-        rows += evaluate(
-            f"ssTEM-like (every {SSTEM_STEP}th section), {source} membrane",
-            p[::SSTEM_STEP], truth[::SSTEM_STEP], sstem, ANCHOR_EVERY["sstem"],
-        )  # fmt: skip
-    picture(args.out / "tracing.png", maps["raw"][SPLITS["test"]], truth[SPLITS["test"]], rows)
+    for case in CASES:
+        truth, maps = membrane_maps(args.data_dir, case, args.recipe)
+        for source in ("model", "truth"):
+            p = maps[source]
+            rows += evaluate(f"{case.name}, {source} membrane", p, truth, case, case.voxel_nm, case.anchor_every)
+            if case.ssTEM_like:
+                sstem = (case.voxel_nm[0] * SSTEM_STEP, *case.voxel_nm[1:])
+                rows += evaluate(
+                    f"{case.name} every {SSTEM_STEP}th section (ssTEM-like), {source} membrane",
+                    p, truth, case, sstem, ANCHOR_EVERY_SSTEM, step=SSTEM_STEP,
+                )  # fmt: skip
+        if case is CASES[0]:
+            picture(args.out / f"tracing{suffix}.png", maps["raw"][case.test], truth[case.test], rows)
     for r in rows:
         r.pop("prediction")
     machine = describe_machine("cpu")
-    report = {"file": FILE, "splits": {"select": "x 0-100", "test": "x 100-200"}, "machine": machine, "rows": rows}
-    (args.out / "reports" / "tracing_cpu.json").write_text(json.dumps(report, indent=2))
-    (args.out / "reports" / "tracing_table.md").write_text("\n".join(table(rows)) + "\n")
+    splits = {c.name: {"select": str(c.select), "test": str(c.test)} for c in CASES}
+    report = {"membrane": args.recipe, "files": [c.file for c in CASES], "splits": splits, "machine": machine,
+              "rows": rows}  # fmt: skip
+    (args.out / "reports" / f"tracing{suffix}_cpu.json").write_text(json.dumps(report, indent=2))
+    (args.out / "reports" / f"tracing{suffix}_table.md").write_text("\n".join(table(rows)) + "\n")
     print(f"done in {time.time() - started:.0f} s on {machine}")
 
 

@@ -52,22 +52,26 @@ def shared_file(name: str) -> Path:
     return path
 
 
-# Lucchi++ cropped in-plane to a 256 x 512 window with every z-slab (so its train, select and test splits keep
-# their meaning, and each holds mitochondria): a sixth of the voxels that a fine-tuning run replays and scores.
-_LUCCHI_CROP = (slice(None), slice(192, 448), slice(0, 512))
+# The mitochondria recipe's Lucchi++ cropped in-plane to a 256 x 512 window with every z-slab (so its train, select
+# and test splits keep their meaning, and each holds mitochondria): a sixth of the voxels that a fine-tuning run
+# replays and scores.
+_REFERENCE_CROPS = {
+    "lucchi_pp_train.h5": ((slice(None), slice(192, 448), slice(0, 512)), ("raw", "labels/mito")),
+}
 
 
 @pytest.fixture(scope="session")
 def reference_data(tmp_path_factory) -> Path:
     """A folder for ``AXONSEG_REFERENCE_DATA`` (the recipes' data, which fine-tuning replays and gates on) with
-    the mitochondria recipe's Lucchi++ as a small real crop, for servers whose tests fine-tune mitochondria."""
+    the mitochondria recipe's volumes as small real crops, for servers whose tests fine-tune mitochondria."""
     import h5py
 
     folder = tmp_path_factory.mktemp("reference-data")
-    with h5py.File(shared_file("lucchi_pp_train.h5")) as source, h5py.File(folder / "lucchi_pp_train.h5", "w") as crop:
-        crop.attrs.update(source.attrs)  # its voxel size among them
-        for name in ("raw", "labels/mito"):
-            crop.create_dataset(name, data=source[name][_LUCCHI_CROP], chunks=True)
+    for name, (region, datasets) in _REFERENCE_CROPS.items():
+        with h5py.File(shared_file(name)) as source, h5py.File(folder / name, "w") as crop:
+            crop.attrs.update(source.attrs)  # its voxel size among them
+            for dataset in datasets:
+                crop.create_dataset(dataset, data=source[dataset][region], chunks=True)
     return folder
 
 

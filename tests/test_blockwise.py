@@ -144,6 +144,7 @@ class _Logits(torch.nn.Module):
         ("threshold", {"threshold": 0.5, "min_size": 20}),
         ("hysteresis", {"high": 0.99, "low": 0.6, "min_size": 10}),
         ("bilateral", {"threshold": 0.5, "radius": 1}),
+        ("objects", {"threshold": 0.5, "min_size": 10, "min_peak": 0.99, "min_sections": 3}),
     ],
 )
 def test_stitched_components_equal_one_pass_exactly(tmp_path, configs, synthetic, method, options):
@@ -164,6 +165,18 @@ def test_stitched_components_equal_one_pass_exactly(tmp_path, configs, synthetic
     # stored as uint8; a float step of the sigmoid can move a value across a rounding edge
     stored = output.array("probabilities")[:].astype(int)
     assert np.abs(stored - np.rint(p * 255)).max() <= 1
+
+
+def test_an_object_is_kept_by_its_whole_depth_not_its_depth_in_one_block(tmp_path, configs):
+    """Synapse rules: a blob 6 sections deep across a z face of the blocks keeps min_sections 5; one 4 deep does not."""
+    spec = configs["synapse"].spec
+    field = np.full((32, 64, 64), -5.0, np.float32)
+    field[13:19, 5:15, 5:15] = 5.0  # 6 sections: 3 in each z block
+    field[14:18, 40:50, 40:50] = 5.0  # 4 sections, as big in-plane
+    post = Postprocess.of(spec, "objects", threshold=0.5, min_size=10, min_peak=0.9, min_sections=5)
+    _, output, summary = _blockwise(tmp_path, field, spec, post, _Logits(), block=(16, 32, 32))
+    labels = output.array("labels")[:]
+    assert summary["objects"] == 1 and labels[13:19, 5:15, 5:15].all() and not labels[:, 40:50, 40:50].any()
 
 
 def test_an_object_is_removed_by_its_whole_size_not_its_size_in_one_block(tmp_path, configs):

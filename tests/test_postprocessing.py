@@ -7,7 +7,15 @@ import pytest
 
 from lib.configs.registry import SPECS
 from lib.errors import InvalidRequest
-from lib.infers.postprocessing import bilateral, default_options, hysteresis, postprocess, threshold, watershed
+from lib.infers.postprocessing import (
+    bilateral,
+    default_options,
+    hysteresis,
+    objects,
+    postprocess,
+    threshold,
+    watershed,
+)
 
 
 def test_threshold_drops_small_components():
@@ -15,6 +23,18 @@ def test_threshold_drops_small_components():
     p[0, 1:4, 1:4] = 0.9  # 9 voxels
     p[0, 2, 7] = 0.9  # 1 voxel
     assert threshold(p, 0.5, min_size=2).sum() == 9
+
+
+def test_object_rules_drop_small_faint_and_single_section_objects():
+    p = np.zeros((4, 12, 40), np.float32)
+    p[0:3, 1:5, 1:5] = 0.95  # 48 voxels over 3 sections, confident: a synapse
+    p[0:3, 1:5, 10:14] = 0.6  # as big, never confident: dropped by min_peak
+    p[1, 1:8, 20:27] = 0.95  # 49 voxels in one section: dropped by min_sections
+    p[0:2, 8:10, 30:32] = 0.95  # 8 voxels: dropped by min_size
+    kept = objects(p, threshold=0.5, min_size=20, min_peak=0.9, min_sections=2)
+    assert kept.sum() == 48 and kept[0:3, 1:5, 1:5].all()
+    assert objects(p, threshold=0.5).sum() == 2 * 48 + 49 + 8  # defaults: every object above 0.5 kept
+    assert postprocess(p, SPECS["synapse"], "objects", min_peak=0.9, min_sections=2, min_size=20).sum() == 48
 
 
 def test_hysteresis_keeps_only_components_with_a_seed():

@@ -41,7 +41,7 @@ def test_a_check_before_each_forward_pass_stops_a_prediction_midway():
         if len(calls) == 3:
             raise TrainingStopped("stopped on request")
 
-    volume = np.zeros((8, 200, 200), np.float32)  # 9 windows of mitochondria's, 2 per forward pass
+    volume = np.zeros((8, 200, 200), np.float32)  # several of mitochondria's windows, 2 per forward pass
     with before_each_forward(check), pytest.raises(TrainingStopped):
         Predictor(PositionDependent(), SPECS["mitochondria"]).probabilities(volume, tta=8)
     assert len(calls) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -56,12 +57,17 @@ def test_dense_facts_count_false_positives_on_empty_tiles():
     assert facts["predicted_fraction"] == pytest.approx((4 + 512) / mask.sum())
 
 
+# A 3D model of a 5 nm isotropic microscope (planar models never resample z).
+ISOTROPIC = replace(SPECS["synapse"], voxel_size_nm=(5.0, 5.0, 5.0))
+
+
 def test_resampling_only_for_known_and_different_voxel_sizes():
-    mito, axon = SPECS["mitochondria"], SPECS["axon"]
-    assert resampling_zoom(mito, None) is None
-    assert resampling_zoom(mito, UNKNOWN_VOXEL_SIZE_NM) is None
-    assert resampling_zoom(mito, (5.5, 4.5, 5.0)) is None  # within tolerance
-    assert resampling_zoom(mito, (50.0, 4.0, 4.0)) == pytest.approx((10.0, 0.8, 0.8))
+    iso, axon = ISOTROPIC, SPECS["axon"]
+    assert not iso.planar
+    assert resampling_zoom(iso, None) is None
+    assert resampling_zoom(iso, UNKNOWN_VOXEL_SIZE_NM) is None
+    assert resampling_zoom(iso, (5.5, 4.5, 5.0)) is None  # within tolerance
+    assert resampling_zoom(iso, (50.0, 4.0, 4.0)) == pytest.approx((10.0, 0.8, 0.8))
     assert resampling_zoom(axon, (50.0, 4.0, 4.0)) is None  # the axon model states no voxel size
 
 
@@ -75,6 +81,6 @@ def test_resampled_prediction_comes_back_on_the_image_grid():
     rng = np.random.default_rng(0)
     volume = (rng.random((4, 40, 50)) > 0.5).astype(np.float32)
     volume[:, :20] = 0
-    out = Predictor(Identity(), SPECS["mitochondria"], voxel_size_nm=(50.0, 4.0, 4.0)).probabilities(volume)
+    out = Predictor(Identity(), ISOTROPIC, voxel_size_nm=(50.0, 4.0, 4.0)).probabilities(volume)
     assert out.shape == volume.shape
     assert out[:, :18].max() < 0.05 and out[:, 22:].mean() > 0.3  # where the signal was, not smeared

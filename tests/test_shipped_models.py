@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 from conftest import APP_DIR, shared_file
 
-from lib.configs.registry import SPECS
+from lib.configs.registry import CANDIDATE_DIR, RECIPES, SPECS
 from lib.configs.spec import DataSource
 from lib.infers.postprocessing import postprocess
 from lib.infers.predict import Predictor, sliding_window_probabilities
@@ -55,11 +56,12 @@ def test_weights_are_small_and_from_our_trainer(name):
     assert sum(p.numel() for p in network.parameters()) > 0
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("name", sorted(RECIPES))
 def test_model_card_reports_the_weights_own_protocol(name):
-    card = (MODEL_DIR / f"{name}.md").read_text()
-    _, meta = load_weights(str(MODEL_DIR / f"{name}.pt"))
-    protocol = json.loads((MODEL_DIR / f"{name}.protocol.json").read_text())
+    folder = MODEL_DIR if name in SPECS else Path(CANDIDATE_DIR)
+    card = (folder / f"{name}.md").read_text()
+    _, meta = load_weights(str(folder / f"{name}.pt"))
+    protocol = json.loads((folder / f"{name}.protocol.json").read_text())
     # the select figure that chose the epoch, and the test figures, both from these weights
     assert f"F1 {meta['validation']['f1']:.3f}" in card
     assert f"**F1 {protocol['pooled']['test']['f1']:.3f}**" in card
@@ -67,10 +69,13 @@ def test_model_card_reports_the_weights_own_protocol(name):
                     "Selection metrics", "Reproduce"):  # fmt: skip
         assert f"## {section}" in card
     assert card.index("## Test metrics") < card.index("## Selection metrics")
-    for source in SPECS[name].recipe.train + SPECS[name].recipe.test:
+    recipe = RECIPES[name].recipe
+    for source in recipe.train + recipe.test:
         assert source.file in card
     for picture in ("learning_curve", "test_panel"):
-        assert (MODEL_DIR / f"{name}.{picture}.png").stat().st_size > 10_000
+        assert (folder / f"{name}.{picture}.png").stat().st_size > 10_000
+    for microscope in recipe.microscopes:  # each beside the run that never saw it, or said not to be run
+        assert re.search(rf"^\| {microscope} \| .* / (\d\.\d{{3}}|not run) \|", card, re.MULTILINE), microscope
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

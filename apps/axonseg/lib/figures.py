@@ -78,6 +78,22 @@ def metric_table(spec: StructureSpec, rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def leave_one_out_table(spec: StructureSpec, rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows ``| microscope | test region | metric in-domain / left out ... |`` from
+    ``lib.trainers.report.leave_one_out``; "not run" where a microscope's run is missing."""
+    columns = [c for c in HEADLINE_METRICS.get(spec.name, ("f1",)) if c not in ("background_fp_fraction",)][:4]
+    lines = ["| microscope | test region | " + " | ".join(f"{c}: in-domain / left out" for c in columns) + " |"]
+    lines.append("|---" * (len(columns) + 2) + "|")
+    for row in rows:
+        left = {(r["file"], r["region"]): r["metrics"] for r in row["left_out"] or []}
+        for r in row["in_domain"]:
+            other = left.get((r["file"], r["region"]))
+            cells = [f"{_cell(r['metrics'].get(c))} / {_cell(other.get(c)) if other else 'not run'}" for c in columns]
+            where = f"{r['file']} [{r['region']}]"
+            lines.append(f"| {row['microscope']} | {where} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "–"

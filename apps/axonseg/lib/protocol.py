@@ -10,7 +10,8 @@ metrics each row carries two dense facts:
   (``BACKGROUND_TILE`` wide) that hold no foreground at all (every mark there is a false positive;
   0 is right);
 - ``predicted_fraction`` / ``labelled_fraction``: how much of the labelled voxels the model marks,
-  against the label's own share.
+  against the label's own share;
+- ``artifact_marked_fraction`` (axons): the share of voxels labelled as imaging artifacts that the model marks.
 
 and each model's ``unlabelled`` checks give the foreground fraction it predicts on volumes without
 labels, against a range its spec justifies.
@@ -32,7 +33,7 @@ from scipy import ndimage
 
 from .configs.spec import DataSource, ForegroundCheck, StructureSpec
 from .infers.postprocessing import postprocess, resolve, structure_mask
-from .infers.predict import Predictor, resampling_zoom, sliding_window_probabilities, voxel_size_nm
+from .infers.predict import Predictor, model_grid_label, resize, sliding_window_probabilities, voxel_size_nm
 from .metrics import detection_scores, instance_scores, roc_auc, segmentation_scores, skeleton_scores, voxel_scores
 from .transforms.intensity import intensity_stats
 from .transforms.io import read_volume
@@ -43,7 +44,7 @@ BACKGROUND_TILE = 32  # in-plane size of the empty tiles ``background_fp_fractio
 # The figures each structure is judged by, in report tables (all on labelled voxels only).
 HEADLINE_METRICS = {
     "axon": ("f1", "precision", "recall", "cl_dice", "predicted_fraction", "labelled_fraction",
-             "background_fp_fraction"),
+             "artifact_marked_fraction"),
     "mitochondria": ("foreground_iou", "f1", "precision", "recall", "instance_f1", "ap", "background_fp_fraction"),
     "synapse": ("f1", "detection_precision", "detection_recall", "detection_f1", "true_objects",
                 "predicted_objects", "background_fp_fraction"),
@@ -104,6 +105,18 @@ def dense_facts(prediction: np.ndarray, target: np.ndarray, mask: np.ndarray) ->
     return facts
 
 
+def artifact_facts(spec: StructureSpec, prediction: np.ndarray, label: np.ndarray) -> dict[str, Any]:
+    """Where the raw label marks imaging artifacts (TRAILMAP's 3: debris, bubbles, tissue edges), the share the
+    model marks as the structure: every such mark is a false positive (0 is right). Empty without such labels."""
+    value = spec.recipe.augmentation.artifact_label
+    if value is None:
+        return {}
+    artifacts = label == value
+    count = int(artifacts.sum())
+    marked = float(prediction[artifacts].astype(bool).mean()) if count else float("nan")
+    return {"artifact_voxels": count, "artifact_marked_fraction": marked}
+
+
 def region_slices(region) -> tuple[slice, ...]:
     return tuple(slice(a, b) for a, b in region)
 
@@ -138,6 +151,7 @@ def evaluate_region(
     method: str | None = None,
     options: dict[str, Any] | None = None,
     object_ids: np.ndarray | None = None,
+    covered: np.ndarray | None = None,
 ) -> Evaluation:
     """Score ``network`` on ``crop`` of a whole labelled image: the crop is normalised by the whole
     image's statistics (as any datastore region is) and predicted at the model's voxel size.
@@ -145,6 +159,7 @@ def evaluate_region(
     ``object_ids``: true object ids of the whole image (e.g. gala's ``labels/neurons``); the label the
     post-processing returns is then also scored as a segmentation of them (VOI split and merge, adapted
     Rand error: :func:`lib.metrics.segmentation_scores`), which suits instance outputs (``trace``).
+    ``covered``: the voxels of the whole image the label covers (a source's ``mask``); None: all.
     """
     if image.shape != label.shape:
         raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
@@ -152,11 +167,14 @@ def evaluate_region(
         raise ValueError(f"object id shape {object_ids.shape} differs from image shape {image.shape}")
     raw = np.ascontiguousarray(image[crop])
     target, mask = map_labels(np.asarray(label[crop]), spec.label_map)
+    if covered is not None:
+        mask &= np.asarray(covered[crop]) > 0
     predictor = Predictor(network, spec, device, intensity_stats(image), voxel_size_nm)
     probabilities, ids = predictor.predict(raw, tta, method, **(options or {}))
     prediction = structure_mask(ids, method or spec.postprocessing)
     spacing_um = tuple(v / 1000.0 for v in voxel_size_nm) if voxel_size_nm else (1.0, 1.0, 1.0)
     metrics = score(spec, probabilities, prediction, target, mask, spacing_um)
+    metrics.update(artifact_facts(spec, prediction, np.asarray(label[crop])))
     if object_ids is not None:
         metrics.update({f"segmentation_{k}": v for k, v in segmentation_scores(ids, object_ids[crop]).items()})
     row = {
@@ -183,13 +201,15 @@ def evaluate_source(
     path = os.path.join(data_dir, source.file)
     image = read_volume(path, source.raw)
     label = read_volume(path, source.label).array
+    covered = None if source.mask is None else read_volume(path, source.mask).array
     result = evaluate_region(
         spec, network, image.array, label, region_slices(source.region),
-        voxel_size_nm=voxel_size_nm(image, source.voxel_size_nm), tta=tta, device=device,
+        voxel_size_nm=voxel_size_nm(image, source.voxel_size_nm), tta=tta, device=device, covered=covered,
     )  # fmt: skip
     result.row.update(
-        {"split": split, "file": source.file, "label": source.label, "region": region_text(source.region)}
-    )
+        {"split": split, "file": source.file, "label": source.label, "region": region_text(source.region),
+         "microscope": source.microscope}
+    )  # fmt: skip
     return result
 
 
@@ -297,21 +317,21 @@ def sweep(
 ) -> list[dict[str, Any]]:
     """Score every combination of post-processing options in ``grid`` on the **select** split only (so
     the choice never sees a test region); probabilities are computed once per source. Rows sorted
-    best first by the structure's ``SWEEP_METRIC``."""
+    best first by the structure's ``SWEEP_METRIC`` (mean over the select sources), then voxel F1."""
     key = SWEEP_METRIC.get(spec.name, "f1")
     cached = []
     for source in spec.recipe.select:
         path = os.path.join(data_dir, source.file)
         volume = read_volume(path, source.raw)
         image = volume.array
-        label = read_volume(path, source.label).array
         crop = region_slices(source.region)
-        target, mask = map_labels(np.asarray(label[crop]), spec.label_map)
+        target, mask = map_labels(np.asarray(read_volume(path, source.label).array[crop]), spec.label_map)
+        if source.mask is not None:
+            mask &= read_volume(path, source.mask).array[crop] > 0
         voxel_size = voxel_size_nm(volume, source.voxel_size_nm)
-        if resampling_zoom(spec, voxel_size) is not None:
-            raise ValueError(f"sweep {source.file}: select sources must be at the model's voxel size")
-        predictor = Predictor(network, spec, device, intensity_stats(image))
-        probabilities = predictor.probabilities(np.ascontiguousarray(image[crop]))
+        # Post-processed on the model's grid and scored on the image's, as ``Predictor.predict`` does.
+        predictor = Predictor(network, spec, device, intensity_stats(image), voxel_size)
+        probabilities = predictor.grid_probabilities(np.ascontiguousarray(image[crop]))
         spacing_um = tuple(v / 1000.0 for v in voxel_size) if voxel_size else (1.0, 1.0, 1.0)
         cached.append((probabilities, target, mask, spacing_um))
     rows = []
@@ -320,7 +340,10 @@ def sweep(
         scores = []
         for probabilities, target, mask, spacing_um in cached:
             prediction = structure_mask(postprocess(probabilities, spec, chosen, **options), chosen)
-            scores.append(score(spec, probabilities, prediction, target, mask, spacing_um))
+            if prediction.shape != target.shape:
+                prediction = model_grid_label(prediction.astype(np.uint8), target.shape)
+            on_image = probabilities if probabilities.shape == target.shape else resize(probabilities, target.shape)
+            scores.append(score(spec, on_image, prediction, target, mask, spacing_um))
         mean = {m: float(np.mean([s[m] for s in scores])) for m in HEADLINE_METRICS.get(spec.name, ("f1",))}
         rows.append({"method": chosen, "options": options, **mean})
-    return sorted(rows, key=lambda r: -r[key])
+    return sorted(rows, key=lambda r: (-r[key], -r.get("f1", 0.0)))  # ties (few objects) broken by voxel F1

@@ -6,7 +6,7 @@ is described in exactly one place (one module per structure in this package).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -14,7 +14,10 @@ from typing import Any
 class DataSource:
     """A labelled volume in an HDF5 file, cropped to a region (z, y, x slices as [start, stop)).
 
-    ``voxel_size_nm``: (z, y, x), for files that do not state theirs (evaluation resamples by it).
+    ``voxel_size_nm``: (z, y, x), for files that do not state theirs (training and evaluation resample by
+    it). ``microscope``: the instrument and preparation the volume comes from; leave-one-microscope-out
+    runs hold out every source of one. ``mask``: a dataset of the file marking the voxels the label
+    covers (HeLa's labelled central cell); outside it nothing is trained on or scored.
     """
 
     file: str
@@ -26,6 +29,33 @@ class DataSource:
         (None, None),
     )
     voxel_size_nm: tuple[float, float, float] | None = None
+    microscope: str = ""
+    mask: str | None = None
+
+
+def slabs(
+    file: str,
+    label: str,
+    microscope: str,
+    axis: int,
+    cuts: tuple[int, int, int, int],
+    mask: str | None = None,
+    voxel_size_nm: tuple[float, float, float] | None = None,
+) -> tuple[DataSource, DataSource, DataSource]:
+    """Train, select and test slabs of one labelled volume along ``axis`` (0 z, 1 y, 2 x), cut at ``cuts``
+    (start, select, test, stop): each microscope of a recipe split on its own."""
+
+    def slab(a: int, b: int) -> DataSource:
+        region = tuple((a, b) if i == axis else (None, None) for i in range(3))
+        return DataSource(file, label, region=region, voxel_size_nm=voxel_size_nm, microscope=microscope, mask=mask)
+
+    return slab(cuts[0], cuts[1]), slab(cuts[1], cuts[2]), slab(cuts[2], cuts[3])
+
+
+# The planar U-Net of the EM models: five levels, in-plane kernels and pooling only (``StructureSpec.planar``).
+PLANAR_KERNELS = ((1, 3, 3),) * 5
+PLANAR_STRIDES = ((1, 1, 1),) + ((1, 2, 2),) * 4
+PLANAR_FILTERS = (16, 32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -38,6 +68,9 @@ class Augmentation:
     """
 
     intensity: bool = True  # gamma, contrast, brightness, Gaussian noise
+    # Many microscopes: blur, lower resolution, inverted contrast, histogram shifts and stronger gamma, so the
+    # network cannot lean on one instrument's contrast or sharpness.
+    domain_randomisation: bool = False
     deform: float = 0.2  # probability of an elastic (isotropic) / in-plane affine (anisotropic) warp
     section_defects: bool = False  # EM: missing sections and misaligned section stacks
     # D-LMBmap (light-sheet): histogram matching to a reference volume, cutmix with artifact cubes
@@ -115,6 +148,26 @@ class Recipe:
     fine_tune: FineTune = FineTune()
     seed: int = 0
 
+    @property
+    def microscopes(self) -> tuple[str, ...]:
+        """The microscopes of the training sources, in recipe order."""
+        return tuple(dict.fromkeys(s.microscope for s in self.train if s.microscope))
+
+    def leave_out(self, microscope: str) -> Recipe:
+        """The recipe trained and selected without ``microscope``, and tested on that microscope's test
+        sources only: how a lab's new instrument sees the model (``cross`` and dense checks dropped)."""
+        if microscope not in self.microscopes:
+            raise ValueError(f"no training source is from microscope {microscope!r}; known: {list(self.microscopes)}")
+
+        def others(sources: tuple[DataSource, ...]) -> tuple[DataSource, ...]:
+            return tuple(s for s in sources if s.microscope != microscope)
+
+        if not others(self.train) or not others(self.select):
+            raise ValueError(f"without {microscope!r} nothing is left to train or select on")
+        held_out = tuple(s for s in self.test if s.microscope == microscope)
+        return replace(self, train=others(self.train), select=others(self.select), test=held_out, cross=(),
+                       unlabelled=())  # fmt: skip
+
 
 @dataclass(frozen=True)
 class StructureSpec:
@@ -173,6 +226,13 @@ class StructureSpec:
     def anisotropic(self) -> bool:
         """ssTEM-like data: the first level convolves in-plane only because z is much coarser."""
         return self.kernels[0][0] == 1
+
+    @property
+    def planar(self) -> bool:
+        """A 2D network run section by section (no level convolves or pools across z): images are
+        resampled in-plane only, so 5 nm FIB-SEM and 50 nm ssTEM sections are the same problem, and
+        ``voxel_size_nm``'s z is nominal."""
+        return all(k[0] == 1 for k in self.kernels) and all(s[0] == 1 for s in self.strides)
 
     @property
     def labels(self) -> dict[str, int]:

@@ -49,12 +49,15 @@ def check_tta(value: Any) -> int:
 
 def resampling_zoom(spec: StructureSpec, voxel_size_nm: tuple[float, ...] | None) -> tuple[float, ...] | None:
     """Per-axis factor that brings an image of ``voxel_size_nm`` onto the model's voxel grid, or None
-    when either voxel size is unknown or they agree within ``RESAMPLE_TOLERANCE``."""
+    when either voxel size is unknown or they agree within ``RESAMPLE_TOLERANCE`` (in-plane only for a
+    planar model)."""
     if spec.voxel_size_nm is None or voxel_size_nm is None:
         return None
     if tuple(float(v) for v in voxel_size_nm) == UNKNOWN_VOXEL_SIZE_NM:
         return None
     zoom = tuple(float(v) / float(m) for v, m in zip(voxel_size_nm, spec.voxel_size_nm))
+    if spec.planar:  # sections are predicted one by one, whatever their thickness
+        zoom = (1.0, *zoom[1:])
     if all(abs(z - 1.0) <= RESAMPLE_TOLERANCE for z in zoom):
         return None
     return zoom

@@ -22,6 +22,7 @@ from monai.transforms import (
     RandAffined,
     RandFlipd,
     RandGaussianNoised,
+    RandHistogramShiftd,
     RandLambdad,
     RandRotate90d,
     RandScaleIntensityd,
@@ -33,6 +34,9 @@ from ..transforms.augment import (
     PATCH_KEYS,
     HistogramMatch,
     RandArtifactCutMixd,
+    RandInPlaneBlurd,
+    RandInPlaneLowResolutiond,
+    RandInvertd,
     RandLocalContrastd,
     RandMisalignmentd,
     RandMissingSectiond,
@@ -70,6 +74,12 @@ def training_transforms(
         steps.append(RandLocalContrastd(prob=0.2))
     if aug.section_defects:
         steps += [RandMissingSectiond(prob=0.1), RandMisalignmentd(prob=0.1, max_shift=8)]
+    if aug.domain_randomisation:
+        steps += [
+            RandInPlaneBlurd(prob=0.2),
+            RandInPlaneLowResolutiond(prob=0.2),
+            RandInvertd(prob=0.2, ceiling=spec.intensity_ceiling),
+        ]
     if histogram_reference is not None:  # last of the numpy steps: RandLambdad hands on a tensor
         steps.append(RandLambdad("image", HistogramMatch(histogram_reference), prob=0.2))
     steps.append(EnsureChannelFirstd(keys, channel_dim="no_channel"))
@@ -106,6 +116,12 @@ def training_transforms(
             RandScaleIntensityd("image", factors=0.15, prob=0.3),
             RandShiftIntensityd("image", offsets=0.1, prob=0.3),
             RandGaussianNoised("image", prob=0.2, std=0.03),
+        ]
+    if aug.domain_randomisation:
+        # A non-linear remapping of the histogram, and gamma well beyond the intensity step's.
+        steps += [
+            RandHistogramShiftd("image", num_control_points=(5, 10), prob=0.2),
+            RandAdjustContrastd("image", prob=0.2, gamma=(0.4, 2.5)),
         ]
     return Compose(steps)
 
@@ -151,7 +167,7 @@ def load_artifact_cubes(data_dir: str, spec: StructureSpec, size: int = 12, limi
     cubes: list[np.ndarray] = []
     rng = np.random.default_rng(spec.recipe.seed)
     for source in spec.recipe.train:
-        image, label = read_source(data_dir, source, spec)
+        image, label, _ = read_source(data_dir, source, spec)
         foreground = np.isin(label, [v for v, cls in spec.label_map.items() if cls])
         centres = np.argwhere(label == label_value)
         for centre in centres[rng.permutation(len(centres))][: limit // len(spec.recipe.train) + 1]:

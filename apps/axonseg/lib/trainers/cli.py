@@ -5,6 +5,8 @@
 Writes ``<model-dir>/<name>.pt`` plus history JSON, learning-curve PNG, the protocol report
 (``<name>.protocol.json``: select, test and cross-microscope rows, unlabelled checks; ``lib.protocol``),
 the test panel PNG and the model card. ``--evaluate-only`` re-runs the protocol on the weights there.
+``--leave-out MICROSCOPE`` trains without one microscope and tests on it (``<model-dir>/lomo/``): the card
+of the shipped model reports those figures beside its in-domain ones.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ import json
 import os
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from ..configs.registry import SPECS
+from ..configs.registry import CANDIDATE_DIR, MODEL_DIR, RECIPES, SPECS
 from ..configs.spec import StructureSpec
 from ..figures import plot_panel
 from ..machine import default_device, describe_machine
@@ -27,7 +29,7 @@ from ..networks import load_weights
 from ..protocol import run_protocol
 from .augmentation import describe, recipe_augmentation
 from .data import TrainingVolume, load_source
-from .report import plot_learning_curve, write_history, write_model_card
+from .report import LOMO_DIR, plot_learning_curve, write_history, write_model_card
 from .supervised import EpochStats, TrainingPlan, train_segmentation
 
 
@@ -49,8 +51,12 @@ class Outputs:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    spec = SPECS[args.model]
-    outputs = Outputs(args.model_dir, spec.name)
+    spec = RECIPES[args.model]
+    model_dir = args.model_dir or (MODEL_DIR if args.model in SPECS else CANDIDATE_DIR)
+    outputs = Outputs(model_dir, args.model)
+    if args.leave_out:  # a new lab's microscope: trained without it, tested on it alone, never shipped
+        spec = replace(spec, recipe=spec.recipe.leave_out(args.leave_out))
+        outputs = Outputs(os.path.join(model_dir, LOMO_DIR), f"{args.model}-without-{args.leave_out}")
     iterations = args.iterations or spec.recipe.iterations_per_epoch
     transforms, artifacts = recipe_augmentation(spec, args.data_dir)
     augmentation = describe(transforms, spec, artifacts)
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(artifacts)} artifact cubes; augmentation: {', '.join(augmentation)}",
         flush=True,
     )
-    os.makedirs(args.model_dir, exist_ok=True)
+    os.makedirs(outputs.model_dir, exist_ok=True)
     machine = describe_machine(args.device)
     command = "PYTHONPATH=apps/axonseg .venv/bin/python -m lib.trainers.cli " + shlex.join(
         sys.argv[1:] if argv is None else argv
@@ -91,7 +97,9 @@ def main(argv: list[str] | None = None) -> None:
             "command": command,
             "machine": machine,
             "pretrained_encoder": args.pretrained_encoder,
+            "left_out": args.leave_out,
         },
+        checkpoint=outputs.path(".resume.pt") if args.resume else None,
     )
     history = _train(spec, train, val, outputs, plan)
     protocol = _judge(args, spec, outputs)
@@ -101,14 +109,19 @@ def main(argv: list[str] | None = None) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=sorted(SPECS))
+    parser.add_argument("model", choices=sorted(RECIPES), help="a served model, or a candidate recipe")
     parser.add_argument("--data-dir", default=os.path.join("..", "shared", "data"))
-    parser.add_argument("--model-dir", default=os.path.join("apps", "axonseg", "model"))
+    parser.add_argument("--model-dir", help="default: apps/axonseg/model, or its candidates/ for a candidate")
     parser.add_argument("--epochs", type=int, help="override the recipe")
     parser.add_argument("--iterations", type=int, help="iterations per epoch; overrides the recipe")
     parser.add_argument("--val-every", type=int, help="epochs between validations; overrides the recipe")
     parser.add_argument("--pretrained-encoder", help="start from this ssl_pretrain encoder file with a fresh decoder")
     parser.add_argument("--freeze-encoder-epochs", type=int, default=0, help="keep that encoder fixed this long")
+    parser.add_argument("--leave-out", metavar="MICROSCOPE", help="train without this microscope, test on it alone")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the training state in <name>.resume.pt after every epoch, and "
+        "go on from it if it is there (a run continued in a later session or on a GPU)"
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default=default_device())
     parser.add_argument(
@@ -157,7 +170,7 @@ def _judge(args: argparse.Namespace, spec: StructureSpec, outputs: Outputs) -> d
     plot_panel(
         outputs.path(".test_panel.png"),
         shown,
-        f"{spec.name}: test and cross-microscope regions (pooled test F1 {pooled.get('f1', float('nan')):.3f})",
+        f"{outputs.name}: test and cross-microscope regions (pooled test F1 {pooled.get('f1', float('nan')):.3f})",
         slices=2,
     )
     return report
@@ -174,12 +187,15 @@ def _write_reports(
     augmentation: list[str],
     protocol: dict,
 ) -> None:
-    """History JSON, learning curve PNG and model card."""
+    """History JSON, learning curve PNG and model card (none for a leave-one-out run: the shipped model's card
+    reports its figures, from LOMO_DIR)."""
     write_history(outputs.path(".history.json"), history)
-    plot_learning_curve(outputs.path(".learning_curve.png"), history, f"{spec.name}: training on {args.device}")
+    plot_learning_curve(outputs.path(".learning_curve.png"), history, f"{outputs.name}: training on {args.device}")
+    if args.leave_out:
+        return
     write_model_card(
         outputs.path(".md"), spec, args.data_dir, history, command, outputs.weights, iterations, machine,
-        augmentation, protocol,
+        augmentation, protocol, name=outputs.name,
     )  # fmt: skip
 
 

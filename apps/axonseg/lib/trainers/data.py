@@ -18,7 +18,7 @@ from monai.utils import convert_to_numpy
 from ..configs.spec import DataSource, StructureSpec
 from ..infers.predict import model_grid_image, model_grid_label, voxel_size_nm
 from ..transforms.augment import PATCH_KEYS
-from ..transforms.intensity import normalize_percentiles
+from ..transforms.intensity import intensity_stats
 from ..transforms.io import read_volume
 from ..transforms.labels import map_labels
 
@@ -32,34 +32,40 @@ class TrainingVolume:
     image: np.ndarray  # float32, normalised to [0, 1]
     target: np.ndarray  # uint8 0/1
     mask: np.ndarray  # bool, voxels the loss sees
+    microscope: str = ""  # patches are shared equally between microscopes (``mixing_weights``)
 
     @property
     def labelled_voxels(self) -> int:
         return int(self.mask.sum())
 
 
-def _crop(array: np.ndarray, region) -> np.ndarray:
-    return array[tuple(slice(a, b) for a, b in region)]
+def read_source(data_dir: str, source: DataSource, spec: StructureSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A recipe :class:`DataSource` on the model's voxel grid: normalised image, raw label values and the
+    voxels its ``mask`` covers (all of them without one).
 
-
-def read_source(data_dir: str, source: DataSource, spec: StructureSpec) -> tuple[np.ndarray, np.ndarray]:
-    """A recipe :class:`DataSource`'s normalised image and raw label values, cropped to its region.
-
-    The file's volume is the image: it is normalised by its own statistics, then cropped, as any
-    region of a datastore image is normalised by its image's.
+    The file's volume is the image: it is normalised by its own statistics, then cropped and resampled
+    onto the model's grid (:func:`lib.infers.predict.model_grid_image`; labels by nearest neighbour), as
+    any region of a datastore image is when it is predicted or trained on.
     """
     path = os.path.join(data_dir, source.file)
-    raw = read_volume(path, source.raw).array
-    label = read_volume(path, source.label).array
-    image = normalize_percentiles(raw, spec.percentiles, spec.intensity_ceiling)
-    return _crop(image, source.region), _crop(label, source.region)
+    volume = read_volume(path, source.raw)
+    crop = tuple(slice(a, b) for a, b in source.region)
+    size = voxel_size_nm(volume, source.voxel_size_nm)
+    image = model_grid_image(volume.array[crop], spec, intensity_stats(volume.array), size)
+    label = model_grid_label(read_volume(path, source.label).array[crop], image.shape)
+    if source.mask is None:
+        return image, label, np.ones(image.shape, dtype=bool)
+    covered = (read_volume(path, source.mask).array[crop] > 0).astype(np.uint8)
+    return image, label, model_grid_label(covered, image.shape) > 0
 
 
 def load_source(data_dir: str, source: DataSource, spec: StructureSpec) -> TrainingVolume:
-    """Load a recipe :class:`DataSource` (HDF5 raw + label datasets, cropped to its region)."""
-    image, label = read_source(data_dir, source, spec)
+    """Load a recipe :class:`DataSource` (HDF5 raw + label datasets, cropped to its region, on the model's
+    grid); the loss sees the voxels the label map and the source's mask both allow."""
+    image, label, covered = read_source(data_dir, source, spec)
     target, mask = map_labels(label, spec.label_map)
-    return TrainingVolume(f"{source.file}:{source.label}{list(source.region)}", image, target, mask)
+    name = f"{source.file}:{source.label}{list(source.region)}"
+    return TrainingVolume(name, image, target, mask & covered, source.microscope)
 
 
 def load_region(datastore: MicroscopyDatastore, region_id: str, spec: StructureSpec) -> TrainingVolume:
@@ -143,9 +149,17 @@ class PatchSampler:
 
 
 def mixing_weights(train: list[TrainingVolume], replay: list[TrainingVolume], share: float) -> list[float]:
-    """Per-volume sampling weights: ``share`` of patches from ``replay``, the rest from ``train``, each
-    set by labelled voxels within."""
+    """Per-volume sampling weights: ``share`` of patches from ``replay``, the rest from ``train``. Within each
+    set every microscope gets an equal share, and its volumes divide it by labelled voxels, so Lucchi++'s 165
+    sections do not drown HeLa's five."""
     if not replay:
-        return [float(v.labelled_voxels) for v in train]
-    new, old = sum(v.labelled_voxels for v in train), sum(v.labelled_voxels for v in replay)
-    return [(1 - share) * v.labelled_voxels / new for v in train] + [share * v.labelled_voxels / old for v in replay]
+        return _balanced(train)
+    return [(1 - share) * w for w in _balanced(train)] + [share * w for w in _balanced(replay)]
+
+
+def _balanced(volumes: list[TrainingVolume]) -> list[float]:
+    """Weights summing to 1: equal per microscope, by labelled voxels within one."""
+    totals: dict[str, int] = {}
+    for v in volumes:
+        totals[v.microscope] = totals.get(v.microscope, 0) + v.labelled_voxels
+    return [v.labelled_voxels / totals[v.microscope] / len(totals) if totals[v.microscope] else 0.0 for v in volumes]

@@ -9,8 +9,11 @@ from typing import IO
 import h5py
 
 from ..configs.spec import DataSource, StructureSpec
-from ..figures import metric_table
+from ..figures import leave_one_out_table, metric_table
 from ..protocol import BACKGROUND_TILE, region_text
+
+# Leave-one-microscope-out runs (``lib.trainers.cli --leave-out``) write their reports here, in the model folder.
+LOMO_DIR = "lomo"
 
 
 def write_history(path: str, history: list[dict]) -> None:
@@ -92,15 +95,20 @@ def write_model_card(
     machine: str,
     augmentation: list[str],
     protocol: dict,
+    name: str | None = None,
 ) -> None:
-    """Markdown card: data and licences, splits, recipe, test metrics (selection metrics apart), dense
-    checks, the test panel, machine, reproduce command. ``protocol`` is ``lib.protocol.run_protocol``'s report."""
+    """Markdown card: data and licences, splits, recipe, test metrics (selection metrics apart), leave one
+    microscope out, dense checks, the test panel, machine, reproduce command. ``protocol`` is
+    ``lib.protocol.run_protocol``'s report; ``name``: the recipe's (a candidate's differs from ``spec.name``)."""
+    name = name or spec.name
+    title = f"`{name}`" if name == spec.name else f"`{name}` (a candidate for `{spec.name}`, not served)"
     sections = [
-        f"# Model card: `{spec.name}`\n\n{spec.description}. Output label: `{spec.label_name}` = 1, background = 0.\n",
+        f"# Model card: {title}\n\n{spec.description}. Output label: `{spec.label_name}` = 1, background = 0.\n",
         _data_section(spec, data_dir),
         _splits_section(spec),
         _recipe_section(spec, history, iterations_per_epoch, augmentation),
-        _test_section(spec, protocol),
+        _test_section(spec, protocol, name),
+        _leave_one_out_section(spec, protocol, os.path.dirname(os.path.abspath(path)), name),
         _checks_section(spec, protocol),
         _selection_section(spec, history, protocol, machine, weights_path),
         f"## Reproduce\n```\n{command}\n```\n",
@@ -179,7 +187,7 @@ def _rows_of(protocol: dict, split: str) -> list[dict]:
     return [r for r in protocol["rows"] if r["split"] == split]
 
 
-def _test_section(spec: StructureSpec, protocol: dict) -> str:
+def _test_section(spec: StructureSpec, protocol: dict, name: str) -> str:
     pooled = protocol.get("pooled", {}).get("test")
     pooled_line = (
         f"Pooled over the test split: voxel precision {pooled['precision']:.3f}, recall {pooled['recall']:.3f}, "
@@ -202,7 +210,36 @@ Cross-microscope:
 
 {chr(10).join(metric_table(spec, cross)) if cross else "none"}
 
-Test regions, raw / label / prediction: `{spec.name}.test_panel.png`.
+Test regions, raw / label / prediction: `{name}.test_panel.png`.
+"""
+
+
+def leave_one_out(spec: StructureSpec, protocol: dict, model_dir: str, name: str | None = None) -> list[dict]:
+    """Per microscope of the recipe: its test rows scored by the recipe's model (``protocol``, in-domain) and by
+    the run trained without it (``<model_dir>/lomo/<name>-without-<microscope>.protocol.json``; None if that run
+    has not been made). ``name``: the recipe's (default ``spec.name``)."""
+    rows = []
+    for microscope in spec.recipe.microscopes:
+        path = os.path.join(model_dir, LOMO_DIR, f"{name or spec.name}-without-{microscope}.protocol.json")
+        left_out = None
+        if os.path.exists(path):
+            with open(path) as f:
+                left_out = [r for r in json.load(f)["rows"] if r["split"] == "test"]
+        in_domain = [r for r in _rows_of(protocol, "test") if r.get("microscope") == microscope]
+        rows.append({"microscope": microscope, "in_domain": in_domain, "left_out": left_out})
+    return rows
+
+
+def _leave_one_out_section(spec: StructureSpec, protocol: dict, model_dir: str, name: str) -> str:
+    rows = leave_one_out(spec, protocol, model_dir, name)
+    if not rows:
+        return ""
+    return f"""## Leave one microscope out (the closest measure of a lab's new microscope)
+Each row: one microscope's test region, scored by this model (trained with that microscope's train slab) and
+by the same recipe trained and selected without any of that microscope's data
+(`lib.trainers.cli {name} --leave-out MICROSCOPE`, reports in `{LOMO_DIR}/`).
+
+{chr(10).join(leave_one_out_table(spec, rows))}
 """
 
 

@@ -7,6 +7,8 @@ what was annotated. The best epoch by validation F1 is written atomically to ``o
 
 from __future__ import annotations
 
+import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,7 +18,7 @@ import torch
 from monai.transforms import Compose
 
 from ..configs.spec import StructureSpec
-from ..networks import build_network, load_weights, save_weights
+from ..networks import build_network, load_weights, save_checkpoint, save_weights
 from ..protocol import score_volumes
 from .augmentation import training_transforms
 from .data import PatchSampler, TrainingVolume, mixing_weights
@@ -60,6 +62,9 @@ class TrainingPlan:
             (fine-tuning on a new microscope without forgetting the old one).
         keep_norm_statistics: batch norms keep their running statistics (fine-tuning on batches of a few
             patches would otherwise replace the statistics of the whole recipe with theirs).
+        checkpoint: a file the whole training state (weights, optimiser, schedule, random draws, history) is
+            written to after every epoch; a run that finds it there resumes after its last epoch, bit for bit
+            as if it had not stopped (a long CPU run continued in a later session, or on a GPU).
         meta: written into the weights file beside the epoch and its validation scores.
     """
 
@@ -78,6 +83,7 @@ class TrainingPlan:
     replay_share: float = 0.0
     keep_norm_statistics: bool = False
     device: str = "cpu"
+    checkpoint: str | None = None
     meta: dict | None = None
 
 
@@ -106,9 +112,14 @@ def train_segmentation(
     sampler = _patch_sampler(spec, train, plan)
     optimizer = torch.optim.AdamW(network.parameters(), lr=plan.learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=plan.epochs * plan.iterations_per_epoch)
-    best_metric, best_epoch, started = -1.0, 0, time.time()
-    stats = EpochStats(0, plan.epochs, 0.0, 0.0, 0.0)
-    for epoch in range(1, plan.epochs + 1):
+    state = TrainingState(network, optimizer, scheduler, sampler)
+    history = state.resume(plan.checkpoint, plan.device) if plan.checkpoint else []
+    stats = EpochStats(**history[-1]) if history else EpochStats(0, plan.epochs, 0.0, 0.0, 0.0)
+    best_metric, best_epoch, started = stats.best_metric, stats.best_epoch, time.time() - stats.total_time
+    for done in history:
+        if on_epoch:
+            on_epoch(EpochStats(**done))
+    for epoch in range(stats.epoch + 1, plan.epochs + 1):
         epoch_start = time.time()
         _set_train_mode(network, plan, epoch)
         losses = [
@@ -127,12 +138,54 @@ def train_segmentation(
             epoch, plan.epochs, float(np.mean(losses)), now - epoch_start, now - started, validation, best_metric,
             best_epoch,
         )  # fmt: skip
+        history.append(stats.to_dict())
+        if plan.checkpoint:
+            state.save(plan.checkpoint, history)
         if on_epoch:
             on_epoch(stats)
     if not val:  # nothing to select on: keep the last epoch
         extra = {"epoch": plan.epochs, "trained_at": time.time()}
         save_weights(output_path, network, spec.network_args(), {**(plan.meta or {}), **extra})
     return stats
+
+
+@dataclass
+class TrainingState:
+    """Everything a run needs to go on where it stopped: weights, optimiser, schedule and every random draw
+    (torch's, the patch sampler's, each augmentation's), with the history of the epochs done."""
+
+    network: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: PatchSampler
+
+    def save(self, path: str, history: list[dict]) -> None:
+        save_checkpoint(
+            path,
+            {
+                "network": self.network.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "sampler_rng": self.sampler.rng.bit_generator.state,
+                "transforms": pickle.dumps(self.sampler.transforms),  # their RandomStates, as drawn so far
+                "history": history,
+            },
+        )
+
+    def resume(self, path: str, device: str) -> list[dict]:
+        """Load the state at ``path`` if there is one; the history of the epochs it holds ([] if none)."""
+        if not os.path.exists(path):
+            return []
+        # Not weights_only: the file holds pickled augmentations. It is the trainer's own, never an upload.
+        state = torch.load(path, map_location=device, weights_only=False)
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.sampler.rng.bit_generator.state = state["sampler_rng"]
+        self.sampler.transforms = pickle.loads(state["transforms"])
+        return list(state["history"])
 
 
 def _starting_network(spec: StructureSpec, plan: TrainingPlan) -> torch.nn.Module:

@@ -8,7 +8,9 @@ MONAI lacks:
   (every slice from some z on shifted in-plane, image and labels together);
 - the three D-LMBmap augmentations: :class:`HistogramMatch` to a reference volume,
   :class:`RandArtifactCutMix` (paste an artifact cube, e.g. TRAILMAP label 3, as labelled background),
-  :class:`RandLocalContrast` (CLAHE).
+  :class:`RandLocalContrast` (CLAHE);
+- domain randomisation across EM microscopes: :class:`RandInvert` (contrast polarity),
+  :class:`RandInPlaneBlur` and :class:`RandInPlaneLowResolution` (a softer or coarser pixel, sections kept apart).
 
 ``lib.trainers.augmentation`` composes them with MONAI's into each structure's recipe.
 """
@@ -236,3 +238,96 @@ class RandLocalContrast(RandomizableTransform):
 class RandLocalContrastd(_SameDrawd):
     def __init__(self, keys: Sequence[Hashable] = ("image",), prob: float = 0.2, clip_limit: float = 0.02):
         super().__init__(keys, prob, RandLocalContrast(prob=1.0, clip_limit=clip_limit))
+
+
+class RandInvert(RandomizableTransform):
+    """With probability ``prob``, invert a normalised image (``ceiling - image``): FIB-SEM backscatter and TEM
+    show the same membranes dark on light or light on dark, depending on the instrument and its export."""
+
+    def __init__(self, prob: float = 0.2, ceiling: float = 1.0):
+        super().__init__(prob)
+        self.ceiling = ceiling
+
+    def randomize(self, shape: Sequence[int] | None = None) -> None:
+        super().randomize(None)
+
+    def __call__(self, image: np.ndarray, randomize: bool = True) -> np.ndarray:
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return image
+        return (self.ceiling - image).astype(image.dtype)
+
+
+class RandInvertd(_SameDrawd):
+    def __init__(self, keys: Sequence[Hashable] = ("image",), prob: float = 0.2, ceiling: float = 1.0):
+        super().__init__(keys, prob, RandInvert(prob=1.0, ceiling=ceiling))
+
+
+class RandInPlaneLowResolution(RandomizableTransform):
+    """With probability ``prob``, resample each section down by a random factor in ``zoom_range`` (area
+    average) and back up (bilinear): a coarser pixel or a softer detector, sections kept apart (MONAI's
+    ``RandSimulateLowResolution`` zooms z too, which would blend 50 nm sections)."""
+
+    def __init__(self, prob: float = 0.2, zoom_range: tuple[float, float] = (0.5, 1.0)):
+        super().__init__(prob)
+        self.zoom_range = zoom_range
+        self._zoom = 1.0
+
+    def randomize(self, shape: Sequence[int] | None = None) -> None:
+        super().randomize(None)
+        self._zoom = float(self.R.uniform(*self.zoom_range))
+
+    def __call__(self, image: np.ndarray, randomize: bool = True) -> np.ndarray:
+        import torch
+
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return image
+        sections = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[:, None]  # (z, 1, y, x)
+        small = [max(1, round(s * self._zoom)) for s in image.shape[1:]]
+        down = torch.nn.functional.interpolate(sections, size=small, mode="area")
+        up = torch.nn.functional.interpolate(down, size=tuple(image.shape[1:]), mode="bilinear", align_corners=False)
+        return up[:, 0].numpy().astype(image.dtype)
+
+
+class RandInPlaneLowResolutiond(_SameDrawd):
+    """Image only: labels keep the full resolution the network should recover."""
+
+    def __init__(
+        self, keys: Sequence[Hashable] = ("image",), prob: float = 0.2, zoom_range: tuple[float, float] = (0.5, 1.0)
+    ):
+        super().__init__(keys, prob, RandInPlaneLowResolution(prob=1.0, zoom_range=zoom_range))
+
+
+class RandInPlaneBlur(RandomizableTransform):
+    """With probability ``prob``, a Gaussian blur of each section with a random in-plane sigma (pixels) in
+    ``sigma_range``: a defocused beam or a softer detector, sections kept apart."""
+
+    def __init__(self, prob: float = 0.2, sigma_range: tuple[float, float] = (0.3, 1.5)):
+        super().__init__(prob)
+        self.sigma_range = sigma_range
+        self._sigma = 0.0
+
+    def randomize(self, shape: Sequence[int] | None = None) -> None:
+        super().randomize(None)
+        self._sigma = float(self.R.uniform(*self.sigma_range))
+
+    def __call__(self, image: np.ndarray, randomize: bool = True) -> np.ndarray:
+        from scipy.ndimage import gaussian_filter
+
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return image
+        return gaussian_filter(image, sigma=(0.0, self._sigma, self._sigma)).astype(image.dtype)
+
+
+class RandInPlaneBlurd(_SameDrawd):
+    """Image only: the labels stay sharp."""
+
+    def __init__(
+        self, keys: Sequence[Hashable] = ("image",), prob: float = 0.2, sigma_range: tuple[float, float] = (0.3, 1.5)
+    ):
+        super().__init__(keys, prob, RandInPlaneBlur(prob=1.0, sigma_range=sigma_range))

@@ -9,11 +9,13 @@ interior. As in seung-lab's igneous and the seed pipeline's ``trace.py``.
 
 Two kinds:
 
-- ``components`` (threshold, hysteresis, bilateral): blocks label 6-connected components of a mask.
+- ``components`` (threshold, hysteresis, bilateral, objects): blocks label 6-connected components of a mask.
   Hysteresis keeps 6-components of ``p > low`` holding a voxel ``p > high`` (skimage's
-  ``apply_hysteresis_threshold``); then every method drops 26-connected objects under ``min_size``
-  voxels of the whole volume (``postprocessing.remove_small``). So the 26-adjacencies between distinct
-  6-components, inside blocks and across boundaries, are recorded too. Exact.
+  ``apply_hysteresis_threshold``; ``objects`` the same with ``min_peak``); then every method drops
+  26-connected objects under ``min_size`` voxels of the whole volume (``postprocessing.remove_small``), and
+  ``objects`` those spanning fewer than ``min_sections`` sections. So the 26-adjacencies between distinct
+  6-components, inside blocks and across boundaries, are recorded too, and each label's first and last
+  section. Exact.
 - ``instances`` (watershed): blocks run the watershed on their context; instances touching across a
   boundary are joined when their contact covers at least half of the smaller one's cross-section there
   (split neighbours touch along a line, one object cut by the boundary along its whole section). Then
@@ -47,16 +49,23 @@ class BlockTable:
 
     ids: np.ndarray  # uint64
     sizes: np.ndarray  # int64, voxels inside the write block
-    flags: np.ndarray  # bool: hysteresis: holds a voxel above ``high``; else True
+    flags: np.ndarray  # bool: hysteresis / objects: holds a voxel above ``high`` / ``min_peak``; else True
     pairs26: np.ndarray  # (n, 2) uint64: distinct labels 26-adjacent inside the block
+    zmin: np.ndarray  # int64: the first and last section of each label, in the volume's z
+    zmax: np.ndarray
 
     def save(self, path: str) -> None:
-        np.savez(path, ids=self.ids, sizes=self.sizes, flags=self.flags, pairs26=self.pairs26)
+        np.savez(path, ids=self.ids, sizes=self.sizes, flags=self.flags, pairs26=self.pairs26, zmin=self.zmin,
+                 zmax=self.zmax)  # fmt: skip
 
     @classmethod
     def load(cls, path: str) -> BlockTable:
         with np.load(path) as f:
-            return cls(f["ids"], f["sizes"], f["flags"], f["pairs26"])
+            if "zmin" in f.files:
+                zmin, zmax = f["zmin"], f["zmax"]
+            else:  # a table of a job started before depths were kept: no depth rule can drop its labels
+                zmin, zmax = np.zeros(len(f["ids"]), np.int64), np.full(len(f["ids"]), 2**40, np.int64)
+            return cls(f["ids"], f["sizes"], f["flags"], f["pairs26"], zmin, zmax)
 
 
 def adjacent_pairs(labels: np.ndarray, offsets: tuple[tuple[int, int, int], ...]) -> np.ndarray:
@@ -79,12 +88,17 @@ def adjacent_pairs(labels: np.ndarray, offsets: tuple[tuple[int, int, int], ...]
 
 
 def label_block(
-    index: int, mask: np.ndarray | None = None, high: np.ndarray | None = None, instances: np.ndarray | None = None
+    index: int,
+    mask: np.ndarray | None = None,
+    high: np.ndarray | None = None,
+    instances: np.ndarray | None = None,
+    z0: int = 0,
 ) -> tuple[np.ndarray, BlockTable]:
     """A write block's labels (uint64, 0 background) and table.
 
     ``mask``: label its 6-connected components (``high``: the hysteresis seeds, else every component is
-    flagged). ``instances``: ids already made (watershed), renumbered into this block's range.
+    flagged). ``instances``: ids already made (watershed), renumbered into this block's range. ``z0``: the
+    block's first section in the volume (labels' depths are kept in the volume's z).
     """
     if instances is not None:
         local, count = _renumber(instances)
@@ -103,7 +117,10 @@ def label_block(
         pairs = adjacent_pairs(local, FORWARD_26).astype(np.uint64) + base
     labels = np.where(local > 0, local.astype(np.uint64) + base, np.uint64(0))
     ids = np.arange(1, count + 1, dtype=np.uint64) + base
-    return labels, BlockTable(ids, sizes, flags, pairs)
+    boxes = ndimage.find_objects(local, max_label=count)
+    zmin = np.array([z0 + (b[0].start if b else 0) for b in boxes], np.int64)
+    zmax = np.array([z0 + (b[0].stop - 1 if b else 0) for b in boxes], np.int64)
+    return labels, BlockTable(ids, sizes, flags, pairs, zmin, zmax)
 
 
 def _renumber(instances: np.ndarray) -> tuple[np.ndarray, int]:
@@ -223,8 +240,9 @@ class Mapping:
         return cls(np.asarray(keys), np.asarray(values), int(values.max()) if len(values) else 0)
 
 
-def resolve(tables: list[BlockTable], boundary: Boundary, kind: str, min_size: int) -> Mapping:
-    """Join block labels into objects and number those kept (see the module docstring)."""
+def resolve(tables: list[BlockTable], boundary: Boundary, kind: str, min_size: int, min_sections: int = 1) -> Mapping:
+    """Join block labels into objects and number those kept: ``min_size`` voxels or more, spanning
+    ``min_sections`` sections or more (see the module docstring)."""
     ids = np.concatenate([t.ids for t in tables]) if tables else np.zeros(0, np.uint64)
     order = np.argsort(ids)
     ids = ids[order]
@@ -248,6 +266,14 @@ def resolve(tables: list[BlockTable], boundary: Boundary, kind: str, min_size: i
         groups = _union(ids, pairs[both])
     group_size = np.bincount(groups, weights=np.where(kept, sizes, 0), minlength=groups.max() + 1)
     keep = kept & (group_size[groups] >= max(int(min_size), 1))
+    if min_sections > 1:  # an object's depth: from the first section of any of its labels to the last
+        zmin = np.concatenate([t.zmin for t in tables])[order]
+        zmax = np.concatenate([t.zmax for t in tables])[order]
+        top = np.full(groups.max() + 1, np.iinfo(np.int64).max)
+        bottom = np.full(groups.max() + 1, np.iinfo(np.int64).min)
+        np.minimum.at(top, groups[kept], zmin[kept])
+        np.maximum.at(bottom, groups[kept], zmax[kept])
+        keep &= (bottom - top + 1)[groups] >= min_sections
     # final ids 1..n in order of each object's first (lowest) block label
     final = np.zeros(groups.max() + 1, np.uint64)
     first = np.unique(groups[keep], return_index=True)

@@ -135,6 +135,10 @@ class Postprocess:
         return int(self.options.get("min_size", 0))
 
     @property
+    def min_sections(self) -> int:
+        return int(self.options.get("min_sections", 1))
+
+    @property
     def margin(self) -> Shape:
         """Probabilities needed beyond the write block: the bilateral filter's window and the opening's
         reach in-plane; the watershed's distance transform sees ``3 x min_distance`` around."""
@@ -149,23 +153,28 @@ class Postprocess:
             return (reach, reach, reach)
         return (0, 0, 0)
 
-    def block_labels(self, index: int, p: np.ndarray, inner: tuple[slice, ...]) -> tuple[np.ndarray, BlockTable]:
-        """The block's labels and table from probabilities ``p`` of the block with its margin."""
+    def block_labels(
+        self, index: int, p: np.ndarray, inner: tuple[slice, ...], z0: int = 0
+    ) -> tuple[np.ndarray, BlockTable]:
+        """The block's labels and table from probabilities ``p`` of the block with its margin (``z0``: the
+        write block's first section in the volume)."""
         o = self.options
         if self.method == "threshold":
-            return label_block(index, mask=p[inner] > o["threshold"])
+            return label_block(index, mask=p[inner] > o["threshold"], z0=z0)
         if self.method == "hysteresis":
             if not o["low"] < o["high"]:
                 raise ValueError(f"hysteresis needs low < high, got low {o['low']}, high {o['high']}")
-            return label_block(index, mask=p[inner] > o["low"], high=p[inner] > o["high"])
+            return label_block(index, mask=p[inner] > o["low"], high=p[inner] > o["high"], z0=z0)
+        if self.method == "objects":  # the peak rule is hysteresis' flag; size and depth are counted after stitching
+            return label_block(index, mask=p[inner] > o["threshold"], high=p[inner] >= o["min_peak"], z0=z0)
         if self.method == "bilateral":
             mask = bilateral(p, o["threshold"], o["sigma_color"], o["sigma_spatial"], int(o["radius"]))
-            return label_block(index, mask=mask[inner].astype(bool))
+            return label_block(index, mask=mask[inner].astype(bool), z0=z0)
         if self.method == "trace":  # tracks are joined across block faces by contact (lib.volumes.blocks.components)
-            return label_block(index, instances=trace(p, **o, voxel_size_nm=self.voxel_size_nm)[inner])
+            return label_block(index, instances=trace(p, **o, voxel_size_nm=self.voxel_size_nm)[inner], z0=z0)
         # watershed without its size filter: sizes are counted over the whole volume after stitching
         instances = watershed(p, o["threshold"], 0, int(o["min_distance"]), instances=True)
-        return label_block(index, instances=instances[inner])
+        return label_block(index, instances=instances[inner], z0=z0)
 
 
 def parse_roi(value: Any, image_shape: Shape) -> Roi | None:

@@ -58,7 +58,7 @@ def predict_block(
     image = read_padded(read_domain, lattice, read_roi)
     p = probabilities(block_logits(network, image, read_roi, lattice, predicted, device, batch_size, autocast))
     inner = plan.in_domain(write).relative_to(predicted)
-    labels, table = post.block_labels(index, p, inner)
+    labels, table = post.block_labels(index, p, inner, z0=write.offset[0])
     table.save(output.table_path(index))
     return output.write(write, {"probabilities": np.rint(p[inner] * 255), "blocks": labels})
 
@@ -74,7 +74,7 @@ def stitch(plan: BlockPlan, post: Postprocess, output: VolumeOutput) -> dict[str
         return blocks[tuple(slice(s.start + o, s.stop + o) for s, o in zip(slices, offset))]
 
     boundary = boundary_pairs(read, plan.domain.shape, plan.block)
-    mapping = resolve_components(tables, boundary, post.kind, post.min_size)
+    mapping = resolve_components(tables, boundary, post.kind, post.min_size, post.min_sections)
     mapping.save(output.mapping)
     return {
         "objects": mapping.count,
